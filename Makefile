@@ -1,0 +1,31 @@
+# One command, one job. Both create the virtual environment when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned, so that pip takes the CPU wheel on this machine
+# instead of resolving a multi-GB CUDA build for the range in pyproject.toml.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed  ## set up, then fit every available model on real data and print a table
+	$(PY) examples/quickstart.py
+
+test: $(VENV)/.installed  ## set up, then run the whole test suite (slow tests included)
+	$(PY) -m pytest sessionrec tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check sessionrec tests examples benchmarks
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_evaluation.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

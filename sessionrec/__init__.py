@@ -1,0 +1,21 @@
+"""sessionrec: session-based recommenders with a scikit-learn API.
+
+Every recommender takes a pandas DataFrame of events (session, item, time and, for
+personalised models, user columns) and offers ``fit``, ``predict_next``, ``predict``,
+``rank_next_items`` and ``score``. See the README and ``docs/`` for the user guide.
+"""
+
+from ._base import SessionRecommender, all_estimators
+from .exceptions import NotFittedError
+from .models import PopularityRecommender, SessionPopularityRecommender
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "SessionRecommender",
+    "PopularityRecommender",
+    "SessionPopularityRecommender",
+    "NotFittedError",
+    "all_estimators",
+    "__version__",
+]

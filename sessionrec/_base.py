@@ -1,0 +1,476 @@
+"""The scikit-learn base class every sessionrec recommender subclasses.
+
+A subclass provides:
+
+* ``__init__`` storing its keyword arguments unchanged (the column names ``session_key``,
+  ``item_key``, ``time_key``, ``device`` and ``verbose`` included);
+* ``_validate_params()``, raising ``ValueError``/``TypeError`` for a bad hyperparameter;
+* ``_fit(events)``, learning from :class:`~sessionrec._events.SessionEvents`;
+* ``_iter_scores(events, score_after)``, yielding ``(positions, scores)``: for event
+  positions where ``score_after`` is True, the scores of all ``n_items_`` items given the
+  session's events up to and including that position (a tensor on ``device_``);
+* ``_empty_history_scores()``: the scores of all items for a session with no known event;
+* ``_get_state()`` / ``_set_state(state)`` for :meth:`save` / :meth:`load`.
+
+Everything else (validation of frames, prediction, ranking, scoring, pickling, saving)
+is here, once.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from ._events import ItemIndex, SessionEvents, ragged_arange, to_session_events
+from ._validation import check_bool, check_int, resolve_device
+from .evaluation import check_ties, ranks_from_scores
+
+__all__ = ["SessionRecommender", "all_estimators"]
+
+logger = logging.getLogger("sessionrec")
+
+_REGISTRY: dict[str, type] = {}
+
+# Rows x items scored at once: bounds the memory of one score block (2**24 float32 values
+# are 64 MiB) while keeping every block large enough to run at full speed.
+_SCORE_BLOCK_VALUES = 2**24
+
+_SAVE_FORMAT = "sessionrec-model"
+_SAVE_VERSION = 1
+
+
+def all_estimators() -> list[type]:
+    """Every public recommender class of sessionrec, sorted by name.
+
+    Examples
+    --------
+    >>> [cls.__name__ for cls in all_estimators()][:2]
+    ['PopularityRecommender', 'SessionPopularityRecommender']
+    """
+    return sorted((c for c in _REGISTRY.values() if not c.__name__.startswith("_")),
+                  key=lambda c: c.__name__)
+
+
+def _ensure_log_handler() -> None:
+    # verbose=True must show something even when the application configured no logging;
+    # an application that did configure logging keeps full control.
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[sessionrec] %(message)s"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
+def rows_per_block(n_items: int) -> int:
+    """How many rows of ``n_items`` scores make one block of work."""
+    return max(1, _SCORE_BLOCK_VALUES // max(1, n_items))
+
+
+class SessionRecommender(BaseEstimator):
+    """Base class of all sessionrec recommenders. Not used directly.
+
+    The public methods share one contract (see the user guide):
+
+    * :meth:`fit` learns from an events frame and returns ``self``;
+    * :meth:`predict_next` recommends the next items of every session;
+    * :meth:`predict` is ``predict_next`` with the defaults, for Pipelines;
+    * :meth:`rank_next_items` ranks each true next item among all training items;
+    * :meth:`score` is MRR@20 under the next-item protocol.
+
+    Items unseen in training are dropped from the input sessions at prediction time (the
+    model knows nothing of them); a session left without a known event gets the model's
+    no-history recommendation. Targets with an unseen item get no rank (NaN).
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    # -- scikit-learn protocol ---------------------------------------------------------
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        tags.input_tags.two_d_array = True
+        tags.input_tags.string = True
+        tags.input_tags.categorical = True
+        tags.requires_fit = True
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "item_index_" in vars(self)
+
+    # -- hooks for subclasses ----------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        """Check hyperparameters; subclasses extend this."""
+
+    def _fit(self, events: SessionEvents, **fit_params) -> None:
+        raise NotImplementedError
+
+    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray
+                     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _empty_history_scores(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _get_state(self) -> dict:
+        return {}
+
+    def _set_state(self, state: dict) -> None:
+        """Restore what :meth:`_get_state` returned (tensors already on the CPU)."""
+
+    # -- shared machinery --------------------------------------------------------------
+
+    def _column_kwargs(self) -> dict:
+        return dict(session_key=self.session_key, item_key=self.item_key,
+                    time_key=self.time_key, user_key=getattr(self, "user_key", None))
+
+    def _validate_common_params(self) -> None:
+        for name in ("session_key", "item_key", "time_key"):
+            value = getattr(self, name)
+            try:
+                hash(value)
+            except TypeError:
+                raise TypeError(f"{name} must be a column name, got {value!r}.") from None
+        verbose = self.verbose
+        if isinstance(verbose, (bool, np.bool_)):
+            check_bool("verbose", verbose)
+        else:
+            check_int("verbose", verbose, min_value=0)
+
+    def _reset_fitted(self) -> None:
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)
+
+    def _log(self, message: str, *args) -> None:
+        if self.verbose:
+            _ensure_log_handler()
+            logger.info(message, *args)
+
+    def fit(self, X, y=None, **fit_params):
+        """Learn from the events in ``X``.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Training events with the session, item and time columns.
+        y : None
+            Ignored; present for scikit-learn compatibility.
+        **fit_params : dict
+            Model-specific data that are not hyperparameters (e.g. item features).
+
+        Returns
+        -------
+        self : object
+            The fitted estimator. If fitting fails, the estimator is left unfitted.
+        """
+        self._reset_fitted()
+        try:
+            self._validate_common_params()
+            self._validate_params()
+            self.device_ = resolve_device(self.device)
+            events, index = to_session_events(X, **self._column_kwargs())
+            self.item_index_ = index
+            self.n_items_ = index.n_items
+            self._fit(events, **fit_params)
+        except BaseException:
+            self._reset_fitted()
+            raise
+        return self
+
+    @property
+    def item_support_(self) -> pd.Series:
+        """Number of training events of each item, indexed by item label."""
+        check_is_fitted(self)
+        return pd.Series(self.item_index_.support, index=self.item_index_.labels,
+                         name="support")
+
+    def _session_events(self, X) -> SessionEvents:
+        check_is_fitted(self)
+        events, _ = to_session_events(X, **self._column_kwargs(),
+                                      item_index=self.item_index_)
+        return events
+
+    def _blocks(self, positions: np.ndarray, extra_cost: np.ndarray | None = None
+                ) -> Iterator[np.ndarray]:
+        """Split positions into blocks of rows that fit one score block.
+
+        Each row costs ``n_items_`` values plus ``extra_cost`` (e.g. the length of the
+        session history a model expands per row), so no block outgrows the budget.
+        """
+        if extra_cost is None:
+            step = rows_per_block(self.n_items_)
+            for start in range(0, len(positions), step):
+                yield positions[start:start + step]
+            return
+        cost = np.cumsum(self.n_items_ + np.asarray(extra_cost, dtype=np.int64))
+        start = 0
+        while start < len(positions):
+            done = cost[start - 1] if start else 0
+            stop = int(np.searchsorted(cost, done + _SCORE_BLOCK_VALUES, side="right"))
+            stop = max(stop, start + 1)
+            yield positions[start:stop]
+            start = stop
+
+    def predict_next(self, X, k: int = 20, *, exclude_seen: bool = False,
+                     return_scores: bool = False):
+        """Recommend the ``k`` items most likely to come next in every session of ``X``.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events of the sessions to continue (e.g. live sessions so far).
+        k : int, default=20
+            Length of each list; at most the number of training items.
+        exclude_seen : bool, default=False
+            Leave out items that already occur in the session.
+        return_scores : bool, default=False
+            Also return the scores of the recommended items.
+
+        Returns
+        -------
+        items : pandas.DataFrame
+            One row per session of ``X`` (index: session label, sessions ordered by their
+            first event's time), columns ``1 .. k`` (rank), cells are item labels.
+        scores : pandas.DataFrame
+            Only with ``return_scores=True``: same shape, the items' scores.
+        """
+        check_is_fitted(self)
+        k = check_int("k", k, min_value=1)
+        exclude_seen = check_bool("exclude_seen", exclude_seen)
+        return_scores = check_bool("return_scores", return_scores)
+        events = self._session_events(X)
+        k = min(k, self.n_items_)
+        n_sessions = events.n_sessions
+        top_items = np.zeros((n_sessions, k), dtype=np.int64)
+        top_scores = np.zeros((n_sessions, k), dtype=np.float64)
+        lengths = events.lengths
+        last = np.zeros(events.n_events, dtype=bool)
+        last[events.offsets[1:][lengths > 0] - 1] = True
+        session_of = events.session_of_event
+        items_t = torch.as_tensor(events.items, device=self.device_)
+
+        def take_top(sessions: np.ndarray, scores: torch.Tensor) -> None:
+            if exclude_seen:
+                scores = scores.clone()
+                hist_len = lengths[sessions]
+                rows = np.repeat(np.arange(len(sessions)), hist_len)
+                seen = ragged_arange(events.offsets[sessions], hist_len)
+                scores[torch.as_tensor(rows, device=scores.device),
+                       items_t[torch.as_tensor(seen, device=scores.device)]] = float("-inf")
+            values, idx = torch.topk(scores, k, dim=1)
+            top_items[sessions] = idx.cpu().numpy()
+            top_scores[sessions] = values.double().cpu().numpy()
+
+        for positions, scores in self._iter_scores(events, last):
+            take_top(session_of[positions], scores)
+        empty = np.flatnonzero(lengths == 0)
+        if len(empty):
+            cold = self._empty_history_scores()
+            take_top(empty, cold.reshape(1, -1).expand(len(empty), -1))
+
+        index = pd.Index(events.session_labels, name=self.session_key)
+        columns = pd.RangeIndex(1, k + 1, name="rank")
+        labels = self.item_index_.decode(top_items.ravel()).reshape(n_sessions, k)
+        items = pd.DataFrame(labels, index=index, columns=columns)
+        if return_scores:
+            return items, pd.DataFrame(top_scores, index=index, columns=columns)
+        return items
+
+    def predict(self, X):
+        """``predict_next(X)`` with its defaults (top 20), so a Pipeline can recommend.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Events of the sessions to continue.
+
+        Returns
+        -------
+        items : pandas.DataFrame
+            See :meth:`predict_next`.
+        """
+        return self.predict_next(X)
+
+    def rank_next_items(self, X, ties: str = "conservative") -> pd.Series:
+        """Rank every true next item of ``X`` among all training items.
+
+        For every event of ``X`` after its session's first, the rank (1 = best) of that
+        event's item among all ``n_items_`` training items, given the session's events
+        before it. This is the hook of :func:`sessionrec.evaluation.evaluate` and of the
+        scorers.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Test events.
+        ties : {"conservative", "optimistic", "median"}, default="conservative"
+            How tied scores count (see :mod:`sessionrec.evaluation`).
+
+        Returns
+        -------
+        ranks : pandas.Series of float
+            Indexed like the target rows of ``X``, in ``X``'s row order. NaN where the
+            target's item was unseen in training, or every event before it was.
+        """
+        check_is_fitted(self)
+        check_ties(ties)
+        events = self._session_events(X)
+        n_rows = len(X)
+        ranks = np.full(n_rows, np.nan)
+        score_after = ~events.is_last
+        items_t = torch.as_tensor(events.items, device=self.device_)
+        for positions, scores in self._iter_scores(events, score_after):
+            targets = items_t[torch.as_tensor(positions + 1, device=self.device_)]
+            ranks[events.rows[positions + 1]] = ranks_from_scores(
+                scores, targets, ties).cpu().numpy()
+        is_target = np.ones(n_rows, dtype=bool)
+        is_target[events.first_rows] = False
+        return pd.Series(ranks[is_target], index=X.index[is_target], name="rank")
+
+    def score(self, X, y=None) -> float:
+        """MRR@20 of the next-item protocol (conservative ties) on the events of ``X``.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Test events.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        float
+            Mean reciprocal rank at 20 over the targets whose item was seen in training;
+            NaN when there is none.
+        """
+        from .metrics import mrr_at_k
+
+        ranks = self.rank_next_items(X).to_numpy()
+        return mrr_at_k(ranks[~np.isnan(ranks)], 20)
+
+    # -- persistence -------------------------------------------------------------------
+
+    def __getstate__(self):
+        # A copy: object.__getstate__ may hand back the live instance dict.
+        state = dict(super().__getstate__())
+        for name, value in list(state.items()):
+            if isinstance(value, torch.Tensor):
+                state[name] = value.detach().cpu()
+            elif isinstance(value, torch.nn.Module):
+                if any(p.device.type != "cpu" for p in value.parameters()) or any(
+                        b.device.type != "cpu" for b in value.buffers()):
+                    value = copy.deepcopy(value).cpu()
+                state[name] = value
+            elif isinstance(value, torch.Generator):
+                state.pop(name)  # transient: not needed once fitted
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "device_" in state:
+            # A model fitted on a GPU loads on a machine without one: map to the CPU.
+            device = state["device_"]
+            if device.type == "cuda" and not torch.cuda.is_available():
+                device = torch.device("cpu")
+            self._to_device(device)
+
+    def _to_device(self, device: torch.device) -> None:
+        self.device_ = device
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+            elif isinstance(value, torch.nn.Module):
+                value.to(device)
+
+    def save(self, path) -> None:
+        """Save the fitted model to ``path`` for long-term storage.
+
+        The file holds the hyperparameters and the fitted state as plain types and
+        tensors (no pickled code), so :meth:`load` reads it with
+        ``torch.load(weights_only=True)``. Item labels must be ints, floats or strings.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        check_is_fitted(self)
+        params = self.get_params(deep=False)
+        for name, value in params.items():
+            if not _is_plain(value):
+                raise TypeError(
+                    f"save() stores only plain parameter values; {name}={value!r} is not "
+                    "one. Set it to a plain value (e.g. an int random_state) or use joblib."
+                )
+        labels = self.item_index_.labels.tolist()
+        if not all(isinstance(v, (int, float, str)) for v in labels):
+            raise TypeError("save() needs int, float or str item labels; use joblib instead.")
+        state = self._get_state()
+        payload = {
+            "format": _SAVE_FORMAT, "format_version": _SAVE_VERSION,
+            "class": type(self).__name__, "params": params,
+            "item_labels": labels,
+            "item_support": torch.as_tensor(self.item_index_.support),
+            "state": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+                      for k, v in state.items()},
+        }
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path, *, device=None):
+        """Load a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        device : str or None, default=None
+            Where to put the model; None means the saved ``device`` parameter, falling
+            back to the CPU when that asks for CUDA and none is present.
+
+        Returns
+        -------
+        estimator : fitted recommender
+        """
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{path!s} is not a sessionrec model file.")
+        if payload.get("format_version", 0) > _SAVE_VERSION:
+            raise ValueError(f"{path!s} was written by a newer sessionrec; upgrade to load it.")
+        target = _REGISTRY.get(payload["class"])
+        if target is None or not issubclass(target, cls):
+            raise TypeError(f"{path!s} holds a {payload['class']}, not a {cls.__name__}.")
+        est = target(**payload["params"])
+        wanted = est.device if device is None else device
+        try:
+            resolved = resolve_device(wanted)
+        except ValueError:
+            if device is not None:
+                raise
+            resolved = torch.device("cpu")
+        est.item_index_ = ItemIndex(pd.Index(payload["item_labels"]),
+                                    payload["item_support"].numpy())
+        est.n_items_ = est.item_index_.n_items
+        est.device_ = torch.device("cpu")
+        est._set_state(payload["state"])
+        est._to_device(resolved)
+        return est
+
+
+def _is_plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False

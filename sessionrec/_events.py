@@ -1,0 +1,342 @@
+"""The events contract: validation of event frames, the item index, sorted session arrays.
+
+Every estimator reads its input through :func:`to_session_events`, so every model sees the
+same rules:
+
+* ``X`` is a :class:`pandas.DataFrame` with one row per interaction. The session, item and
+  time columns (and the user column for models that use users) are named by constructor
+  parameters. A missing column, missing values (NaN/None/NaT) in any of them, a time column
+  that cannot be ordered (strings, objects, booleans) or an empty frame raise a
+  ``ValueError``/``TypeError`` that names the column.
+* Session, item and user labels may be integers, strings or any other hashable values.
+* Times are numbers or datetimes (time-zone aware ones too). Rows need not be sorted: a
+  sorted copy is made. Sessions are ordered by the time of their first event (ties by
+  first appearance in ``X``), events inside a session by time (ties by their order in
+  ``X``), as in the reference GRU4Rec implementation.
+* The caller's frame is never modified.
+
+Items are mapped to contiguous integer codes by :class:`ItemIndex`. At prediction time,
+events whose item was not seen in training are **dropped** before the model sees the
+session (they carry nothing the model knows) and counted; this matches the official
+GRU4Rec evaluation protocol, which removes such events from the test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ItemIndex", "SessionEvents", "to_session_events", "ragged_arange"]
+
+
+def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate ``arange(s, s + n)`` for every ``(s, n)`` without a Python loop.
+
+    Examples
+    --------
+    >>> ragged_arange(np.array([5, 0]), np.array([2, 3])).tolist()
+    [5, 6, 0, 1, 2]
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    block_starts = np.cumsum(lengths) - lengths
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - block_starts, lengths)
+
+
+def _factorize_sorted(values) -> tuple[np.ndarray, pd.Index]:
+    """Factorize with sorted uniques when the labels can be compared, else by appearance.
+
+    Sorted codes make the item order (and so training) independent of the row order.
+    """
+    if not isinstance(values, (pd.Series, pd.Index, np.ndarray, pd.api.extensions.ExtensionArray)):
+        values = pd.Index(list(values))
+    try:
+        codes, uniques = pd.factorize(values, sort=True)
+    except TypeError:  # mixed label types that cannot be compared
+        codes, uniques = pd.factorize(values, sort=False)
+    return codes.astype(np.int64, copy=False), pd.Index(uniques)
+
+
+class ItemIndex:
+    """Map item labels to contiguous integer codes ``0 .. n_items - 1`` and back.
+
+    Parameters
+    ----------
+    labels : pandas.Index
+        The unique item labels; an item's code is its position here.
+    support : ndarray of int64
+        Number of training events of each item (same order as ``labels``).
+
+    Examples
+    --------
+    >>> index, codes = ItemIndex.from_labels(["b", "a", "b", "c"])
+    >>> codes.tolist(), index.n_items, index.support.tolist()
+    ([1, 0, 1, 2], 3, [1, 2, 1])
+    >>> index.encode(["c", "zzz"]).tolist()  # unknown labels become -1
+    [2, -1]
+    >>> index.decode([0, 2]).tolist()
+    ['a', 'c']
+    """
+
+    def __init__(self, labels: pd.Index, support: np.ndarray):
+        labels = pd.Index(labels)
+        if not labels.is_unique:
+            raise ValueError("item labels of an ItemIndex must be unique.")
+        support = np.asarray(support, dtype=np.int64)
+        if support.shape != (len(labels),):
+            raise ValueError("support must have one entry per item label.")
+        self.labels = labels
+        self.support = support
+
+    @classmethod
+    def from_labels(cls, item_labels) -> tuple[ItemIndex, np.ndarray]:
+        """Build the index from the item column of training events; also return codes."""
+        codes, uniques = _factorize_sorted(item_labels)
+        support = np.bincount(codes, minlength=len(uniques)).astype(np.int64)
+        return cls(uniques, support), codes
+
+    @property
+    def n_items(self) -> int:
+        """Number of items in the index."""
+        return len(self.labels)
+
+    def encode(self, item_labels) -> np.ndarray:
+        """Codes of ``item_labels``; labels not in the index get ``-1``."""
+        if not isinstance(item_labels, (pd.Index, pd.Series, np.ndarray)):
+            item_labels = pd.Index(list(item_labels))
+        return np.asarray(self.labels.get_indexer(item_labels), dtype=np.int64)
+
+    def decode(self, codes) -> np.ndarray:
+        """Labels of ``codes`` (an array of valid codes)."""
+        return self.labels.take(np.asarray(codes, dtype=np.int64)).to_numpy()
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        return f"ItemIndex(n_items={self.n_items})"
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, ItemIndex) and self.labels.equals(other.labels)
+                and np.array_equal(self.support, other.support))
+
+    __hash__ = None  # mutable container semantics: equal by content, so not hashable
+
+
+@dataclass(frozen=True)
+class SessionEvents:
+    """Validated events as integer arrays, sorted by session (start time) then time.
+
+    Attributes
+    ----------
+    items : ndarray of int64, shape (n_events,)
+        Item code of each kept event.
+    offsets : ndarray of int64, shape (n_sessions + 1,)
+        Session ``s`` holds events ``offsets[s]:offsets[s + 1]``. Sessions are ordered by
+        the time of their first event. A session may be empty when every one of its events
+        had an unknown item.
+    session_labels : ndarray, shape (n_sessions,)
+        The caller's session label of each session.
+    rows : ndarray of int64, shape (n_events,)
+        Position (``iloc``) of each kept event in the caller's frame.
+    users : ndarray of int64 or None, shape (n_sessions,)
+        User code of each session (codes into ``user_labels``) when a user column was read.
+    user_labels : pandas.Index or None
+        The user labels.
+    n_unknown : int
+        Number of events dropped because their item is not in the item index.
+    first_rows : ndarray of int64 or None, shape (n_sessions,)
+        Position in the caller's frame of each session's first event, before unknown
+        items were dropped.
+    """
+
+    items: np.ndarray
+    offsets: np.ndarray
+    session_labels: np.ndarray
+    rows: np.ndarray
+    users: np.ndarray | None = None
+    user_labels: pd.Index | None = None
+    n_unknown: int = 0
+    first_rows: np.ndarray | None = None
+
+    @property
+    def n_events(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of (kept) events of each session."""
+        return np.diff(self.offsets)
+
+    @property
+    def session_of_event(self) -> np.ndarray:
+        """Session number (position in ``session_labels``) of every event."""
+        return np.repeat(np.arange(self.n_sessions, dtype=np.int64), self.lengths)
+
+    @property
+    def session_starts(self) -> np.ndarray:
+        """For every event, the position of the first event of its session."""
+        return np.repeat(self.offsets[:-1], self.lengths)
+
+    @property
+    def is_last(self) -> np.ndarray:
+        """True for the last event of each session."""
+        last = np.zeros(self.n_events, dtype=bool)
+        ends = self.offsets[1:][self.lengths > 0] - 1
+        last[ends] = True
+        return last
+
+
+def _check_column(X: pd.DataFrame, key, role: str) -> pd.Series:
+    if key not in X.columns:
+        available = ", ".join(repr(c) for c in list(X.columns)[:20])
+        raise ValueError(
+            f"column {key!r} (the {role} column) is missing from X; columns present: "
+            f"{available}. Set {role}_key to the name of your {role} column."
+        )
+    col = X[key]
+    if isinstance(col, pd.DataFrame):
+        raise ValueError(f"column {key!r} (the {role} column) appears more than once in X.")
+    n_missing = int(col.isna().sum())
+    if n_missing:
+        raise ValueError(
+            f"column {key!r} (the {role} column) has {n_missing} missing value(s) "
+            "(NaN/None/NaT); drop or fill those rows first."
+        )
+    return col
+
+
+def _orderable_times(col: pd.Series, key) -> np.ndarray:
+    """Times as an int64 or float64 array that sorts like the times."""
+    dtype = col.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().view(np.int64)
+    if pd.api.types.is_datetime64_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+        return col.to_numpy().view(np.int64)
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        raise TypeError(
+            f"column {key!r} (the time column) must hold numbers or datetimes so that events "
+            f"can be ordered; got dtype {dtype}. Convert it first, e.g. with "
+            "pandas.to_datetime."
+        )
+    if pd.api.types.is_integer_dtype(dtype):
+        return col.to_numpy(dtype=np.int64)
+    values = col.to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"column {key!r} (the time column) has infinite values.")
+    return values
+
+
+def to_session_events(
+    X,
+    *,
+    session_key="SessionId",
+    item_key="ItemId",
+    time_key="Time",
+    user_key=None,
+    item_index: ItemIndex | None = None,
+) -> tuple[SessionEvents, ItemIndex]:
+    """Validate an events frame and turn it into sorted integer arrays.
+
+    Parameters
+    ----------
+    X : pandas.DataFrame
+        Events, one row per interaction.
+    session_key, item_key, time_key : hashable
+        Column names of the session label, item label and time.
+    user_key : hashable or None, default=None
+        Column name of the user label, read only when given. Every session must belong to
+        exactly one user.
+    item_index : ItemIndex or None, default=None
+        None when fitting: the index is built from ``X``. Otherwise events whose item is not
+        in the index are dropped and counted in ``n_unknown``.
+
+    Returns
+    -------
+    events : SessionEvents
+    item_index : ItemIndex
+        The index that was built, or the one passed in.
+
+    Examples
+    --------
+    >>> X = pd.DataFrame({"SessionId": [2, 1, 1], "ItemId": ["a", "b", "a"],
+    ...                   "Time": [9.0, 2.0, 1.0]})
+    >>> events, index = to_session_events(X)
+    >>> events.session_labels.tolist(), events.items.tolist(), events.rows.tolist()
+    ([1, 2], [0, 1, 0], [2, 1, 0])
+    """
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(
+            f"X must be a pandas DataFrame of events, got {type(X).__name__}."
+        )
+    if len(X) == 0:
+        raise ValueError("X is empty: at least one event is needed.")
+    sessions = _check_column(X, session_key, "session")
+    item_col = _check_column(X, item_key, "item")
+    times = _orderable_times(_check_column(X, time_key, "time"), time_key)
+    n = len(X)
+
+    # Order: sessions by their first event's time (ties: first appearance), then by time
+    # inside a session (ties: order in X). lexsort is stable, which gives the tie rules.
+    sess_codes, sess_uniques = pd.factorize(sessions, sort=False)
+    sess_codes = sess_codes.astype(np.int64, copy=False)
+    by_session = np.lexsort((times, sess_codes))
+    sorted_codes = sess_codes[by_session]
+    first = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    start_time = np.empty(len(sess_uniques), dtype=times.dtype)
+    start_time[sorted_codes[first]] = times[by_session][first]
+    session_rank = np.empty(len(sess_uniques), dtype=np.int64)
+    session_rank[np.lexsort((np.arange(len(sess_uniques)), start_time))] = np.arange(
+        len(sess_uniques))
+    order = by_session[np.argsort(session_rank[sorted_codes], kind="stable")]
+    ordered_sessions = session_rank[sess_codes[order]]  # 0 .. n_sessions-1, non-decreasing
+    session_labels = np.empty(len(sess_uniques), dtype=object)
+    session_labels[session_rank] = np.asarray(sess_uniques, dtype=object)
+    session_labels = pd.Index(session_labels).to_numpy()  # infer a typed array if possible
+
+    users = user_labels = None
+    if user_key is not None:
+        user_codes, user_labels = _factorize_sorted(_check_column(X, user_key, "user"))
+        per_session = np.full(len(sess_uniques), -1, dtype=np.int64)
+        per_session[ordered_sessions] = user_codes[order]
+        clash = user_codes[order] != per_session[ordered_sessions]
+        if clash.any():
+            bad = session_labels[ordered_sessions[np.flatnonzero(clash)[0]]]
+            raise ValueError(
+                f"session {bad!r} has events of more than one user in column {user_key!r}; "
+                "every session must belong to exactly one user."
+            )
+        users = per_session
+
+    raw_counts = np.bincount(ordered_sessions, minlength=len(session_labels))
+    first_rows = order[np.cumsum(raw_counts) - raw_counts].astype(np.int64)
+    labels_sorted = item_col.to_numpy()[order]
+    if item_index is None:
+        item_index, items = ItemIndex.from_labels(labels_sorted)
+        keep = None
+    else:
+        items = item_index.encode(labels_sorted)
+        keep = items >= 0
+    n_unknown = 0
+    rows = order.astype(np.int64, copy=False)
+    if keep is not None and not keep.all():
+        n_unknown = int(n - keep.sum())
+        items, rows, ordered_sessions = items[keep], rows[keep], ordered_sessions[keep]
+    counts = np.bincount(ordered_sessions, minlength=len(session_labels))
+    offsets = np.zeros(len(session_labels) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    events = SessionEvents(
+        items=items.astype(np.int64, copy=False), offsets=offsets,
+        session_labels=session_labels, rows=rows, users=users, user_labels=user_labels,
+        n_unknown=n_unknown, first_rows=first_rows,
+    )
+    return events, item_index

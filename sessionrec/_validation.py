@@ -1,0 +1,149 @@
+"""Checks of constructor parameters, run in ``fit`` (never in ``__init__``).
+
+Each helper raises a ``ValueError`` or ``TypeError`` that names the parameter and says
+what was expected, so that a wrong value in a grid search fails with a readable message.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_choice",
+    "check_int",
+    "check_real",
+    "check_bool",
+    "check_int_tuple",
+    "resolve_device",
+    "torch_generator",
+]
+
+
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def check_int(name: str, value, *, min_value: int | None = None,
+              max_value: int | None = None) -> int:
+    """Return ``value`` as an ``int`` after checking its type and range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({_type_name(value)}).")
+    value = int(value)
+    if min_value is not None and value < min_value:
+        raise ValueError(f"{name} must be >= {min_value}, got {value}.")
+    if max_value is not None and value > max_value:
+        raise ValueError(f"{name} must be <= {max_value}, got {value}.")
+    return value
+
+
+def check_real(name: str, value, *, min_value: float | None = None,
+               max_value: float | None = None, min_inclusive: bool = True,
+               max_inclusive: bool = True) -> float:
+    """Return ``value`` as a finite ``float`` after checking its type and range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({_type_name(value)}).")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}.")
+    if min_value is not None:
+        bad = value < min_value if min_inclusive else value <= min_value
+        if bad:
+            op = ">=" if min_inclusive else ">"
+            raise ValueError(f"{name} must be {op} {min_value}, got {value}.")
+    if max_value is not None:
+        bad = value > max_value if max_inclusive else value >= max_value
+        if bad:
+            op = "<=" if max_inclusive else "<"
+            raise ValueError(f"{name} must be {op} {max_value}, got {value}.")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` as a ``bool``; only real booleans are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({_type_name(value)}).")
+    return bool(value)
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+    """Return ``value`` after checking it is one of ``choices``."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}.")
+    return value
+
+
+def check_int_tuple(name: str, value, *, min_value: int = 1,
+                    allow_empty: bool = False) -> tuple[int, ...]:
+    """Return ``value`` (an int or a sequence of ints) as a tuple of ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        value = (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}.")
+    out = tuple(check_int(f"{name}[{i}]", v, min_value=min_value) for i, v in enumerate(value))
+    if not out and not allow_empty:
+        raise ValueError(f"{name} must not be empty.")
+    return out
+
+
+def resolve_device(device) -> torch.device:
+    """Turn the ``device`` parameter into a ``torch.device``.
+
+    ``"auto"`` means CUDA when a CUDA device is available, the CPU otherwise. Asking for
+    CUDA explicitly on a machine without it is an error rather than a silent fallback.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}."
+            ) from exc
+    else:
+        raise TypeError(f"device must be a string or torch.device, got {device!r}.")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; "
+            "use device='auto' or 'cpu'."
+        )
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a CPU or CUDA device; got {device!r}.")
+    return resolved
+
+
+def torch_generator(random_state, device: torch.device) -> tuple[np.random.Generator,
+                                                                 torch.Generator]:
+    """Derive a numpy and a torch random generator from ``random_state``.
+
+    ``random_state`` may be None (fresh entropy), an int, or a ``numpy.random.Generator``
+    / ``RandomState``; both generators are seeded from it so one integer controls every
+    random choice of a fit.
+    """
+    if isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(0, 2**31 - 1))
+    elif isinstance(random_state, np.random.Generator):
+        seed = int(random_state.integers(0, 2**31 - 1))
+    elif random_state is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        seed = int(random_state)
+        if seed < 0:
+            raise ValueError(f"random_state must be a non-negative integer, got {seed}.")
+    else:
+        raise TypeError(
+            "random_state must be None, an int or a numpy random generator; "
+            f"got {random_state!r}."
+        )
+    np_gen = np.random.default_rng(seed)
+    torch_gen = torch.Generator(device=device)
+    torch_gen.manual_seed(seed)
+    return np_gen, torch_gen

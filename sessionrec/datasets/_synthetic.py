@@ -1,0 +1,157 @@
+"""A synthetic session generator with planted, documented structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .._validation import check_int, check_real
+
+__all__ = ["make_sessions"]
+
+_EPOCH = 1_704_067_200.0  # 2024-01-01 00:00:00 UTC, in unix seconds
+
+
+def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0,
+                  max_length=30, popularity_exponent=1.0, n_topics=10, n_successors=3,
+                  transition_strength=0.7, user_strength=0.0, feature_noise=0.5,
+                  span_days=30.0, return_item_features=False, random_state=None):
+    """Generate session events with planted structure whose strength is controlled.
+
+    The generating process, for each session:
+
+    1. **Popularity.** Items have Zipf popularity: the item of popularity rank ``r`` has
+       weight ``1 / r ** popularity_exponent``. Each item belongs to one of ``n_topics``
+       topics.
+    2. **Topic.** The session draws a topic; with users, it is the user's favourite topic
+       with probability ``user_strength`` (a preference that persists across the user's
+       sessions), else a random one.
+    3. **First item.** Drawn from the session's topic by popularity.
+    4. **Next items.** With probability ``transition_strength`` the next item is one of
+       the previous item's ``n_successors`` fixed successors, and *which* successor is
+       decided by the item before the previous one. A model of the sequence can predict
+       it exactly; a model of the last item only (Item-KNN, Markov) sees a mixture of
+       ``n_successors`` candidates. Otherwise the next item is drawn from the session's
+       topic by popularity.
+    5. **Times.** Sessions start uniformly over ``span_days`` days from 2024-01-01 (unix
+       seconds); events are about a minute apart.
+
+    Session lengths are ``2 + geometric`` with mean ``mean_length``, capped at
+    ``max_length``. Item features, when asked for, are the one-hot topic plus Gaussian
+    noise of standard deviation ``feature_noise``, so they carry the topic signal.
+
+    Parameters
+    ----------
+    n_sessions : int, default=2000
+    n_items : int, default=500
+    n_users : int or None, default=None
+        Number of users (a ``UserId`` column is added); sessions are spread uniformly.
+    mean_length : float, default=5.0
+        Mean session length, > 2.
+    max_length : int, default=30
+    popularity_exponent : float, default=1.0
+    n_topics : int, default=10
+    n_successors : int, default=3
+    transition_strength : float in [0, 1], default=0.7
+    user_strength : float in [0, 1], default=0.0
+    feature_noise : float, default=0.5
+    span_days : float, default=30.0
+    return_item_features : bool, default=False
+        Also return a DataFrame of item features indexed by item label.
+    random_state : int or None, default=None
+
+    Returns
+    -------
+    events : pandas.DataFrame
+        Columns ``SessionId``, ``ItemId``, ``Time`` (float unix seconds) and, with users,
+        ``UserId``; sorted by session then time.
+    item_features : pandas.DataFrame
+        Only with ``return_item_features=True``.
+
+    Examples
+    --------
+    >>> events = make_sessions(n_sessions=100, n_items=50, random_state=0)
+    >>> list(events.columns), events["SessionId"].nunique()
+    (['SessionId', 'ItemId', 'Time'], 100)
+    >>> bool(events.groupby("SessionId").size().min() >= 2)
+    True
+    """
+    n_sessions = check_int("n_sessions", n_sessions, min_value=1)
+    n_items = check_int("n_items", n_items, min_value=2)
+    n_topics = check_int("n_topics", n_topics, min_value=1, max_value=n_items)
+    n_successors = check_int("n_successors", n_successors, min_value=1)
+    max_length = check_int("max_length", max_length, min_value=2)
+    mean_length = check_real("mean_length", mean_length, min_value=2.0, min_inclusive=False)
+    popularity_exponent = check_real("popularity_exponent", popularity_exponent, min_value=0)
+    transition_strength = check_real("transition_strength", transition_strength,
+                                     min_value=0, max_value=1)
+    user_strength = check_real("user_strength", user_strength, min_value=0, max_value=1)
+    feature_noise = check_real("feature_noise", feature_noise, min_value=0)
+    span_days = check_real("span_days", span_days, min_value=0, min_inclusive=False)
+    if n_users is not None:
+        n_users = check_int("n_users", n_users, min_value=1)
+    rng = np.random.default_rng(random_state)
+
+    weight = 1.0 / (rng.permutation(n_items) + 1.0) ** popularity_exponent
+    topic = rng.permutation(np.arange(n_items) % n_topics)
+    # Sampling by popularity within a topic: items sorted by topic, each topic's weights
+    # normalised into (0, 1] and shifted by the topic number, so one searchsorted call
+    # samples a whole vector of (topic, uniform) pairs.
+    by_topic = np.argsort(topic, kind="stable")
+    sorted_topic = topic[by_topic]
+    cum = np.cumsum(weight[by_topic])
+    topic_first = np.searchsorted(sorted_topic, np.arange(n_topics))
+    before = np.r_[0.0, cum][topic_first]
+    total = np.r_[cum[topic_first[1:] - 1], cum[-1]] - before
+    key = sorted_topic + (cum - before[sorted_topic]) / total[sorted_topic]
+
+    def draw(topics: np.ndarray) -> np.ndarray:
+        u = rng.random(len(topics))
+        idx = np.searchsorted(key, topics + u, side="left")
+        return by_topic[np.minimum(idx, n_items - 1)]
+
+    # Successors are uniform within the item's topic (not by popularity), so transitions
+    # carry information beyond popularity.
+    topic_size = np.bincount(topic, minlength=n_topics)
+    succ_topic = np.repeat(topic, n_successors)
+    pick = topic_first[succ_topic] + (rng.random(len(succ_topic)) * topic_size[succ_topic]
+                                      ).astype(np.int64)
+    successors = by_topic[pick].reshape(n_items, n_successors)
+
+    lengths = 1 + rng.geometric(1.0 / (mean_length - 1.0), size=n_sessions)
+    lengths = np.minimum(lengths, max_length)
+    session_topic = rng.integers(n_topics, size=n_sessions)
+    users = None
+    if n_users is not None:
+        users = rng.integers(n_users, size=n_sessions)
+        favourite = rng.integers(n_topics, size=n_users)
+        keep_fav = rng.random(n_sessions) < user_strength
+        session_topic = np.where(keep_fav, favourite[users], session_topic)
+
+    items = np.full((n_sessions, int(lengths.max())), -1, dtype=np.int64)
+    items[:, 0] = draw(session_topic)
+    for t in range(1, items.shape[1]):  # one iteration per position, vectorised over sessions
+        active = np.flatnonzero(lengths > t)
+        prev = items[active, t - 1]
+        prev2 = items[active, t - 2] if t >= 2 else prev
+        follow = rng.random(len(active)) < transition_strength
+        chosen = successors[prev, (prev2 * 7919) % n_successors]
+        items[active, t] = np.where(follow, chosen, draw(session_topic[active]))
+
+    starts = _EPOCH + rng.random(n_sessions) * span_days * 86400.0
+    mask = np.arange(items.shape[1])[None, :] < lengths[:, None]
+    gaps = rng.exponential(60.0, size=items.shape) + 1.0
+    gaps[:, 0] = 0.0
+    times = starts[:, None] + np.cumsum(gaps, axis=1)
+    session_ids = np.repeat(np.arange(n_sessions), lengths)
+    columns = {}
+    if users is not None:
+        columns["UserId"] = users[session_ids]
+    columns.update(SessionId=session_ids, ItemId=items[mask], Time=np.round(times[mask], 3))
+    events = pd.DataFrame(columns)
+    if not return_item_features:
+        return events
+    features = np.eye(n_topics)[topic] + rng.normal(0.0, feature_noise, (n_items, n_topics))
+    item_features = pd.DataFrame(features, index=pd.Index(np.arange(n_items), name="ItemId"),
+                                 columns=[f"f{j}" for j in range(n_topics)])
+    return events, item_features

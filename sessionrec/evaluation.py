@@ -1,0 +1,138 @@
+"""The next-item evaluation protocol, shared by every model.
+
+Protocol (the official GRU4Rec one):
+
+1. Events whose item was not seen in training are dropped from the test sessions and
+   counted.
+2. Each test session is fed to the model event by event; after every event but the
+   session's last, the true next item is ranked against **all** training items (no
+   sampling, items already in the session are not excluded).
+3. Metrics are computed from those ranks (:mod:`sessionrec.metrics`).
+
+Tie modes, for the rank of a target with score ``s`` among ``n`` items:
+
+* ``"conservative"`` (default, as the official code): number of items with score >= ``s``
+  (the target included), so every tie counts against the model;
+* ``"optimistic"``: 1 + number of items with score > ``s``;
+* ``"median"``: the mean of the two.
+
+A NaN score ranks last: a NaN target gets rank ``n``; NaN scores of other items never
+count as higher than the target's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .metrics import (
+    TIE_MODES,
+    _final_estimator_and_data,
+    hit_rate_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+)
+
+__all__ = ["ranks_from_scores", "evaluate", "TIE_MODES"]
+
+
+def check_ties(ties) -> str:
+    if ties not in TIE_MODES:
+        raise ValueError(f"ties must be one of {', '.join(map(repr, TIE_MODES))}; got {ties!r}.")
+    return ties
+
+
+def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tensor:
+    """Rank of each row's target item among all columns.
+
+    Parameters
+    ----------
+    scores : Tensor or array of shape (n_rows, n_items)
+        Scores of every item, higher is better.
+    targets : Tensor or array of int of shape (n_rows,)
+        Column of the true item in each row.
+    ties : {"conservative", "optimistic", "median"}, default="conservative"
+
+    Returns
+    -------
+    ranks : Tensor of float64, shape (n_rows,)
+        1-based ranks, on the device of ``scores``.
+
+    Examples
+    --------
+    >>> scores = [[0.5, 0.9, 0.5, 0.1]]
+    >>> [ranks_from_scores(scores, [0], t).item() for t in TIE_MODES]
+    [3.0, 2.0, 2.5]
+    """
+    check_ties(ties)
+    scores = torch.as_tensor(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-dimensional, got shape {tuple(scores.shape)}.")
+    targets = torch.as_tensor(targets, device=scores.device).to(torch.long).reshape(-1, 1)
+    target_scores = scores.gather(1, targets)
+    n_items = scores.shape[1]
+    greater = (scores > target_scores).sum(1, dtype=torch.int64) if ties != "conservative" \
+        else None
+    if ties == "optimistic":
+        ranks = (greater + 1).to(torch.float64)
+    else:
+        at_least = (scores >= target_scores).sum(1, dtype=torch.int64)
+        ranks = at_least.to(torch.float64)
+        if ties == "median":
+            ranks = (ranks + greater.to(torch.float64) + 1.0) / 2.0
+    nan_target = torch.isnan(target_scores.reshape(-1))
+    return torch.where(nan_target, torch.full_like(ranks, float(n_items)), ranks)
+
+
+_METRIC_FUNCS = {"recall": recall_at_k, "mrr": mrr_at_k, "ndcg": ndcg_at_k,
+                 "hitrate": hit_rate_at_k}
+
+
+def evaluate(estimator, X, cutoffs=(5, 10, 20), *, ties: str = "conservative",
+             metrics=("recall", "mrr", "ndcg")) -> dict:
+    """Evaluate a fitted recommender on test events under the next-item protocol.
+
+    Parameters
+    ----------
+    estimator : fitted sessionrec recommender, or a Pipeline ending in one
+    X : pandas.DataFrame
+        Test events (same columns as in training).
+    cutoffs : int or sequence of int, default=(5, 10, 20)
+    ties : {"conservative", "optimistic", "median"}, default="conservative"
+    metrics : sequence of {"recall", "mrr", "ndcg", "hitrate"}
+
+    Returns
+    -------
+    dict
+        ``"<metric>@<k>"`` for every metric and cut-off, plus ``"n_targets"`` (targets
+        ranked), ``"n_dropped"`` (targets dropped because their item, or every event
+        before them, was unseen in training) and ``"ties"``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from sessionrec import PopularityRecommender
+    >>> train = pd.DataFrame({"SessionId": [1, 1, 2, 2, 2], "ItemId": [1, 2, 1, 3, 1],
+    ...                       "Time": [0, 1, 2, 3, 4]})
+    >>> test = pd.DataFrame({"SessionId": [9, 9, 9], "ItemId": [2, 1, 99],
+    ...                      "Time": [0, 1, 2]})
+    >>> evaluate(PopularityRecommender().fit(train), test, cutoffs=[1], metrics=["recall"])
+    {'recall@1': 1.0, 'n_targets': 1, 'n_dropped': 1, 'ties': 'conservative'}
+    """
+    check_ties(ties)
+    if np.isscalar(cutoffs):
+        cutoffs = [cutoffs]
+    cutoffs = [int(k) for k in cutoffs]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    unknown = [m for m in metrics if m not in _METRIC_FUNCS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(_METRIC_FUNCS)}.")
+    est, X = _final_estimator_and_data(estimator, X)
+    ranks = np.asarray(est.rank_next_items(X, ties=ties), dtype=np.float64)
+    dropped = np.isnan(ranks)
+    known = ranks[~dropped]
+    result = {f"{m}@{k}": _METRIC_FUNCS[m](known, k) for m in metrics for k in cutoffs}
+    result.update(n_targets=int(known.size), n_dropped=int(dropped.sum()), ties=ties)
+    return result

@@ -1,0 +1,5 @@
+"""The recommenders, one private module per family; re-exported by ``sessionrec``."""
+
+from ._popularity import PopularityRecommender, SessionPopularityRecommender
+
+__all__ = ["PopularityRecommender", "SessionPopularityRecommender"]
