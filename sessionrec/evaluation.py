@@ -72,13 +72,13 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     targets = torch.as_tensor(targets, device=scores.device).to(torch.long).reshape(-1, 1)
     target_scores = scores.gather(1, targets)
     n_items = scores.shape[1]
-    greater = (scores > target_scores).sum(1, dtype=torch.int64) if ties != "conservative" \
-        else None
+    # count_nonzero is the fastest reduction of a comparison on CPU and GPU alike.
+    greater = (torch.count_nonzero(scores > target_scores, dim=1)
+               if ties != "conservative" else None)
     if ties == "optimistic":
         ranks = (greater + 1).to(torch.float64)
     else:
-        at_least = (scores >= target_scores).sum(1, dtype=torch.int64)
-        ranks = at_least.to(torch.float64)
+        ranks = torch.count_nonzero(scores >= target_scores, dim=1).to(torch.float64)
         if ties == "median":
             ranks = (ranks + greater.to(torch.float64) + 1.0) / 2.0
     nan_target = torch.isnan(target_scores.reshape(-1))

@@ -1,0 +1,50 @@
+"""Shared fixtures: small synthetic events, and the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import settings
+
+from sessionrec.datasets import make_sessions, read_gru4rec_tsv
+
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SESSIONREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+RSC15 = SHARED_DATA / "rsc15-100k"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seeds():
+    np.random.seed(0)  # noqa: NPY002 - pins the legacy global state for any code using it
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def events() -> pd.DataFrame:
+    """A small synthetic data set: 300 sessions over 60 items."""
+    return make_sessions(n_sessions=300, n_items=60, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def train_test(events) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cut = events["SessionId"] < 240
+    return events[cut].reset_index(drop=True), events[~cut].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def rsc15() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """rsc15-100k train_full and test, from ../shared/data."""
+    if not RSC15.is_dir():
+        pytest.skip(f"real data not found at {RSC15}")
+    return (read_gru4rec_tsv(RSC15 / "yoochoose-clicks-100k_train_full.txt"),
+            read_gru4rec_tsv(RSC15 / "yoochoose-clicks-100k_test.txt"))
