@@ -6,16 +6,18 @@ personalised models, user columns) and offers ``fit``, ``predict_next``, ``predi
 """
 
 from ._base import SessionRecommender, all_estimators
-from .exceptions import NotFittedError
-from .models import PopularityRecommender, SessionPopularityRecommender
+from .exceptions import NotFittedError, TrainingDivergedError
+from .models import GRU4RecRecommender, PopularityRecommender, SessionPopularityRecommender
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "SessionRecommender",
+    "GRU4RecRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
     "NotFittedError",
+    "TrainingDivergedError",
     "all_estimators",
     "__version__",
 ]

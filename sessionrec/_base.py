@@ -52,8 +52,8 @@ def all_estimators() -> list[type]:
 
     Examples
     --------
-    >>> [cls.__name__ for cls in all_estimators()][:2]
-    ['PopularityRecommender', 'SessionPopularityRecommender']
+    >>> "PopularityRecommender" in [cls.__name__ for cls in all_estimators()]
+    True
     """
     return sorted((c for c in _REGISTRY.values() if not c.__name__.startswith("_")),
                   key=lambda c: c.__name__)

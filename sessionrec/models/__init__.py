@@ -1,5 +1,6 @@
 """The recommenders, one private module per family; re-exported by ``sessionrec``."""
 
+from ._gru4rec import GRU4RecRecommender
 from ._popularity import PopularityRecommender, SessionPopularityRecommender
 
-__all__ = ["PopularityRecommender", "SessionPopularityRecommender"]
+__all__ = ["GRU4RecRecommender", "PopularityRecommender", "SessionPopularityRecommender"]

@@ -1,0 +1,118 @@
+"""GRU4Rec training and evaluation speed, memory and accuracy, as a table.
+
+Runs (each in this process, one after the other):
+
+* ``rsc15``: ../shared/data/rsc15-100k train_full -> test with the official rsc15
+  parameter file (cross-entropy, logQ 1.0, constrained embedding, 100 units, batch 32,
+  2048 samples, alpha 0.5, dropout 0.0/0.4, lr 0.2, momentum 0.2);
+* ``synthetic``: ``make_sessions`` with ``--synthetic-events`` events over
+  ``--synthetic-items`` items (default 1M events, 50k items), same settings, to show that
+  the time per epoch does not grow with the catalogue the way a full softmax would.
+
+Columns: train events/s and mini-batches/s (mean over epochs, sample-store refills
+included), evaluation targets/s (full ranking of all training items, conservative ties),
+peak RSS of the process (or peak GPU memory), Recall@20 and MRR@20.
+
+Usage::
+
+    python benchmarks/bench_gru4rec.py [--runs rsc15,synthetic] [--epochs 10]
+        [--device auto|cpu|cuda] [--seeds 0] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+from _data import SHARED_DATA  # noqa: E402
+
+from sessionrec import GRU4RecRecommender  # noqa: E402
+from sessionrec.datasets import make_sessions, read_gru4rec_tsv  # noqa: E402
+from sessionrec.evaluation import evaluate  # noqa: E402
+
+RSC15_PARAMS = dict(loss="cross-entropy", constrained_embedding=True, embedding=0,
+                    layers=(100,), batch_size=32, dropout_p_embed=0.0, dropout_p_hidden=0.4,
+                    learning_rate=0.2, momentum=0.2, n_sample=2048, sample_alpha=0.5,
+                    logq=1.0, bpreg=0.0, elu_param=0.0)
+
+
+def peak_memory_mb(device: torch.device) -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if device.type == "cuda":
+        gpu = torch.cuda.max_memory_allocated(device) / 2**20
+        return f"{rss:,.0f} / {gpu:,.0f}"
+    return f"{rss:,.0f}"
+
+
+def load(run: str, args):
+    if run == "rsc15":
+        folder = SHARED_DATA / "rsc15-100k"
+        if not folder.is_dir():
+            raise SystemExit(f"rsc15-100k not found at {folder}")
+        return (read_gru4rec_tsv(folder / "yoochoose-clicks-100k_train_full.txt"),
+                read_gru4rec_tsv(folder / "yoochoose-clicks-100k_test.txt"))
+    n_sessions = int(args.synthetic_events / 5.0)
+    events = make_sessions(n_sessions=n_sessions, n_items=args.synthetic_items,
+                           mean_length=5.0, max_length=50, random_state=0)
+    last = events.groupby("SessionId")["Time"].transform("max")
+    cut = last.quantile(0.98)
+    return events[last <= cut], events[last > cut]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="rsc15,synthetic")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--synthetic-events", type=int, default=1_000_000)
+    parser.add_argument("--synthetic-items", type=int, default=50_000)
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {device} ({name}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, batch {args.batch_size}, "
+          f"epochs {args.epochs}")
+    header = (f"{'run':<10}{'seed':>5}{'items':>8}{'train ev':>10}{'events/s':>10}"
+              f"{'mb/s':>8}{'epoch s':>9}{'eval tg/s':>11}{'peak MB':>14}"
+              f"{'Recall@20':>11}{'MRR@20':>8}")
+    print(header)
+    print("-" * len(header))
+    for run in args.runs.split(","):
+        train, test = load(run, args)
+        results = []
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            params = {**RSC15_PARAMS, "batch_size": args.batch_size, "n_epochs": args.epochs}
+            est = GRU4RecRecommender(**params, device=str(device), random_state=seed)
+            est.fit(train)
+            start = time.perf_counter()
+            result = evaluate(est, test, cutoffs=[20], metrics=["recall", "mrr"])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            eval_s = time.perf_counter() - start
+            hist = est.history_
+            events_s = np.mean([h["events_per_s"] for h in hist])
+            batches_s = np.mean([h["batches_per_s"] for h in hist])
+            epoch_s = np.mean([h["seconds"] for h in hist])
+            results.append((result["recall@20"], result["mrr@20"]))
+            print(f"{run:<10}{seed:>5}{est.n_items_:>8,}{len(train):>10,}{events_s:>10,.0f}"
+                  f"{batches_s:>8,.0f}{epoch_s:>9.2f}{result['n_targets'] / eval_s:>11,.0f}"
+                  f"{peak_memory_mb(device):>14}{result['recall@20']:>11.4f}"
+                  f"{result['mrr@20']:>8.4f}", flush=True)
+        if len(results) > 1:
+            mean = np.mean(results, axis=0)
+            print(f"{run:<10}{'mean':>5}{'':>73}{mean[0]:>11.4f}{mean[1]:>8.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""GRU4Rec: session-based recommendations with a recurrent network."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._base import SessionRecommender, rows_per_block
+from .._batching import session_parallel_schedule
+from .._events import SessionEvents
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_int_tuple,
+    check_real,
+    torch_generator,
+)
+from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
+from ..nn._network import GRU4RecNetwork, StepConfig
+from ..nn._optim import AdagradMomentum
+from ..nn._sampling import NegativeSampler
+from ..nn._trainer import train_parallel
+
+__all__ = ["GRU4RecRecommender"]
+
+# Evaluation batches: at least this many parallel sessions, at most that many.
+_EVAL_BATCH = (64, 8192)
+
+
+class GRU4RecRecommender(SessionRecommender):
+    """GRU4Rec: a GRU over the session's items, trained with sampled ranking losses.
+
+    The model of Hidasi et al. (ICLR 2016) with the improvements of the official
+    implementation (Hidasi & Karatzoglou, CIKM 2018; the official PyTorch port): extra
+    negative samples drawn by popularity, the cross-entropy and BPR-max losses, logQ
+    correction, shared input/output embeddings and momentum. Defaults are the official
+    port's.
+
+    Training (Hidasi et al., section 3.1): sessions, ordered by start time, are walked in
+    ``batch_size`` parallel slots (session-parallel mini-batches); a slot's hidden state is
+    reset to zero when a new session takes it, and detached every step (no
+    back-propagation through time). At each step the target items of all slots are each
+    other's negatives, and ``n_sample`` extra negatives shared by the batch are drawn with
+    probability proportional to support^``sample_alpha``. Only the scores of the targets
+    and samples are computed, a ``B x (B + n_sample)`` matrix. Updates use Adagrad with
+    momentum; the item tables get sparse row updates (rows repeated in a batch merged).
+
+    Prediction and evaluation run the same network session-parallel over the given
+    sessions, from a zero state, and score the whole catalogue in blocks on the device.
+
+    Parameters
+    ----------
+    layers : int or tuple of int, default=(100,)
+        Sizes of the stacked GRU layers (paper: one layer is usually best).
+    loss : {"cross-entropy", "bpr-max", "top1-max", "top1", "bpr"}, default="cross-entropy"
+        Training loss. ``top1`` and ``bpr`` are the ICLR 2016 paper's; ``top1-max``,
+        ``bpr-max`` (CIKM 2018) and ``cross-entropy`` are the official implementation's.
+        See :mod:`sessionrec.nn._losses` for the exact definitions.
+    batch_size : int, default=64
+        Number of parallel session slots (official port: 64; Theano original: 32).
+    dropout_p_embed : float in [0, 1), default=0.0
+        Dropout on the input embedding (constrained or separate; no effect with one-hot
+        input, which has no embedding vector).
+    dropout_p_hidden : float in [0, 1), default=0.0
+        Dropout on the output of every GRU layer. As in the official code, the dropped-out
+        state is the one carried to the next step.
+    learning_rate : float, default=0.05
+        Adagrad learning rate.
+    momentum : float in [0, 1), default=0.0
+        Heavy-ball momentum on top of the Adagrad step.
+    n_sample : int, default=2048
+        Extra negatives per mini-batch, shared by all slots; 0 = in-batch negatives only
+        (the ICLR 2016 paper).
+    sample_alpha : float in [0, 1], default=0.5
+        Negatives are drawn with probability proportional to support^sample_alpha.
+    embedding : int, default=0
+        Size of a separate input embedding (used when ``constrained_embedding=False``);
+        0 = one-hot input to the first GRU layer, as in the ICLR 2016 paper.
+    constrained_embedding : bool, default=True
+        Use the output weight matrix as the input embedding (official default); then
+        ``embedding`` is ignored.
+    bpreg : float, default=1.0
+        Score regularisation weight of bpr-max.
+    elu_param : float, default=0.5
+        Alpha of the ELU applied to the scores by bpr-max (0 = none), as in the official
+        code (``final_activation="auto"``) or with ``final_activation="elu"``.
+    logq : float, default=0.0
+        Strength of the logQ correction of the cross-entropy loss under sampling.
+    final_activation : {"auto", "linear", "tanh", "elu"}, default="auto"
+        Activation of the scores inside the training loss. ``"auto"``: ELU(elu_param)
+        for bpr-max when ``elu_param > 0`` (official), linear otherwise. ``"tanh"`` is the
+        ICLR 2016 paper's output activation. Monotonic, so rankings never depend on it.
+    n_epochs : int, default=10
+        Passes over the training sessions.
+    sample_store_size : int, default=10_000_000
+        Negative samples generated at once and kept on the device (official default).
+    session_key : str, default="SessionId"
+        Column of session labels.
+    item_key : str, default="ItemId"
+        Column of item labels.
+    time_key : str, default="Time"
+        Column of event times.
+    device : str, default="auto"
+        ``"auto"`` trains on CUDA when available, else on the CPU; or ``"cpu"``, ``"cuda"``.
+    random_state : int or None, default=None
+        Seed of the initialisation, sampling and dropout; with an int, training on the CPU
+        is repeatable bit for bit.
+    verbose : bool or int, default=False
+        Log one line per epoch (loss, time, events/s).
+
+    Attributes
+    ----------
+    network_ : GRU4RecNetwork
+        The trained network (a ``torch.nn.Module`` on ``device_``).
+    history_ : list of dict
+        Per epoch: ``loss`` (mean per training pair), ``seconds``, ``events_per_s``,
+        ``batches_per_s``.
+    item_index_ : ItemIndex
+    n_items_ : int
+    device_ : torch.device
+
+    Notes
+    -----
+    Choices where the references differ, and why:
+
+    * Every GRU layer uses the paper's formulation (equations 1-4: the reset gate applies
+      to the previous state before the recurrent product), as the Theano original does;
+      the official PyTorch port uses it for one-hot input and PyTorch's ``GRUCell``
+      variant otherwise.
+    * Weights are initialised uniformly in +-sqrt(6 / (fan_in + fan_out)) per gate block,
+      biases at zero.
+    * The score of an unknown session (no known item) is the output bias.
+
+    References
+    ----------
+    Hidasi, Karatzoglou, Baltrunas, Tikk. Session-based recommendations with recurrent
+    neural networks. ICLR 2016.
+    Hidasi, Karatzoglou. Recurrent neural networks with top-k gains for session-based
+    recommendations. CIKM 2018.
+
+    Examples
+    --------
+    >>> from sessionrec import GRU4RecRecommender
+    >>> from sessionrec.datasets import make_sessions
+    >>> events = make_sessions(n_sessions=200, n_items=50, random_state=0)
+    >>> model = GRU4RecRecommender(layers=(16,), n_epochs=2, n_sample=16, batch_size=16,
+    ...                            device="cpu", random_state=0).fit(events)
+    >>> live = events[events["SessionId"] == 0]
+    >>> model.predict_next(live, k=3).shape
+    (1, 3)
+    >>> len(model.history_)
+    2
+    """
+
+    def __init__(self, *, layers=(100,), loss="cross-entropy", batch_size=64,
+                 dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0,
+                 n_sample=2048, sample_alpha=0.5, embedding=0, constrained_embedding=True,
+                 bpreg=1.0, elu_param=0.5, logq=0.0, final_activation="auto", n_epochs=10,
+                 sample_store_size=10_000_000, session_key="SessionId", item_key="ItemId",
+                 time_key="Time", device="auto", random_state=None, verbose=False):
+        self.layers = layers
+        self.loss = loss
+        self.batch_size = batch_size
+        self.dropout_p_embed = dropout_p_embed
+        self.dropout_p_hidden = dropout_p_hidden
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.n_sample = n_sample
+        self.sample_alpha = sample_alpha
+        self.embedding = embedding
+        self.constrained_embedding = constrained_embedding
+        self.bpreg = bpreg
+        self.elu_param = elu_param
+        self.logq = logq
+        self.final_activation = final_activation
+        self.n_epochs = n_epochs
+        self.sample_store_size = sample_store_size
+        self.session_key = session_key
+        self.item_key = item_key
+        self.time_key = time_key
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- parameters -----------------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        check_int_tuple("layers", self.layers)
+        check_choice("loss", self.loss, LOSSES)
+        check_int("batch_size", self.batch_size, min_value=1)
+        for name in ("dropout_p_embed", "dropout_p_hidden", "momentum"):
+            check_real(name, getattr(self, name), min_value=0.0, max_value=1.0,
+                       max_inclusive=False)
+        check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
+        check_int("n_sample", self.n_sample, min_value=0)
+        check_real("sample_alpha", self.sample_alpha, min_value=0.0, max_value=1.0)
+        check_int("embedding", self.embedding, min_value=0)
+        check_bool("constrained_embedding", self.constrained_embedding)
+        check_real("bpreg", self.bpreg, min_value=0.0)
+        check_real("elu_param", self.elu_param, min_value=0.0)
+        check_real("logq", self.logq, min_value=0.0)
+        check_choice("final_activation", self.final_activation, ("auto",) + FINAL_ACTIVATIONS)
+        check_int("n_epochs", self.n_epochs, min_value=1)
+        check_int("sample_store_size", self.sample_store_size, min_value=1)
+
+    def _step_config(self) -> StepConfig:
+        activation = self.final_activation
+        if activation == "auto":
+            activation = "elu" if self.loss == "bpr-max" and self.elu_param > 0 else "linear"
+        return StepConfig(loss=self.loss, activation=activation, bpreg=float(self.bpreg),
+                          elu_param=float(self.elu_param),
+                          dropout_p_embed=float(self.dropout_p_embed),
+                          dropout_p_hidden=float(self.dropout_p_hidden))
+
+    def _build_network(self) -> GRU4RecNetwork:
+        return GRU4RecNetwork(self.n_items_, check_int_tuple("layers", self.layers),
+                              embedding=int(self.embedding),
+                              constrained_embedding=bool(self.constrained_embedding))
+
+    # -- training -------------------------------------------------------------------------
+
+    def _fit(self, events: SessionEvents) -> None:
+        device = self.device_
+        _, generator = torch_generator(self.random_state, device)
+        init_generator = torch.Generator().manual_seed(int(generator.initial_seed()))
+        network = self._build_network()
+        network.reset_parameters(init_generator)  # on the CPU: same weights on any device
+        network.to(device)
+
+        schedule = session_parallel_schedule(events, int(self.batch_size))
+        items = torch.as_tensor(events.items, device=device)
+        positions = torch.as_tensor(schedule.positions, device=device)
+        inputs, targets = items[positions], items[positions + 1]
+        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
+                               device=device).unsqueeze(1)
+        support = self.item_index_.support
+        sampler = None
+        if self.n_sample > 0:
+            sampler = NegativeSampler(support, float(self.sample_alpha), int(self.n_sample),
+                                      int(self.sample_store_size), device, generator)
+        shift_batch = shift_sample = None
+        if self.loss == "cross-entropy" and self.logq > 0:
+            # logQ correction: in-batch targets occur by support, samples by support^alpha.
+            log_support = torch.log(torch.as_tensor(support, dtype=torch.float32,
+                                                    device=device))
+            shift_batch = -float(self.logq) * log_support
+            shift_sample = shift_batch * float(self.sample_alpha)
+        config = self._step_config()
+        optimizer = AdagradMomentum(float(self.learning_rate), float(self.momentum))
+        training = network.start_training(optimizer, config, int(self.batch_size), generator)
+
+        def step(start: int, stop: int, hidden: list) -> torch.Tensor:
+            keep_rows = keep[start:stop]
+            for h in hidden:
+                h.mul_(keep_rows)  # reset the slots whose session starts here
+            batch_targets = targets[start:stop]
+            samples = sampler.next() if sampler is not None else None
+            shift = None
+            if shift_batch is not None:
+                shift = shift_batch[batch_targets]
+                if samples is not None:
+                    shift = torch.cat([shift, shift_sample[samples]])
+            return network.train_step(inputs[start:stop], batch_targets, samples, hidden,
+                                      config, training, shift)
+
+        advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
+                  f"{self.momentum}), or use a loss with score regularisation (bpr-max).")
+        try:
+            self.history_ = train_parallel(
+                step, schedule, network.zero_state, n_epochs=int(self.n_epochs),
+                device=device, advice=advice, log=self._log if self.verbose else None,
+                name="GRU4Rec")
+        finally:
+            training.finish()
+        self.network_ = network
+
+    # -- prediction -----------------------------------------------------------------------
+
+    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
+        network = self.network_
+        device = self.device_
+        batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
+        schedule = session_parallel_schedule(events, batch, include_last=True)
+        if schedule.n_steps == 0:
+            return
+        items = torch.as_tensor(events.items, device=device)
+        inputs = items[torch.as_tensor(schedule.positions, device=device)]
+        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
+                               device=device).unsqueeze(1)
+        scored = score_after[schedule.positions]
+        bounds = schedule.step_offsets.tolist()
+        views = network.views(network.dense)
+        hidden = network.zero_state(int(schedule.widths()[0]))
+        for t in range(schedule.n_steps):
+            start, stop = bounds[t], bounds[t + 1]
+            if t in schedule.shrink:
+                rows = torch.as_tensor(schedule.shrink[t], device=device)
+                hidden = [h.index_select(0, rows) for h in hidden]
+            for h in hidden:
+                h.mul_(keep[start:stop])
+            top = network.advance(inputs[start:stop], hidden, views)
+            selected = scored[start:stop]
+            if not selected.any():
+                continue
+            if not selected.all():
+                top = top.index_select(0, torch.as_tensor(np.flatnonzero(selected),
+                                                          device=device))
+            yield schedule.positions[start:stop][selected], network.score_all(top)
+
+    def _empty_history_scores(self) -> torch.Tensor:
+        return self.network_.out[:, -1].detach()
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def _get_state(self) -> dict:
+        return {"network": dict(self.network_.state_dict()), "history": self.history_}
+
+    def _set_state(self, state: dict) -> None:
+        network = self._build_network()
+        network.load_state_dict(state["network"])
+        self.network_ = network
+        self.history_ = state["history"]

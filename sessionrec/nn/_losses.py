@@ -1,0 +1,131 @@
+"""Ranking losses on the sampled score matrix, with their gradients.
+
+Every loss takes the score matrix ``R`` of a mini-batch: ``R[i, j]`` is the score of output
+column ``j`` (the batch's targets first, then the extra negative samples) after input
+``i``; row ``i``'s target is column ``i`` (the diagonal). Every other column of a row is a
+negative for it. A loss returns the **sum** over rows (for logging) and the gradient of
+the **mean** over rows (the official code divides the summed loss by the batch size).
+
+Definitions (r_i the target's score, r_j the negatives', N_S their number):
+
+* ``cross-entropy``: ``-log softmax(R)[i, i]``; with ``logq`` the scores are first
+  corrected by ``- logq * log Q(j)``, ``Q`` being the support of in-batch columns and
+  support**sample_alpha of sampled ones, as in the official implementation.
+* ``bpr`` (GRU4Rec paper): ``-mean_j log sigmoid(r_i - r_j)``.
+* ``top1`` (GRU4Rec paper; the official code's normalisation):
+  ``mean over all columns j of [sigmoid(r_j - r_i) + sigmoid(r_j^2)] - sigmoid(r_i^2) / N``
+  where N counts all columns, so the target's own regulariser is removed.
+* ``top1-max`` and ``bpr-max`` (Hidasi & Karatzoglou, CIKM 2018): negatives weighted by
+  ``s_j = softmax over the negatives' scores`` (target excluded);
+  ``top1-max = sum_j s_j [sigmoid(r_j - r_i) + sigmoid(r_j^2)]``,
+  ``bpr-max = -log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2``.
+
+A final activation (``tanh`` as in the GRU4Rec paper, or ``elu`` as the official code uses
+for bpr-max) is applied to the scores inside the loss only: it is monotonic, so it never
+changes a ranking.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["LOSSES", "FINAL_ACTIVATIONS", "loss_and_grad", "cross_entropy_distinct"]
+
+LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")
+FINAL_ACTIVATIONS = ("linear", "tanh", "elu")
+
+
+def cross_entropy_distinct(scores: torch.Tensor, target_cols: torch.Tensor,
+                           log_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled softmax cross-entropy computed over *distinct* items (the hot path).
+
+    With columns ``j`` mapping to items ``u(j)`` and column corrections ``s_j`` (logQ),
+    the partition function ``sum_j exp(r_u(j) + s_j)`` equals ``sum_u exp(r_u + log w_u)``
+    with ``w_u = sum_{j: u(j)=u} exp(s_j)``. So the loss over the ``B + S`` columns, with
+    duplicates, is exactly a softmax over the ``U`` distinct items with log-weights
+    ``log w_u``, and its gradient w.r.t. a distinct item's score is the sum of its
+    columns' gradients.
+
+    Parameters
+    ----------
+    scores : Tensor (B, U)
+        Raw scores of the distinct items (overwritten).
+    target_cols : LongTensor (B,)
+        Distinct-item position of each row's target.
+    log_weight : Tensor (U,)
+        ``log w_u``.
+
+    Returns
+    -------
+    loss : 0-d Tensor
+        Sum over rows of ``logsumexp_u(r + log w) - (r_target + log w_target)``; the caller
+        adds ``sum_i (log w_target(i) - s_i)``, constant w.r.t. the scores, to obtain the
+        column-space loss.
+    grad : Tensor (B, U)
+        Gradient of the mean over rows.
+    """
+    n = scores.shape[0]
+    logits = scores.add_(log_weight)
+    logits.sub_(logits.max(dim=1, keepdim=True).values)
+    column = target_cols.unsqueeze(1)
+    target = logits.gather(1, column)
+    prob = logits.exp_()
+    total = prob.sum(dim=1, keepdim=True)
+    loss = total.log().sub_(target).sum()
+    grad = prob.div_(total)
+    grad.scatter_add_(1, column, torch.full_like(target, -1.0))
+    return loss, grad.mul_(1.0 / n)
+
+
+def _negatives_mask(shape, device) -> torch.Tensor:
+    eye = torch.zeros(shape, dtype=torch.bool, device=device)
+    eye.diagonal().fill_(True)
+    return eye
+
+
+def _loss_autograd(scores: torch.Tensor, loss: str, bpreg: float, activation: str,
+                   elu_param: float) -> torch.Tensor:
+    """Per-row losses of the general path (differentiated by autograd)."""
+    if activation == "tanh":
+        scores = torch.tanh(scores)
+    elif activation == "elu":
+        scores = torch.nn.functional.elu(scores, elu_param)
+    target = scores.diagonal().unsqueeze(1)
+    if loss == "cross-entropy":
+        return torch.logsumexp(scores, dim=1) - target.squeeze(1)
+    n_cols = scores.shape[1]
+    eye = _negatives_mask(scores.shape, scores.device)
+    if loss == "top1":
+        terms = torch.sigmoid(scores - target) + torch.sigmoid(scores * scores)
+        return terms.mean(dim=1) - torch.sigmoid(target.squeeze(1) ** 2) / n_cols
+    if loss == "bpr":
+        log_sig = torch.nn.functional.logsigmoid(target - scores).masked_fill(eye, 0.0)
+        return -log_sig.sum(dim=1) / (n_cols - 1)
+    weights = scores.masked_fill(eye, float("-inf")).softmax(dim=1)
+    if loss == "top1-max":
+        terms = torch.sigmoid(scores - target) + torch.sigmoid(scores * scores)
+        return (weights * terms).sum(dim=1)
+    # bpr-max
+    ranked = (weights * torch.sigmoid(target - scores)).sum(dim=1)
+    return -torch.log(ranked + 1e-24) + bpreg * (weights * scores * scores).sum(dim=1)
+
+
+def loss_and_grad(scores: torch.Tensor, loss: str, *, bpreg: float = 1.0,
+                  activation: str = "linear", elu_param: float = 0.5
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss summed over rows, and its gradient averaged over rows, w.r.t. ``scores``.
+
+    The general path, differentiated by autograd on the score matrix alone (linear
+    cross-entropy takes :func:`cross_entropy_distinct` instead). ``scores`` (B x N, B <= N)
+    may be overwritten. A single-column batch (one row, no
+    negative) has no ranking signal; its loss and gradient are zero.
+    """
+    n_rows, n_cols = scores.shape
+    if n_cols < 2:
+        return scores.new_zeros(()), torch.zeros_like(scores)
+    leaf = scores.detach().requires_grad_(True)
+    with torch.enable_grad():
+        per_row = _loss_autograd(leaf, loss, bpreg, activation, elu_param)
+        total = per_row.sum()
+        (grad,) = torch.autograd.grad(total, leaf)
+    return total.detach(), grad.mul_(1.0 / n_rows)

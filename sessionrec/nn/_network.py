@@ -1,0 +1,326 @@
+"""The GRU4Rec network: item tables, GRU layers, sampled training step, full scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._layers import DropoutMasks, gru_backward, gru_forward, init_uniform_
+from ._losses import cross_entropy_distinct, loss_and_grad
+from ._optim import AdagradMomentum, PackedTable, unique_rows
+
+__all__ = ["GRU4RecNetwork", "StepConfig", "TrainingState"]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Settings of the training step that do not change the network's shape."""
+
+    loss: str = "cross-entropy"
+    activation: str = "linear"
+    bpreg: float = 1.0
+    elu_param: float = 0.5
+    dropout_p_embed: float = 0.0
+    dropout_p_hidden: float = 0.0
+
+
+@dataclass
+class _LayerViews:
+    wx: torch.Tensor | None   # (in, 3H): input weights of [candidate, reset, update]
+    wrz: torch.Tensor         # (H, 2H)
+    wh: torch.Tensor          # (H, H)
+    b: torch.Tensor           # (3H,)
+
+
+class GRU4RecNetwork(nn.Module):
+    """Parameters of GRU4Rec and the maths of one step, forward and backward.
+
+    Item tables (updated by sparse row steps):
+
+    * ``out`` (n_items x (H_last + 1)): the output weights ``W_y`` and, in the last
+      column, the output bias ``b_y`` (one table, so one sparse update serves both);
+    * with ``constrained_embedding`` the input embedding of an item *is* its row of
+      ``W_y`` (the official default);
+    * with ``embedding > 0`` (and not constrained), a separate table ``embed``;
+    * otherwise the input is one-hot, as in the GRU4Rec paper: the first layer's input
+      weights are a table ``onehot`` (n_items x 3 H_0) whose rows are gathered.
+
+    GRU weights (updated densely) live in one flat buffer ``dense``, so that the optimiser
+    updates all of them in a handful of operations.
+    """
+
+    def __init__(self, n_items: int, layers: tuple[int, ...], embedding: int = 0,
+                 constrained_embedding: bool = True):
+        super().__init__()
+        self.n_items = int(n_items)
+        self.layers = tuple(int(h) for h in layers)
+        self.embedding = int(embedding)
+        self.constrained_embedding = bool(constrained_embedding)
+        if constrained_embedding:
+            self.input_mode, n_input = "constrained", self.layers[-1]
+        elif embedding > 0:
+            self.input_mode, n_input = "embedding", self.embedding
+        else:
+            self.input_mode, n_input = "onehot", 0
+        width = self.layers[-1]
+        self.out = nn.Parameter(torch.zeros(n_items, width + 1), requires_grad=False)
+        self.embed = (nn.Parameter(torch.zeros(n_items, self.embedding), requires_grad=False)
+                      if self.input_mode == "embedding" else None)
+        self.onehot = (nn.Parameter(torch.zeros(n_items, 3 * self.layers[0]),
+                                    requires_grad=False)
+                       if self.input_mode == "onehot" else None)
+        # Layout of the flat buffer of GRU weights: (name, layer, rows, cols).
+        self._layout = []
+        for i, size in enumerate(self.layers):
+            fan_in = n_input if i == 0 else self.layers[i - 1]
+            if not (i == 0 and self.input_mode == "onehot"):
+                self._layout.append(("wx", i, fan_in, 3 * size))
+            self._layout += [("wrz", i, size, 2 * size), ("wh", i, size, size),
+                             ("b", i, 1, 3 * size)]
+        total = sum(r * c for _, _, r, c in self._layout)
+        self.dense = nn.Parameter(torch.zeros(total), requires_grad=False)
+
+    # -- parameters -----------------------------------------------------------------------
+
+    def views(self, flat: torch.Tensor) -> list[_LayerViews]:
+        """Per-layer weight tensors as views into a flat buffer (weights or gradients)."""
+        found: list[dict] = [{"wx": None} for _ in self.layers]
+        offset = 0
+        for name, i, rows, cols in self._layout:
+            block = flat[offset:offset + rows * cols]
+            found[i][name] = block if name == "b" else block.view(rows, cols)
+            offset += rows * cols
+        return [_LayerViews(**f) for f in found]
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """The papers' initialisation: per-gate-block uniform weights, zero biases."""
+        self.out.zero_()
+        init_uniform_(self.out[:, :-1], generator=generator)
+        if self.embed is not None:
+            init_uniform_(self.embed, generator=generator)
+        if self.onehot is not None:
+            init_uniform_(self.onehot, n_blocks=3, generator=generator)
+        self.dense.zero_()
+        for view in self.views(self.dense):
+            if view.wx is not None:
+                init_uniform_(view.wx, n_blocks=3, generator=generator)
+            init_uniform_(view.wrz, n_blocks=2, generator=generator)
+            init_uniform_(view.wh, generator=generator)
+
+    def zero_state(self, batch_size: int) -> list[torch.Tensor]:
+        """Zero hidden states for ``batch_size`` slots, one tensor per layer."""
+        return [torch.zeros(batch_size, h, device=self.out.device) for h in self.layers]
+
+    # -- inference ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def advance(self, items: torch.Tensor, hidden: list[torch.Tensor],
+                views: list[_LayerViews]) -> torch.Tensor:
+        """Feed one item per slot (no dropout); update ``hidden`` in place, return the top
+        layer's state."""
+        x = self._input(items)
+        for i, view in enumerate(views):
+            gi = self._gate_inputs(i, items, x, view)
+            x, _ = gru_forward(gi, hidden[i], view.wrz, view.wh, need_cache=False)
+            hidden[i] = x
+        return x
+
+    @torch.no_grad()
+    def score_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for each row of ``h`` (rows x n_items)."""
+        return torch.addmm(self.out[:, -1], h, self.out[:, :-1].t())
+
+    def _input(self, items: torch.Tensor) -> torch.Tensor | None:
+        if self.input_mode == "constrained":
+            return self.out[:, :-1].index_select(0, items)
+        if self.input_mode == "embedding":
+            return self.embed.index_select(0, items)
+        return None
+
+    def _gate_inputs(self, layer: int, items, x, view: _LayerViews) -> torch.Tensor:
+        if layer == 0 and self.input_mode == "onehot":
+            return self.onehot.index_select(0, items).add_(view.b)
+        return torch.addmm(view.b, x, view.wx)
+
+    # -- training -------------------------------------------------------------------------
+
+    def start_training(self, optimizer: AdagradMomentum, config: StepConfig,
+                       batch_size: int, generator: torch.Generator) -> TrainingState:
+        """Pack the item tables with their optimiser state, cache the weight views and
+        prepare the dropout masks of a training run."""
+        tables = {"out": PackedTable(self.out, optimizer)}
+        if self.embed is not None:
+            tables["embed"] = PackedTable(self.embed, optimizer)
+        if self.onehot is not None:
+            tables["onehot"] = PackedTable(self.onehot, optimizer)
+        grad_flat = torch.zeros_like(self.dense)
+        device = self.out.device
+        embed_masks = None
+        if config.dropout_p_embed > 0 and self.input_mode != "onehot":
+            width = self.layers[-1] if self.input_mode == "constrained" else self.embedding
+            embed_masks = DropoutMasks(config.dropout_p_embed, batch_size, width,
+                                       device=device, generator=generator)
+        hidden_masks = [DropoutMasks(config.dropout_p_hidden, batch_size, h, device=device,
+                                     generator=generator)
+                        for h in self.layers] if config.dropout_p_hidden > 0 else None
+        return TrainingState(optimizer, tables, grad_flat, self.views(self.dense),
+                             self.views(grad_flat), embed_masks, hidden_masks)
+
+    @torch.no_grad()
+    def train_step(self, items: torch.Tensor, targets: torch.Tensor,
+                   samples: torch.Tensor | None, hidden: list[torch.Tensor],
+                   config: StepConfig, state: TrainingState,
+                   score_shift: torch.Tensor | None = None) -> torch.Tensor:
+        """One sampled training step; updates ``hidden`` and the parameters in place.
+
+        Parameters
+        ----------
+        items, targets : LongTensor (B,)
+            Input items and next items of the B active slots.
+        samples : LongTensor (S,) or None
+            Extra negatives shared by the batch.
+        hidden : list of Tensor (B, H_l)
+            Hidden states (already reset where sessions start); replaced by the new ones.
+        state : TrainingState
+            From :meth:`start_training`.
+        score_shift : Tensor (B + S,) or None
+            Added to the scores of the columns before the loss (the logQ correction).
+
+        Returns
+        -------
+        Tensor
+            The loss summed over the batch (a 0-d tensor on the device, not synchronised).
+
+        Notes
+        -----
+        The loss is defined over all ``B + S`` columns, duplicates included, as in the
+        official code; but output rows are gathered, scored and updated once per
+        *distinct* item. For the linear cross-entropy that is exact algebra (see
+        :func:`cross_entropy_distinct`); other losses expand the distinct scores to the
+        columns and sum the column gradients back. Popular items are sampled many times,
+        so this saves much of the work.
+        """
+        n = items.shape[0]
+        width = self.layers[-1]
+        columns = targets if samples is None else torch.cat([targets, samples])
+        views, grads = state.views, state.grad_views
+        constrained = self.input_mode == "constrained"
+
+        # Gather the distinct output rows this step touches (with the input rows when the
+        # input embedding is the output matrix).
+        out_table = state.tables["out"]
+        touched = torch.cat([items, columns]) if constrained else columns
+        distinct, inverse = unique_rows(touched, self.n_items)
+        packed = out_table.gather(distinct)
+        weights, bias = packed[0, :, :width], packed[0, :, width]
+        column_of = inverse[n:] if constrained else inverse
+        in_table = in_rows = in_inverse = in_packed = None
+        if constrained:
+            x = weights.index_select(0, inverse[:n])
+        else:
+            in_table = state.tables["embed" if self.input_mode == "embedding" else "onehot"]
+            in_rows, in_inverse = unique_rows(items, self.n_items)
+            in_packed = in_table.gather(in_rows)
+            x = (in_packed[0].index_select(0, in_inverse)
+                 if self.input_mode == "embedding" else None)
+        embed_mask = None
+        if x is not None and state.embed_masks is not None:
+            embed_mask = state.embed_masks.next(n)
+            x = x * embed_mask
+
+        # Forward through the layers, keeping what the backward pass needs.
+        caches, layer_inputs, hidden_masks = [], [], []
+        layer_in = x
+        for i, view in enumerate(views):
+            if view.wx is None:  # one-hot input: gather the rows of the input table
+                gi = in_packed[0].index_select(0, in_inverse).add_(view.b)
+            else:
+                gi = torch.addmm(view.b, layer_in, view.wx)
+            h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh)
+            if state.hidden_masks is not None:
+                mask = state.hidden_masks[i].next(n)
+                h = h.mul_(mask)
+                hidden_masks.append(mask)
+            caches.append(cache)
+            layer_inputs.append(layer_in)
+            hidden[i] = h  # the official code carries the dropped-out state, as here
+            layer_in = h
+
+        # Scores of the distinct target and sample items only (never the catalogue).
+        scores = torch.addmm(bias, layer_in, weights.t())
+        if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
+            loss, d_distinct = scores.new_zeros(()), torch.zeros_like(scores)
+        elif config.loss == "cross-entropy" and config.activation == "linear":
+            weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
+                      else score_shift.exp())
+            log_weight = torch.zeros(len(distinct), device=scores.device)
+            log_weight.index_add_(0, column_of, weight).log_()
+            target_cols = column_of[:n]
+            loss, d_distinct = cross_entropy_distinct(scores, target_cols, log_weight)
+            constant = log_weight.index_select(0, target_cols).sum()
+            if score_shift is not None:
+                constant = constant - score_shift[:n].sum()
+            loss = loss + constant
+        else:
+            col_scores = scores.index_select(1, column_of)
+            if score_shift is not None:
+                col_scores.add_(score_shift)
+            loss, d_cols = loss_and_grad(col_scores, config.loss, bpreg=config.bpreg,
+                                         activation=config.activation,
+                                         elu_param=config.elu_param)
+            d_distinct = torch.zeros_like(scores).index_add_(1, column_of, d_cols)
+
+        # Backward: output layer (per distinct item), then the layers top-down (no step
+        # back in time).
+        out_grad = torch.empty(len(distinct), width + 1, device=scores.device)
+        torch.mm(d_distinct.t(), layer_in, out=out_grad[:, :width])
+        torch.sum(d_distinct, dim=0, out=out_grad[:, width])
+        d_h = torch.mm(d_distinct, weights)
+        in_grad = None
+        for i in reversed(range(len(views))):
+            if hidden_masks:
+                d_h.mul_(hidden_masks[i])
+            d_gi = gru_backward(d_h, caches[i], views[i].wh, grads[i].wrz, grads[i].wh)
+            torch.sum(d_gi, dim=0, out=grads[i].b)
+            if views[i].wx is None:
+                in_grad = d_gi
+            else:
+                torch.mm(layer_inputs[i].t(), d_gi, out=grads[i].wx)
+                if i > 0 or x is not None:
+                    d_h = torch.mm(d_gi, views[i].wx.t())
+        if x is not None:
+            if embed_mask is not None:
+                d_h.mul_(embed_mask)
+            in_grad = d_h
+
+        # Updates, after every gradient is known.
+        state.optimizer.dense_step(self.dense, state.grad_flat)
+        if constrained:
+            out_grad[:, :width].index_add_(0, inverse[:n], in_grad)
+        else:
+            merged = torch.zeros(len(in_rows), in_table.width, device=in_grad.device)
+            merged.index_add_(0, in_inverse, in_grad)
+            in_table.step(in_rows, in_packed, merged)
+        out_table.step(distinct, packed, out_grad)
+        return loss
+
+
+@dataclass
+class TrainingState:
+    """What a training run keeps between steps (see ``GRU4RecNetwork.start_training``)."""
+
+    optimizer: AdagradMomentum
+    tables: dict
+    grad_flat: torch.Tensor
+    views: list
+    grad_views: list
+    embed_masks: DropoutMasks | None = None
+    hidden_masks: list | None = None
+
+    def finish(self) -> None:
+        """Give the item tables their own storage again (drops the optimiser state)."""
+        for table in self.tables.values():
+            table.release()

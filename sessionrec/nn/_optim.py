@@ -1,0 +1,134 @@
+"""Adagrad with momentum: dense steps, and sparse row steps on packed item tables.
+
+The rule (the official GRU4Rec optimiser), for every parameter element:
+``acc += g^2``, ``step = lr * g / sqrt(acc + eps)``, ``mom = momentum * mom + step``
+(``mom = step`` without momentum), ``p -= mom``.
+
+Item tables get *sparse* steps: only the rows a mini-batch touched are updated, their
+accumulator and momentum included, after the gradients of rows that occur several times
+in the batch have been merged. To make that cheap, a :class:`PackedTable` keeps the
+parameters, accumulator and momentum as planes of one buffer, so a step is one gather of
+the touched rows of all planes, contiguous arithmetic on them, and one scatter back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["AdagradMomentum", "PackedTable", "unique_rows", "unique_rows_padded"]
+
+
+def unique_rows(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct values of ``rows`` and, for each element, the position of its value.
+
+    On the CPU this is ``torch.unique``. On a GPU the result is padded to ``len(rows)``
+    with the index ``n_rows`` (a dummy row every :class:`PackedTable` has), because a
+    data-dependent size would force the host to wait for the device at every step.
+    """
+    if rows.device.type == "cpu":
+        return torch.unique(rows, return_inverse=True)
+    return unique_rows_padded(rows, n_rows)
+
+
+def unique_rows_padded(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`unique_rows` with a static output size (the GPU path; runs on any device)."""
+    ordered, order = torch.sort(rows)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    segment = torch.cumsum(new, 0) - 1
+    distinct = torch.full_like(rows, n_rows)
+    distinct.scatter_(0, segment, ordered)  # equal values write equal entries
+    inverse = torch.empty_like(rows)
+    inverse[order] = segment
+    return distinct, inverse
+
+
+class AdagradMomentum:
+    """Settings and dense state of the optimiser for one training run.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate.
+    momentum : float
+        Heavy-ball momentum on top of the Adagrad step (0 = none).
+    eps : float, default=1e-6
+        Added to the accumulator before the square root.
+    """
+
+    def __init__(self, lr: float, momentum: float, eps: float = 1e-6):
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+        self._dense_state: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    @torch.no_grad()
+    def dense_step(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        """Update every element of ``param`` (e.g. the flat buffer of all GRU weights)."""
+        key = id(param)
+        if key not in self._dense_state:
+            # The accumulator starts at eps, so sqrt(acc) is sqrt(sum g^2 + eps): one
+            # operation fewer per step than adding eps every time.
+            self._dense_state[key] = (torch.full_like(param, self.eps),
+                                      torch.zeros_like(param) if self.momentum > 0 else None)
+        acc, mom = self._dense_state[key]
+        acc.addcmul_(grad, grad)
+        denom = acc.sqrt()
+        if mom is None:
+            param.addcdiv_(grad, denom, value=-self.lr)
+        else:
+            mom.mul_(self.momentum).addcdiv_(grad, denom, value=self.lr)
+            param.sub_(mom)
+
+    def rows_step(self, gathered: torch.Tensor, grad: torch.Tensor) -> None:
+        """Sparse step on gathered rows of a :class:`PackedTable`, in place.
+
+        ``gathered`` holds the planes ``[param, acc(, mom)]`` of the distinct touched rows
+        (each plane contiguous), ``grad`` the merged gradient of those rows.
+        """
+        param, acc = gathered[0], gathered[1]
+        acc.addcmul_(grad, grad)
+        denom = acc.sqrt()  # the accumulator holds eps from the start (PackedTable)
+        if self.momentum > 0:
+            mom = gathered[2]
+            mom.mul_(self.momentum).addcdiv_(grad, denom, value=self.lr)
+            param.sub_(mom)
+        else:
+            param.addcdiv_(grad, denom, value=-self.lr)
+
+
+class PackedTable:
+    """An item table packed with its optimiser state, for the duration of a fit.
+
+    The buffer holds planes ``[param, acc(, mom)]``, each (n_rows + 1) x width: the extra
+    row is the dummy row of :func:`unique_rows`. The parameter's data becomes a view of
+    the first plane (contiguous); :meth:`release` gives it storage of its own again.
+    """
+
+    def __init__(self, param: nn.Parameter, optimizer: AdagradMomentum):
+        n_rows, width = param.shape
+        planes = 3 if optimizer.momentum > 0 else 2
+        self.param = param
+        self.width = width
+        self.n_rows = n_rows
+        self.optimizer = optimizer
+        self.buffer = torch.zeros(planes, n_rows + 1, width, dtype=param.dtype,
+                                  device=param.device)
+        self.buffer[0, :n_rows] = param.data
+        self.buffer[1] = optimizer.eps  # see AdagradMomentum.dense_step
+        param.data = self.buffer[0, :n_rows]
+
+    def gather(self, distinct: torch.Tensor) -> torch.Tensor:
+        """The rows ``distinct`` of every plane (a copy); plane 0 holds the parameters."""
+        return self.buffer.index_select(1, distinct)
+
+    def step(self, distinct: torch.Tensor, gathered: torch.Tensor, grad: torch.Tensor
+             ) -> None:
+        """Apply the sparse step to the gathered rows and write them back."""
+        self.optimizer.rows_step(gathered, grad)
+        self.buffer.index_copy_(1, distinct, gathered)
+
+    def release(self) -> None:
+        self.param.data = self.buffer[0, :self.n_rows].clone()
+        self.buffer = None
