@@ -21,7 +21,13 @@ import sessionrec  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
 
 # Per-model settings for the demo; a model not listed here runs with its defaults.
-DEMO_PARAMS: dict[str, dict] = {}
+DEMO_PARAMS: dict[str, dict] = {
+    # The official GRU4Rec parameter file for rsc15.
+    "GRU4RecRecommender": dict(loss="cross-entropy", constrained_embedding=True,
+                               layers=(100,), batch_size=32, dropout_p_hidden=0.4,
+                               learning_rate=0.2, momentum=0.2, n_sample=2048,
+                               sample_alpha=0.5, logq=1.0, n_epochs=10, random_state=0),
+}
 
 
 def main() -> None:

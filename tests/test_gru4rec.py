@@ -290,3 +290,20 @@ def test_rsc15_official_configuration(rsc15):
     result = evaluate(est, test, cutoffs=[20])
     assert result["recall@20"] >= 0.655
     assert result["mrr@20"] >= 0.345
+
+
+@pytest.mark.parametrize("mode", ["constrained", "onehot"])
+def test_static_buffer_step_trains_exactly_like_the_plain_step(mode, train_test, monkeypatch):
+    """The step that CUDA captures as a graph, run uncaptured on the CPU, is the same
+    training: same samples, same dropout masks, same updates, bit for bit."""
+    from sessionrec.models import _gru4rec
+
+    train, test = train_test
+    params = dict(**FAST, dropout_p_hidden=0.3, dropout_p_embed=0.2, logq=1.0, momentum=0.2,
+                  **MODES[mode])
+    plain = GRU4RecRecommender(**params).fit(train)
+    monkeypatch.setitem(_gru4rec._STATIC_STEP, "cpu", True)
+    static = GRU4RecRecommender(**params).fit(train)
+    for name, value in plain.network_.state_dict().items():
+        assert torch.equal(value, static.network_.state_dict()[name]), name
+    assert [h["loss"] for h in plain.history_] == [h["loss"] for h in static.history_]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -16,6 +18,7 @@ from .._validation import (
     check_real,
     torch_generator,
 )
+from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._network import GRU4RecNetwork, StepConfig
 from ..nn._optim import AdagradMomentum
@@ -248,31 +251,45 @@ class GRU4RecRecommender(SessionRecommender):
             shift_sample = shift_batch * float(self.sample_alpha)
         config = self._step_config()
         optimizer = AdagradMomentum(float(self.learning_rate), float(self.momentum))
-        training = network.start_training(optimizer, config, int(self.batch_size), generator)
+        batch_size = int(self.batch_size)
+        training = network.start_training(optimizer, config, batch_size, generator)
 
-        def step(start: int, stop: int, hidden: list) -> torch.Tensor:
-            keep_rows = keep[start:stop]
+        def run(batch_items, batch_targets, samples, keep_rows, hidden, state, inplace):
             for h in hidden:
                 h.mul_(keep_rows)  # reset the slots whose session starts here
-            batch_targets = targets[start:stop]
-            samples = sampler.next() if sampler is not None else None
             shift = None
             if shift_batch is not None:
                 shift = shift_batch[batch_targets]
                 if samples is not None:
                     shift = torch.cat([shift, shift_sample[samples]])
-            return network.train_step(inputs[start:stop], batch_targets, samples, hidden,
-                                      config, training, shift)
+            return network.train_step(batch_items, batch_targets, samples, hidden, config,
+                                      state, shift, hidden_inplace=inplace)
+
+        replay = _static_step(network, training, run, schedule, sampler, device)
+
+        def step(start: int, stop: int, hidden: list) -> torch.Tensor:
+            if replay is not None and replay.accepts(stop - start, hidden):
+                return replay(keep[start:stop], inputs[start:stop], targets[start:stop])
+            samples = sampler.next() if sampler is not None else None
+            return run(inputs[start:stop], targets[start:stop], samples, keep[start:stop],
+                       hidden, training, False)
+
+        def fresh_state(width: int) -> list:
+            if replay is not None and replay.width == width:
+                return replay.fresh_hidden()
+            return network.zero_state(width)
 
         advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
                   f"{self.momentum}), or use a loss with score regularisation (bpr-max).")
         try:
             self.history_ = train_parallel(
-                step, schedule, network.zero_state, n_epochs=int(self.n_epochs),
+                step, schedule, fresh_state, n_epochs=int(self.n_epochs),
                 device=device, advice=advice, log=self._log if self.verbose else None,
                 name="GRU4Rec")
         finally:
             training.finish()
+            if replay is not None:
+                replay.step.close()
         self.network_ = network
 
     # -- prediction -----------------------------------------------------------------------
@@ -321,3 +338,59 @@ class GRU4RecRecommender(SessionRecommender):
         network.load_state_dict(state["network"])
         self.network_ = network
         self.history_ = state["history"]
+
+
+# Use the static-buffer step (a replayed CUDA graph) on CUDA devices. The tests also force
+# it on the CPU, where it runs uncaptured, to check it trains exactly like the plain step.
+_STATIC_STEP = {"cuda": True, "cpu": False}
+
+
+class _StaticStep:
+    """Full-width training steps through static buffers (see ``nn._cuda_graph``)."""
+
+    def __init__(self, network, training, run, width, sampler, device):
+        self.width = width
+        self.sampler = sampler
+        self.hidden = network.zero_state(width)
+        self.keep = torch.ones(width, 1, device=device)
+        self.items = torch.zeros(width, dtype=torch.long, device=device)
+        self.targets = torch.zeros(width, dtype=torch.long, device=device)
+        self.samples = (None if sampler is None else
+                        torch.zeros(sampler.n_sample, dtype=torch.long, device=device))
+        masks = []
+        state = training
+        if training.embed_masks is not None:
+            masks.append(StaticMasks(training.embed_masks, width))
+            state = replace(state, embed_masks=masks[-1])
+        if training.hidden_masks is not None:
+            hidden_masks = [StaticMasks(m, width) for m in training.hidden_masks]
+            masks += hidden_masks
+            state = replace(state, hidden_masks=hidden_masks)
+        self.masks = masks
+        self.step = ReplayedStep(
+            lambda: run(self.items, self.targets, self.samples, self.keep, self.hidden, state,
+                        True), device)
+
+    def accepts(self, width: int, hidden: list) -> bool:
+        return width == self.width and hidden[0] is self.hidden[0]
+
+    def fresh_hidden(self) -> list:
+        for h in self.hidden:
+            h.zero_()
+        return list(self.hidden)
+
+    def __call__(self, keep, items, targets) -> torch.Tensor:
+        self.keep.copy_(keep)
+        self.items.copy_(items)
+        self.targets.copy_(targets)
+        if self.sampler is not None:
+            self.samples.copy_(self.sampler.next())
+        for mask in self.masks:
+            mask.refresh()
+        return self.step()
+
+
+def _static_step(network, training, run, schedule, sampler, device):
+    if not _STATIC_STEP.get(device.type, False) or schedule.n_steps == 0:
+        return None
+    return _StaticStep(network, training, run, int(schedule.widths()[0]), sampler, device)

@@ -173,7 +173,8 @@ class GRU4RecNetwork(nn.Module):
     def train_step(self, items: torch.Tensor, targets: torch.Tensor,
                    samples: torch.Tensor | None, hidden: list[torch.Tensor],
                    config: StepConfig, state: TrainingState,
-                   score_shift: torch.Tensor | None = None) -> torch.Tensor:
+                   score_shift: torch.Tensor | None = None,
+                   hidden_inplace: bool = False) -> torch.Tensor:
         """One sampled training step; updates ``hidden`` and the parameters in place.
 
         Parameters
@@ -183,7 +184,8 @@ class GRU4RecNetwork(nn.Module):
         samples : LongTensor (S,) or None
             Extra negatives shared by the batch.
         hidden : list of Tensor (B, H_l)
-            Hidden states (already reset where sessions start); replaced by the new ones.
+            Hidden states (already reset where sessions start); replaced by the new ones,
+            or overwritten with them when ``hidden_inplace`` (for a replayed graph).
         state : TrainingState
             From :meth:`start_training`.
         score_shift : Tensor (B + S,) or None
@@ -232,7 +234,7 @@ class GRU4RecNetwork(nn.Module):
             x = x * embed_mask
 
         # Forward through the layers, keeping what the backward pass needs.
-        caches, layer_inputs, hidden_masks = [], [], []
+        caches, layer_inputs, hidden_masks, new_hidden = [], [], [], []
         layer_in = x
         for i, view in enumerate(views):
             if view.wx is None:  # one-hot input: gather the rows of the input table
@@ -246,7 +248,7 @@ class GRU4RecNetwork(nn.Module):
                 hidden_masks.append(mask)
             caches.append(cache)
             layer_inputs.append(layer_in)
-            hidden[i] = h  # the official code carries the dropped-out state, as here
+            new_hidden.append(h)  # the official code carries the dropped-out state, as here
             layer_in = h
 
         # Scores of the distinct target and sample items only (never the catalogue).
@@ -305,6 +307,11 @@ class GRU4RecNetwork(nn.Module):
             merged.index_add_(0, in_inverse, in_grad)
             in_table.step(in_rows, in_packed, merged)
         out_table.step(distinct, packed, out_grad)
+        for i, h in enumerate(new_hidden):
+            if hidden_inplace:
+                hidden[i].copy_(h)  # after the backward pass, which read the old state
+            else:
+                hidden[i] = h
         return loss
 
 
