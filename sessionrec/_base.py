@@ -337,10 +337,14 @@ class SessionRecommender(BaseEstimator):
         ranks = np.full(n_rows, np.nan)
         score_after = ~events.is_last
         items_t = torch.as_tensor(events.items, device=self.device_)
+        step = rows_per_block(self.n_items_, self.device_)
         for positions, scores in self._iter_scores(events, score_after):
             targets = items_t[torch.as_tensor(positions + 1, device=self.device_)]
-            ranks[events.rows[positions + 1]] = ranks_from_scores(
-                scores, targets, ties).cpu().numpy()
+            # Rank in blocks that stay in cache, whatever block size the model scores in.
+            block_ranks = torch.cat([
+                ranks_from_scores(scores[a:a + step], targets[a:a + step], ties)
+                for a in range(0, len(positions), step)])
+            ranks[events.rows[positions + 1]] = block_ranks.cpu().numpy()
         is_target = np.ones(n_rows, dtype=bool)
         is_target[events.first_rows] = False
         return pd.Series(ranks[is_target], index=X.index[is_target], name="rank")

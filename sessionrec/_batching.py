@@ -161,13 +161,17 @@ def _pair_inputs(offsets: np.ndarray, sessions: np.ndarray, include_last: bool
 
 
 def session_parallel_schedule(events: SessionEvents, batch_size: int, *,
-                              include_last: bool = False) -> ParallelSchedule:
+                              include_last: bool = False,
+                              longest_first: bool = False) -> ParallelSchedule:
     """Session-parallel mini-batches of the GRU4Rec paper.
 
-    Sessions are walked in the order of ``events`` (by start time). With the default
-    ``include_last=False`` the steps are the (input, target) pairs used in training and
-    next-item evaluation; with ``include_last=True`` every event is an input, which is
-    what a forward pass needs to produce each session's final state.
+    Sessions are walked in the order of ``events`` (by start time), as training requires.
+    With the default ``include_last=False`` the steps are the (input, target) pairs used in
+    training and next-item evaluation; with ``include_last=True`` every event is an input,
+    which is what a forward pass needs to produce each session's final state.
+    ``longest_first=True`` walks the longest sessions first instead (stable for ties):
+    for inference, where the order does not matter, it keeps every slot busy until the
+    end instead of leaving a long tail of narrow steps.
 
     Examples
     --------
@@ -183,6 +187,8 @@ def session_parallel_schedule(events: SessionEvents, batch_size: int, *,
     {1: array([0])}
     """
     sessions = np.arange(events.n_sessions, dtype=np.int64)
+    if longest_first:
+        sessions = np.argsort(-events.lengths, kind="stable").astype(np.int64)
     flat, n = _pair_inputs(events.offsets, sessions, include_last)
     stream_offsets = np.zeros(len(n) + 1, dtype=np.int64)
     np.cumsum(n, out=stream_offsets[1:])

@@ -68,12 +68,27 @@ def test_session_parallel_properties(lengths, batch_size):
             assert p + 2 == ends[session_of[p]]
 
 
-@given(lengths_strategy, st.integers(1, 6))
-def test_session_parallel_with_last_events(lengths, batch_size):
+@given(lengths_strategy, st.integers(1, 6), st.booleans())
+def test_session_parallel_with_last_events(lengths, batch_size, longest_first):
     events = events_from_lengths(lengths)
-    s = session_parallel_schedule(events, batch_size, include_last=True)
+    s = session_parallel_schedule(events, batch_size, include_last=True,
+                                  longest_first=longest_first)
     assert sorted(s.positions.tolist()) == list(range(events.n_events))
     assert (s.session_start == np.isin(s.positions, events.offsets[:-1])).all()
+    for entry, prev in walk_slots(s):
+        if not s.session_start[entry]:
+            assert s.positions[prev] == s.positions[entry] - 1
+    if longest_first:
+        # Sessions start in order of decreasing length.
+        starts = s.positions[s.session_start]
+        assert (np.diff(events.lengths[events.session_of_event[starts]]) <= 0).all()
+
+
+def test_longest_first_shortens_the_tail():
+    events = events_from_lengths([2] * 40 + [30])  # the long session starts last
+    plain = session_parallel_schedule(events, 8, include_last=True)
+    packed = session_parallel_schedule(events, 8, include_last=True, longest_first=True)
+    assert packed.n_steps < plain.n_steps
 
 
 @given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 4)), min_size=1, max_size=25),

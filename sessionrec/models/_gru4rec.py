@@ -298,7 +298,8 @@ class GRU4RecRecommender(SessionRecommender):
         network = self.network_
         device = self.device_
         batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
-        schedule = session_parallel_schedule(events, batch, include_last=True)
+        schedule = session_parallel_schedule(events, batch, include_last=True,
+                                             longest_first=True)
         if schedule.n_steps == 0:
             return
         items = torch.as_tensor(events.items, device=device)
@@ -308,6 +309,7 @@ class GRU4RecRecommender(SessionRecommender):
         scored = score_after[schedule.positions]
         bounds = schedule.step_offsets.tolist()
         views = network.views(network.dense)
+        matrix = network.scoring_matrix()
         hidden = network.zero_state(int(schedule.widths()[0]))
         for t in range(schedule.n_steps):
             start, stop = bounds[t], bounds[t + 1]
@@ -323,7 +325,7 @@ class GRU4RecRecommender(SessionRecommender):
             if not selected.all():
                 top = top.index_select(0, torch.as_tensor(np.flatnonzero(selected),
                                                           device=device))
-            yield schedule.positions[start:stop][selected], network.score_all(top)
+            yield schedule.positions[start:stop][selected], network.score_all(top, matrix)
 
     def _empty_history_scores(self) -> torch.Tensor:
         return self.network_.out[:, -1].detach()

@@ -129,9 +129,21 @@ class GRU4RecNetwork(nn.Module):
         return x
 
     @torch.no_grad()
-    def score_all(self, h: torch.Tensor) -> torch.Tensor:
-        """Scores of every item for each row of ``h`` (rows x n_items)."""
-        return torch.addmm(self.out[:, -1], h, self.out[:, :-1].t())
+    def scoring_matrix(self) -> torch.Tensor:
+        """``[W_y | b_y]`` transposed and contiguous ((H + 1) x n_items), for
+        :meth:`score_all`; computing it once per prediction call saves a copy per block."""
+        return self.out.t().contiguous()
+
+    @torch.no_grad()
+    def score_all(self, h: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every item for each row of ``h`` (rows x n_items).
+
+        The bias rides along as an extra input of 1, so the product needs no separate
+        pass to broadcast it.
+        """
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(torch.cat([h, h.new_ones(len(h), 1)], dim=1), matrix)
 
     def _input(self, items: torch.Tensor) -> torch.Tensor | None:
         if self.input_mode == "constrained":
