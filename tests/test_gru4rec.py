@@ -307,3 +307,26 @@ def test_static_buffer_step_trains_exactly_like_the_plain_step(mode, train_test,
     for name, value in plain.network_.state_dict().items():
         assert torch.equal(value, static.network_.state_dict()[name]), name
     assert [h["loss"] for h in plain.history_] == [h["loss"] for h in static.history_]
+
+
+def test_bias_of_input_only_rows_is_left_alone():
+    """With shared input/output embeddings, an item seen only as an input gets its output
+    weights updated but not its output bias (nor the bias's momentum), as with the
+    official code's separate sparse bias table."""
+    net = GRU4RecNetwork(30, (6,), constrained_embedding=True)
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    config = StepConfig()
+    training = net.start_training(AdagradMomentum(0.1, 0.5), config, 2,
+                                  torch.Generator().manual_seed(0))
+    table = training.tables["out"]
+    hidden = net.zero_state(2)
+    net.train_step(torch.tensor([1, 2]), torch.tensor([29, 3]), None, hidden, config, training)
+    bias, bias_mom = table.buffer[0, 29, -1].item(), table.buffer[2, 29, -1].item()
+    weights = table.buffer[0, 29, :-1].clone()
+    assert bias_mom != 0.0  # item 29 was a target: its bias moved and has momentum
+    net.train_step(torch.tensor([29, 4]), torch.tensor([5, 6]), None, hidden, config,
+                   training)
+    assert table.buffer[0, 29, -1].item() == bias
+    assert table.buffer[2, 29, -1].item() == bias_mom
+    assert not torch.equal(table.buffer[0, 29, :-1], weights)
+    training.finish()

@@ -18,6 +18,18 @@ from ._layers import DropoutMasks
 
 __all__ = ["StaticMasks", "ReplayedStep"]
 
+# One warm-up stream per device for the whole process: PyTorch caches a cuBLAS workspace
+# for every stream that runs a matrix product, so a new stream per fit would keep tens of
+# megabytes per fit alive until the process ends.
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device: torch.device):
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
+
 
 class StaticMasks:
     """Dropout masks served from one fixed buffer, refilled from a mask store per step."""
@@ -47,6 +59,7 @@ class ReplayedStep:
     def __init__(self, body: Callable[[], torch.Tensor], device: torch.device, *,
                  warmup: int = 3, capture: bool = True):
         self.body = body
+        self.device = device
         self.capture = capture and device.type == "cuda"
         self.warmup = warmup
         self.calls = 0
@@ -61,7 +74,7 @@ class ReplayedStep:
             return self.output
         self.calls += 1
         if self.calls <= self.warmup:
-            side = torch.cuda.Stream()
+            side = _side_stream(self.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 output = self.body()

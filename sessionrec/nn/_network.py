@@ -312,13 +312,17 @@ class GRU4RecNetwork(nn.Module):
 
         # Updates, after every gradient is known.
         state.optimizer.dense_step(self.dense, state.grad_flat)
+        keep_bias = None
         if constrained:
             out_grad[:, :width].index_add_(0, inverse[:n], in_grad)
+            # Rows touched only as inputs have no bias gradient: leave their bias alone.
+            keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=scores.device)
+            keep_bias.index_fill_(0, column_of, False)
         else:
             merged = torch.zeros(len(in_rows), in_table.width, device=in_grad.device)
             merged.index_add_(0, in_inverse, in_grad)
             in_table.step(in_rows, in_packed, merged)
-        out_table.step(distinct, packed, out_grad)
+        out_table.step(distinct, packed, out_grad, keep_bias)
         for i, h in enumerate(new_hidden):
             if hidden_inplace:
                 hidden[i].copy_(h)  # after the backward pass, which read the old state

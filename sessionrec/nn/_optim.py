@@ -123,10 +123,21 @@ class PackedTable:
         """The rows ``distinct`` of every plane (a copy); plane 0 holds the parameters."""
         return self.buffer.index_select(1, distinct)
 
-    def step(self, distinct: torch.Tensor, gathered: torch.Tensor, grad: torch.Tensor
-             ) -> None:
-        """Apply the sparse step to the gathered rows and write them back."""
+    def step(self, distinct: torch.Tensor, gathered: torch.Tensor, grad: torch.Tensor,
+             keep_last_column: torch.Tensor | None = None) -> None:
+        """Apply the sparse step to the gathered rows and write them back.
+
+        ``keep_last_column`` (bool per gathered row) marks rows whose last column must not
+        change: a table that packs two parameters (output weights and bias) updates each
+        only on the rows its own gradient touched, as two separate sparse tables would;
+        otherwise momentum would still move an untouched element.
+        """
+        kept = None
+        if keep_last_column is not None and self.optimizer.momentum > 0:
+            kept = gathered[:, :, -1].clone()
         self.optimizer.rows_step(gathered, grad)
+        if kept is not None:
+            gathered[:, :, -1] = torch.where(keep_last_column, kept, gathered[:, :, -1])
         self.buffer.index_copy_(1, distinct, gathered)
 
     def release(self) -> None:
