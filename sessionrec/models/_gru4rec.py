@@ -298,7 +298,10 @@ class GRU4RecRecommender(SessionRecommender):
         network = self.network_
         device = self.device_
         batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
-        schedule = session_parallel_schedule(events, batch, include_last=True,
+        # The last event of a session is fed only if a score after it is wanted
+        # (prediction); ranking next items never needs it.
+        include_last = bool(score_after[events.is_last].any())
+        schedule = session_parallel_schedule(events, batch, include_last=include_last,
                                              longest_first=True)
         if schedule.n_steps == 0:
             return
