@@ -45,8 +45,13 @@ def main() -> None:
         start = time.perf_counter()
         result = evaluate(est, test, cutoffs=[20], metrics=["recall", "mrr"])
         eval_s = time.perf_counter() - start
+        # Throughput of training: (input, target) pairs per second within an epoch for
+        # models trained in epochs, else events consumed per second of fit.
+        history = getattr(est, "history_", None)
+        events_s = (sum(h["events_per_s"] for h in history) / len(history) if history
+                    else len(train) / train_s)
         print(f"{cls.__name__:<32}{result['recall@20']:>10.4f}{result['mrr@20']:>10.4f}"
-              f"{train_s:>10.2f}{len(train) / train_s:>12,.0f}{eval_s:>9.2f}")
+              f"{train_s:>10.2f}{events_s:>12,.0f}{eval_s:>9.2f}")
     print(f"({result['n_targets']:,} targets ranked against all {est.n_items_:,} training "
           f"items, ties: {result['ties']}; {result['n_dropped']} dropped as unseen)")
 
