@@ -2,12 +2,16 @@
 
 Runs (each in this process, one after the other):
 
-* ``rsc15``: ../shared/data/rsc15-100k train_full -> test with the official rsc15
-  parameter file (cross-entropy, logQ 1.0, constrained embedding, 100 units, batch 32,
-  2048 samples, alpha 0.5, dropout 0.0/0.4, lr 0.2, momentum 0.2);
+* ``rsc15``: ../shared/data/rsc15-100k train_full -> test;
 * ``synthetic``: ``make_sessions`` with ``--synthetic-events`` events over
-  ``--synthetic-items`` items (default 1M events, 50k items), same settings, to show that
-  the time per epoch does not grow with the catalogue the way a full softmax would.
+  ``--synthetic-items`` items (default 1M events, 50k items), to show that the time per
+  epoch does not grow with the catalogue the way a full softmax would.
+
+Settings (``--config``): ``rsc15`` (default), the official rsc15 parameter file
+(cross-entropy, logQ 1.0, constrained embedding, 100 units, batch 32, 2048 samples, alpha
+0.5, dropout 0.0/0.4, lr 0.2, momentum 0.2); ``bpr-max`` (one-hot input, bpreg 1.0, ELU
+0.5, uniform samples, lr 0.2, momentum 0.3); ``paper-top1`` (the ICLR 2016 setting: TOP1,
+in-batch negatives only, tanh output, Adagrad without momentum).
 
 Columns: train events/s and mini-batches/s (mean over epochs, sample-store refills
 included), evaluation targets/s (full ranking of all training items, conservative ties),
@@ -15,8 +19,8 @@ peak RSS of the process (or peak GPU memory), Recall@20 and MRR@20.
 
 Usage::
 
-    python benchmarks/bench_gru4rec.py [--runs rsc15,synthetic] [--epochs 10]
-        [--device auto|cpu|cuda] [--seeds 0] [--batch-size 32]
+    python benchmarks/bench_gru4rec.py [--runs rsc15,synthetic] [--config rsc15]
+        [--epochs 10] [--device auto|cpu|cuda] [--seeds 0,1,2] [--batch-size N]
 """
 
 from __future__ import annotations
@@ -38,10 +42,21 @@ from sessionrec import GRU4RecRecommender  # noqa: E402
 from sessionrec.datasets import make_sessions, read_gru4rec_tsv  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
 
-RSC15_PARAMS = dict(loss="cross-entropy", constrained_embedding=True, embedding=0,
-                    layers=(100,), batch_size=32, dropout_p_embed=0.0, dropout_p_hidden=0.4,
-                    learning_rate=0.2, momentum=0.2, n_sample=2048, sample_alpha=0.5,
-                    logq=1.0, bpreg=0.0, elu_param=0.0)
+# --config: the official rsc15 parameter file, the bpr-max configuration of the project's
+# acceptance tests, and the ICLR 2016 paper's original setting.
+CONFIGS = {
+    "rsc15": dict(loss="cross-entropy", constrained_embedding=True, embedding=0,
+                  layers=(100,), batch_size=32, dropout_p_embed=0.0, dropout_p_hidden=0.4,
+                  learning_rate=0.2, momentum=0.2, n_sample=2048, sample_alpha=0.5,
+                  logq=1.0, bpreg=0.0, elu_param=0.0),
+    "bpr-max": dict(loss="bpr-max", constrained_embedding=False, embedding=0, layers=(100,),
+                    batch_size=32, dropout_p_embed=0.0, dropout_p_hidden=0.0,
+                    learning_rate=0.2, momentum=0.3, n_sample=2048, sample_alpha=0.0,
+                    bpreg=1.0, elu_param=0.5),
+    "paper-top1": dict(loss="top1", final_activation="tanh", constrained_embedding=False,
+                       embedding=0, layers=(100,), batch_size=32, dropout_p_hidden=0.5,
+                       learning_rate=0.05, momentum=0.0, n_sample=0),
+}
 
 
 def peak_memory_mb(device: torch.device) -> str:
@@ -70,19 +85,24 @@ def load(run: str, args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="rsc15,synthetic")
+    parser.add_argument("--config", default="rsc15", choices=sorted(CONFIGS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the configuration's batch size")
     parser.add_argument("--synthetic-events", type=int, default=1_000_000)
     parser.add_argument("--synthetic-items", type=int, default=50_000)
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    config = dict(CONFIGS[args.config])
+    if args.batch_size is not None:
+        config["batch_size"] = args.batch_size
     print(f"device: {device} ({name}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"epochs {args.epochs}")
+          f"threads {torch.get_num_threads()}, config {args.config}, "
+          f"batch {config['batch_size']}, epochs {args.epochs}")
     header = (f"{'run':<10}{'seed':>5}{'items':>8}{'train ev':>10}{'events/s':>10}"
               f"{'mb/s':>8}{'epoch s':>9}{'eval tg/s':>11}{'peak MB':>14}"
               f"{'Recall@20':>11}{'MRR@20':>8}")
@@ -92,7 +112,7 @@ def main() -> None:
         train, test = load(run, args)
         results = []
         for seed in [int(s) for s in args.seeds.split(",")]:
-            params = {**RSC15_PARAMS, "batch_size": args.batch_size, "n_epochs": args.epochs}
+            params = {**config, "n_epochs": args.epochs}
             est = GRU4RecRecommender(**params, device=str(device), random_state=seed)
             est.fit(train)
             start = time.perf_counter()
