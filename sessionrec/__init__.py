@@ -7,13 +7,19 @@ personalised models, user columns) and offers ``fit``, ``predict_next``, ``predi
 
 from ._base import SessionRecommender, all_estimators
 from .exceptions import NotFittedError, TrainingDivergedError
-from .models import GRU4RecRecommender, PopularityRecommender, SessionPopularityRecommender
+from .models import (
+    GRU4RecRecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+    SessionPopularityRecommender,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "SessionRecommender",
     "GRU4RecRecommender",
+    "ItemKNNRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
     "NotFittedError",

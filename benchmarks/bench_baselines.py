@@ -1,0 +1,79 @@
+"""Baselines: fit time, evaluation targets/s and peak memory, as a table.
+
+1. Every non-neural recommender on rsc15-100k (train_full -> test; synthetic data when
+   ../shared/data is absent): fit seconds, evaluation targets/s (all training items ranked,
+   conservative ties), Recall@20, MRR@20.
+2. Item-KNN fitted on a synthetic set of ``--events`` events over ``--items`` items
+   (default 5M and 100k): fit seconds and the process's peak RSS.
+
+Usage: ``python benchmarks/bench_baselines.py [--events 5000000] [--items 100000]
+[--device cpu|cuda] [--skip-large]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+from _data import rsc15_or_synthetic  # noqa: E402
+
+import sessionrec  # noqa: E402
+from sessionrec.datasets import make_sessions  # noqa: E402
+from sessionrec.evaluation import evaluate  # noqa: E402
+
+NEURAL = {"GRU4RecRecommender"}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-large", action="store_true")
+    args = parser.parse_args()
+
+    name, train, test = rsc15_or_synthetic()
+    print(f"1. baselines on {name}, device {args.device}")
+    print(f"{'model':<32}{'fit s':>8}{'eval s':>8}{'targets/s':>12}{'Recall@20':>11}"
+          f"{'MRR@20':>8}")
+    for cls in sessionrec.all_estimators():
+        if cls.__name__ in NEURAL:
+            continue
+        est = cls(device=args.device)
+        start = time.perf_counter()
+        est.fit(train)
+        fit_s = time.perf_counter() - start
+        evaluate(est, test, cutoffs=[20])  # warm-up
+        start = time.perf_counter()
+        result = evaluate(est, test, cutoffs=[20], metrics=["recall", "mrr"])
+        eval_s = time.perf_counter() - start
+        print(f"{cls.__name__:<32}{fit_s:>8.2f}{eval_s:>8.3f}"
+              f"{result['n_targets'] / eval_s:>12,.0f}{result['recall@20']:>11.4f}"
+              f"{result['mrr@20']:>8.4f}")
+
+    if args.skip_large:
+        return
+    print(f"\n2. Item-KNN fit on make_sessions: {args.events:,} events, {args.items:,} items")
+    events = make_sessions(n_sessions=args.events // 5, n_items=args.items,
+                           mean_length=5.0, max_length=50, random_state=0)
+    rss_before = peak_rss_mb()
+    start = time.perf_counter()
+    knn = sessionrec.ItemKNNRecommender(device=args.device).fit(events)
+    fit_s = time.perf_counter() - start
+    print(f"{'events':>12}{'items':>9}{'fit s':>8}{'similarities':>14}{'peak RSS MB':>13}"
+          f"{'(before fit)':>14}")
+    print(f"{len(events):>12,}{knn.n_items_:>9,}{fit_s:>8.1f}{knn.similarity_.nnz:>14,}"
+          f"{peak_rss_mb():>13,.0f}{rss_before:>14,.0f}")
+
+
+if __name__ == "__main__":
+    main()

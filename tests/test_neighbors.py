@@ -1,0 +1,106 @@
+"""Item-KNN: the definition by hand, against an independent dense implementation, rsc15."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from sessionrec import ItemKNNRecommender
+from sessionrec.datasets import make_sessions
+from sessionrec.evaluation import evaluate
+from sessionrec.models._neighbors import top_k_per_row
+
+
+def dense_reference(train: pd.DataFrame, n_neighbors=100, shrink=20.0, alpha=0.5):
+    """Independent Item-KNN: dense co-occurrence of the session x item count matrix."""
+    items = np.sort(train["ItemId"].unique())
+    sessions = train["SessionId"].unique()
+    code = pd.Series(np.arange(len(items)), index=items)
+    row = pd.Series(np.arange(len(sessions)), index=sessions)
+    counts = np.zeros((len(sessions), len(items)))
+    np.add.at(counts, (row[train["SessionId"]].to_numpy(), code[train["ItemId"]].to_numpy()), 1)
+    cooc = counts.T @ counts
+    np.fill_diagonal(cooc, 0.0)
+    support = counts.sum(axis=0) + shrink
+    sim = cooc / np.outer(support ** alpha, support ** (1 - alpha))
+    kept = np.zeros_like(sim)
+    for i in range(len(items)):
+        nonzero = np.flatnonzero(sim[i] > 0)
+        best = nonzero[np.argsort(-sim[i, nonzero], kind="stable")][:n_neighbors]
+        kept[i, best] = sim[i, best]
+    return items, kept
+
+
+def test_similarity_by_hand():
+    # Sessions: (a, b), (a, c), (b, c, c). Supports: a=2, b=2, c=3.
+    X = pd.DataFrame({"SessionId": [1, 1, 2, 2, 3, 3, 3], "ItemId": list("abacbcc"),
+                      "Time": range(7)})
+    knn = ItemKNNRecommender(shrink=0.0, alpha=0.5, device="cpu").fit(X)
+    sim = knn.similarity_.toarray()
+    # cooc(b, c) = 1 * 2 (session 3 has c twice); normalised by sqrt(2 * 3).
+    assert sim[1, 2] == pytest.approx(2 / np.sqrt(6))
+    assert sim[0, 1] == pytest.approx(1 / 2)
+    assert np.all(np.diag(sim) == 0)
+
+
+def test_matches_dense_reference():
+    train = make_sessions(n_sessions=400, n_items=60, random_state=3)
+    knn = ItemKNNRecommender(n_neighbors=7, device="cpu").fit(train)
+    items, expected = dense_reference(train, n_neighbors=7)
+    assert list(knn.item_index_.labels) == list(items)
+    np.testing.assert_allclose(knn.similarity_.toarray(), expected, rtol=1e-12, atol=1e-15)
+    assert np.diff(knn.similarity_.indptr).max() <= 7
+
+
+def test_recommends_neighbours_of_the_last_item():
+    train = make_sessions(n_sessions=400, n_items=60, random_state=3)
+    knn = ItemKNNRecommender(n_neighbors=5, device="cpu").fit(train)
+    live = pd.DataFrame({"SessionId": [1, 1], "ItemId": [3, 7], "Time": [0, 1]})
+    recs, scores = knn.predict_next(live, k=5, return_scores=True)
+    row = knn.similarity_[knn.item_index_.encode([7])[0]].toarray()[0]
+    expected = knn.item_index_.decode(np.argsort(-row, kind="stable")[:5])
+    assert set(recs.iloc[0]) == set(expected[row[np.argsort(-row)[:5]] > 0])
+    np.testing.assert_allclose(scores.iloc[0].to_numpy(), np.sort(row)[::-1][:5], rtol=1e-6)
+
+
+def test_top_k_per_row_keeps_the_largest():
+    rng = np.random.default_rng(0)
+    dense = rng.random((20, 30)) * (rng.random((20, 30)) < 0.4)
+    kept = top_k_per_row(sp.csr_matrix(dense), 3).toarray()
+    for r in range(20):
+        nz = np.flatnonzero(dense[r])
+        best = nz[np.argsort(-dense[r, nz])][:3]
+        assert set(np.flatnonzero(kept[r])) == set(best)
+
+
+@pytest.mark.parametrize("param,value", [("n_neighbors", 0), ("shrink", -1.0),
+                                         ("alpha", 1.5)])
+def test_bad_parameters(param, value, train_test):
+    with pytest.raises(ValueError, match=param):
+        ItemKNNRecommender(**{param: value}, device="cpu").fit(train_test[0])
+
+
+def reference_metrics(train, test, n_neighbors=100):
+    items, sim = dense_reference(train, n_neighbors=n_neighbors)
+    code = {item: i for i, item in enumerate(items)}
+    test = test[test["ItemId"].isin(code)].sort_values(["SessionId", "Time"], kind="stable")
+    ranks = []
+    for _, session in test.groupby("SessionId", sort=False):
+        seq = [code[i] for i in session["ItemId"]]
+        for prev, target in zip(seq[:-1], seq[1:]):
+            scores = sim[prev]
+            ranks.append((scores >= scores[target]).sum())
+    ranks = np.array(ranks, dtype=float)
+    return (ranks <= 20).mean(), np.where(ranks <= 20, 1 / ranks, 0).mean()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_rsc15_against_independent_implementation(rsc15):
+    train, test = rsc15
+    result = evaluate(ItemKNNRecommender(device="cpu").fit(train), test, cutoffs=[20])
+    recall, mrr = reference_metrics(train, test)
+    assert abs(result["recall@20"] - recall) < 0.005
+    assert abs(result["mrr@20"] - mrr) < 0.005
