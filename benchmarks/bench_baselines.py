@@ -71,7 +71,7 @@ def main() -> None:
     fit_s = time.perf_counter() - start
     print(f"{'events':>12}{'items':>9}{'fit s':>8}{'similarities':>14}{'peak RSS MB':>13}"
           f"{'(before fit)':>14}")
-    print(f"{len(events):>12,}{knn.n_items_:>9,}{fit_s:>8.1f}{knn.similarity_.nnz:>14,}"
+    print(f"{len(events):>12,}{knn.n_items_:>9,}{fit_s:>8.1f}{knn.item_matrix_.nnz:>14,}"
           f"{peak_rss_mb():>13,.0f}{rss_before:>14,.0f}")
 
 

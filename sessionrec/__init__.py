@@ -10,7 +10,9 @@ from .exceptions import NotFittedError, TrainingDivergedError
 from .models import (
     GRU4RecRecommender,
     ItemKNNRecommender,
+    MarkovRecommender,
     PopularityRecommender,
+    SequentialRulesRecommender,
     SessionPopularityRecommender,
 )
 
@@ -20,6 +22,8 @@ __all__ = [
     "SessionRecommender",
     "GRU4RecRecommender",
     "ItemKNNRecommender",
+    "MarkovRecommender",
+    "SequentialRulesRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
     "NotFittedError",

@@ -14,6 +14,8 @@ FAST_PARAMS: dict[str, dict] = {
     "GRU4RecRecommender": {"layers": (16,), "n_epochs": 2, "n_sample": 32, "batch_size": 16,
                            "random_state": 0},
     "ItemKNNRecommender": {},
+    "MarkovRecommender": {},
+    "SequentialRulesRecommender": {},
     "PopularityRecommender": {},
     "SessionPopularityRecommender": {},
 }

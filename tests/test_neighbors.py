@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from sessionrec import ItemKNNRecommender
 from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
-from sessionrec.models._neighbors import top_k_per_row
+from sessionrec.models._item_matrix import top_k_per_row
 
 
 def dense_reference(train: pd.DataFrame, n_neighbors=100, shrink=20.0, alpha=0.5):
@@ -38,7 +38,7 @@ def test_similarity_by_hand():
     X = pd.DataFrame({"SessionId": [1, 1, 2, 2, 3, 3, 3], "ItemId": list("abacbcc"),
                       "Time": range(7)})
     knn = ItemKNNRecommender(shrink=0.0, alpha=0.5, device="cpu").fit(X)
-    sim = knn.similarity_.toarray()
+    sim = knn.item_matrix_.toarray()
     # cooc(b, c) = 1 * 2 (session 3 has c twice); normalised by sqrt(2 * 3).
     assert sim[1, 2] == pytest.approx(2 / np.sqrt(6))
     assert sim[0, 1] == pytest.approx(1 / 2)
@@ -50,8 +50,8 @@ def test_matches_dense_reference():
     knn = ItemKNNRecommender(n_neighbors=7, device="cpu").fit(train)
     items, expected = dense_reference(train, n_neighbors=7)
     assert list(knn.item_index_.labels) == list(items)
-    np.testing.assert_allclose(knn.similarity_.toarray(), expected, rtol=1e-12, atol=1e-15)
-    assert np.diff(knn.similarity_.indptr).max() <= 7
+    np.testing.assert_allclose(knn.item_matrix_.toarray(), expected, rtol=1e-12, atol=1e-15)
+    assert np.diff(knn.item_matrix_.indptr).max() <= 7
 
 
 def test_recommends_neighbours_of_the_last_item():
@@ -59,7 +59,7 @@ def test_recommends_neighbours_of_the_last_item():
     knn = ItemKNNRecommender(n_neighbors=5, device="cpu").fit(train)
     live = pd.DataFrame({"SessionId": [1, 1], "ItemId": [3, 7], "Time": [0, 1]})
     recs, scores = knn.predict_next(live, k=5, return_scores=True)
-    row = knn.similarity_[knn.item_index_.encode([7])[0]].toarray()[0]
+    row = knn.item_matrix_[knn.item_index_.encode([7])[0]].toarray()[0]
     expected = knn.item_index_.decode(np.argsort(-row, kind="stable")[:5])
     assert set(recs.iloc[0]) == set(expected[row[np.argsort(-row)[:5]] > 0])
     np.testing.assert_allclose(scores.iloc[0].to_numpy(), np.sort(row)[::-1][:5], rtol=1e-6)
@@ -104,3 +104,50 @@ def test_rsc15_against_independent_implementation(rsc15):
     recall, mrr = reference_metrics(train, test)
     assert abs(result["recall@20"] - recall) < 0.005
     assert abs(result["mrr@20"] - mrr) < 0.005
+
+
+def loop_rules(train: pd.DataFrame, steps: int, n_rules):
+    """Independent sequential rules: a plain loop over every session, as session-rec."""
+    from collections import defaultdict
+
+    rules = defaultdict(float)
+    ordered = train.sort_values(["SessionId", "Time"], kind="stable")
+    for _, session in ordered.groupby("SessionId", sort=False):
+        seq = session["ItemId"].tolist()
+        for pos, item in enumerate(seq):
+            for back in range(1, min(steps, pos) + 1):
+                rules[(seq[pos - back], item)] += 1.0 / back
+    if n_rules is not None:
+        by_item = defaultdict(list)
+        for (a, b), w in rules.items():
+            by_item[a].append((w, b))
+        rules = {(a, b): w for a, lst in by_item.items()
+                 for w, b in sorted(lst, key=lambda t: (-t[0], t[1]))[:n_rules]}
+    return rules
+
+
+@pytest.mark.parametrize("steps,n_rules", [(1, None), (3, None), (10, 4)])
+def test_sequential_rules_match_a_loop(steps, n_rules):
+    from sessionrec import MarkovRecommender, SequentialRulesRecommender
+
+    train = make_sessions(n_sessions=200, n_items=30, random_state=5)
+    sr = SequentialRulesRecommender(steps=steps, n_rules=n_rules, device="cpu").fit(train)
+    matrix = sr.item_matrix_.toarray()
+    labels = sr.item_index_.labels
+    got = {(labels[a], labels[b]): matrix[a, b] for a, b in zip(*np.nonzero(matrix))}
+    expected = loop_rules(train, steps, n_rules)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value)
+    if steps == 1:  # one step back and no pruning: the Markov transition counts
+        markov = MarkovRecommender(device="cpu").fit(train).item_matrix_.toarray()
+        np.testing.assert_allclose(markov, matrix)
+
+
+def test_rules_bad_parameters(train_test):
+    from sessionrec import SequentialRulesRecommender
+
+    with pytest.raises(ValueError, match="steps"):
+        SequentialRulesRecommender(steps=0, device="cpu").fit(train_test[0])
+    with pytest.raises(TypeError, match="n_rules"):
+        SequentialRulesRecommender(n_rules=2.5, device="cpu").fit(train_test[0])

@@ -3,10 +3,13 @@
 from ._gru4rec import GRU4RecRecommender
 from ._neighbors import ItemKNNRecommender
 from ._popularity import PopularityRecommender, SessionPopularityRecommender
+from ._rules import MarkovRecommender, SequentialRulesRecommender
 
 __all__ = [
     "GRU4RecRecommender",
     "ItemKNNRecommender",
+    "MarkovRecommender",
+    "SequentialRulesRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
 ]

@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from .._base import SessionRecommender
-from .._events import SessionEvents, ragged_arange
+from .._events import SessionEvents
 from .._validation import check_int, check_real
+from ._item_matrix import _ItemMatrixRecommender, top_k_per_row
 
 __all__ = ["ItemKNNRecommender"]
 
 
-def top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the ``k`` largest entries of every row (ties: smaller column first).
-
-    Vectorised: one lexicographic sort of all entries by (row, -value, column), then the
-    first ``k`` of each row.
-    """
-    matrix = matrix.tocsr()
-    matrix.sort_indices()
-    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-    order = np.lexsort((matrix.indices, -matrix.data, rows))
-    rows, cols, vals = rows[order], matrix.indices[order], matrix.data[order]
-    # Position of each entry within its row: rows are sorted, so a row starts where
-    # searchsorted finds its first entry.
-    keep = (np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")) < k
-    out = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=matrix.shape)
-    out.sort_indices()
-    return out
-
-
-class ItemKNNRecommender(SessionRecommender):
+class ItemKNNRecommender(_ItemMatrixRecommender):
     """Item-KNN: recommend the nearest neighbours of the session's last item.
 
     The item-to-item baseline of the GRU4Rec paper (Hidasi et al., ICLR 2016, section 4,
@@ -68,7 +48,7 @@ class ItemKNNRecommender(SessionRecommender):
 
     Attributes
     ----------
-    similarity_ : scipy.sparse.csr_matrix of shape (n_items_, n_items_)
+    item_matrix_ : scipy.sparse.csr_matrix of shape (n_items_, n_items_)
         The kept similarities, at most ``n_neighbors`` per row.
     item_index_ : ItemIndex
     n_items_ : int
@@ -109,57 +89,15 @@ class ItemKNNRecommender(SessionRecommender):
         check_real("shrink", self.shrink, min_value=0.0)
         check_real("alpha", self.alpha, min_value=0.0, max_value=1.0)
 
-    def _fit(self, events: SessionEvents) -> None:
-        n_items = self.n_items_
+    def _build_matrix(self, events: SessionEvents) -> sp.csr_matrix:
         counts = sp.csr_matrix(
             (np.ones(events.n_events, dtype=np.float64),
              (events.session_of_event, events.items)),
-            shape=(events.n_sessions, n_items))  # duplicates are summed: event counts
+            shape=(events.n_sessions, self.n_items_))  # duplicates are summed: event counts
         cooc = (counts.T @ counts).tocsr()
         cooc.setdiag(0.0)
         cooc.eliminate_zeros()
         support = self.item_index_.support.astype(np.float64) + float(self.shrink)
         left = sp.diags(support ** -float(self.alpha))
         right = sp.diags(support ** -(1.0 - float(self.alpha)))
-        similarity = (left @ cooc @ right).tocsr()
-        self.similarity_ = top_k_per_row(similarity, int(self.n_neighbors))
-        self._to_tensors()
-        self._log("Item-KNN fitted: %d items, %d similarities kept", n_items,
-                  self.similarity_.nnz)
-
-    def _to_tensors(self) -> None:
-        s = self.similarity_
-        self._indptr_ = torch.as_tensor(s.indptr.astype(np.int64), device=self.device_)
-        self._indices_ = torch.as_tensor(s.indices.astype(np.int64), device=self.device_)
-        self._values_ = torch.as_tensor(s.data.astype(np.float32), device=self.device_)
-
-    def _scores_of_items(self, items: np.ndarray) -> torch.Tensor:
-        """Dense score rows for the given last items (rows of the similarity matrix)."""
-        indptr = self.similarity_.indptr
-        starts, lengths = indptr[items], indptr[items + 1] - indptr[items]
-        entries = torch.as_tensor(ragged_arange(starts, lengths), device=self.device_)
-        rows = torch.as_tensor(np.repeat(np.arange(len(items)), lengths), device=self.device_)
-        scores = torch.zeros(len(items), self.n_items_, device=self.device_)
-        scores[rows, self._indices_[entries]] = self._values_[entries]
-        return scores
-
-    def _iter_scores(self, events, score_after):
-        positions = np.flatnonzero(score_after)
-        for block in self._blocks(positions):
-            yield block, self._scores_of_items(events.items[block])
-
-    def _empty_history_scores(self):
-        return torch.as_tensor(self.item_index_.support, dtype=torch.float32,
-                               device=self.device_)
-
-    def _get_state(self):
-        s = self.similarity_
-        return {"indptr": torch.as_tensor(s.indptr.astype(np.int64)),
-                "indices": torch.as_tensor(s.indices.astype(np.int64)),
-                "values": torch.as_tensor(s.data.astype(np.float64))}
-
-    def _set_state(self, state):
-        self.similarity_ = sp.csr_matrix(
-            (state["values"].numpy(), state["indices"].numpy(), state["indptr"].numpy()),
-            shape=(self.n_items_, self.n_items_))
-        self._to_tensors()
+        return top_k_per_row((left @ cooc @ right).tocsr(), int(self.n_neighbors))

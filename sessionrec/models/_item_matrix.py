@@ -1,0 +1,95 @@
+"""Recommenders that score from a sparse item x item matrix and the session's last item."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .._base import SessionRecommender
+from .._events import SessionEvents, ragged_arange
+
+__all__ = ["top_k_per_row"]
+
+
+def top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the ``k`` largest entries of every row (ties: smaller column first).
+
+    Vectorised: one lexicographic sort of all entries by (row, -value, column), then the
+    first ``k`` of each row.
+    """
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    order = np.lexsort((matrix.indices, -matrix.data, rows))
+    rows, cols, vals = rows[order], matrix.indices[order], matrix.data[order]
+    # Position of each entry within its row: rows are sorted, so a row starts where
+    # searchsorted finds its first entry.
+    keep = (np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")) < k
+    out = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=matrix.shape)
+    out.sort_indices()
+    return out
+
+
+class _ItemMatrixRecommender(SessionRecommender):
+    """Base of recommenders whose scores are one row of an item x item matrix.
+
+    A subclass builds ``item_matrix_`` (scipy CSR, n_items x n_items) in ``_build_matrix``;
+    a session's scores are the row of its last known item (0 for items not in the row).
+    Rows are expanded to dense score blocks on the device with one scatter per block. A
+    session without any known item is recommended by popularity.
+    """
+
+    def _build_matrix(self, events: SessionEvents) -> sp.csr_matrix:
+        raise NotImplementedError
+
+    def _fit(self, events: SessionEvents) -> None:
+        self.item_matrix_ = self._build_matrix(events).tocsr()
+        self.item_matrix_.sort_indices()
+        self._to_tensors()
+        self._log("%s fitted: %d items, %d item pairs kept", type(self).__name__,
+                  self.n_items_, self.item_matrix_.nnz)
+
+    def _to_tensors(self) -> None:
+        m = self.item_matrix_
+        self._indices_ = torch.as_tensor(m.indices.astype(np.int64), device=self.device_)
+        self._values_ = torch.as_tensor(m.data.astype(np.float32), device=self.device_)
+
+    def _scores_of_items(self, items: np.ndarray) -> torch.Tensor:
+        """Dense score rows for the given last items."""
+        indptr = self.item_matrix_.indptr
+        starts, lengths = indptr[items], indptr[items + 1] - indptr[items]
+        entries = torch.as_tensor(ragged_arange(starts, lengths), device=self.device_)
+        rows = torch.as_tensor(np.repeat(np.arange(len(items)), lengths), device=self.device_)
+        scores = torch.zeros(len(items), self.n_items_, device=self.device_)
+        scores[rows, self._indices_[entries]] = self._values_[entries]
+        return scores
+
+    def _iter_scores(self, events, score_after):
+        positions = np.flatnonzero(score_after)
+        for block in self._blocks(positions):
+            yield block, self._scores_of_items(events.items[block])
+
+    def _empty_history_scores(self):
+        return torch.as_tensor(self.item_index_.support, dtype=torch.float32,
+                               device=self.device_)
+
+    def _get_state(self):
+        m = self.item_matrix_
+        return {"indptr": torch.as_tensor(m.indptr.astype(np.int64)),
+                "indices": torch.as_tensor(m.indices.astype(np.int64)),
+                "values": torch.as_tensor(m.data.astype(np.float64))}
+
+    def _set_state(self, state):
+        self.item_matrix_ = sp.csr_matrix(
+            (state["values"].numpy(), state["indices"].numpy(), state["indptr"].numpy()),
+            shape=(self.n_items_, self.n_items_))
+        self._to_tensors()
+
+
+def transition_pairs(events: SessionEvents, distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier item, later item) for every pair of events ``distance`` apart in a session."""
+    positions = np.arange(events.n_events - distance)
+    same = events.session_of_event[positions] == events.session_of_event[positions + distance]
+    positions = positions[same]
+    return events.items[positions], events.items[positions + distance]
