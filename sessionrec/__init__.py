@@ -8,6 +8,7 @@ personalised models, user columns) and offers ``fit``, ``predict_next``, ``predi
 from ._base import SessionRecommender, all_estimators
 from .exceptions import NotFittedError, TrainingDivergedError
 from .models import (
+    BPRMFRecommender,
     GRU4RecRecommender,
     ItemKNNRecommender,
     MarkovRecommender,
@@ -20,6 +21,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "SessionRecommender",
+    "BPRMFRecommender",
     "GRU4RecRecommender",
     "ItemKNNRecommender",
     "MarkovRecommender",

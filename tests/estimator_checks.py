@@ -11,6 +11,7 @@ import inspect
 import pandas as pd
 
 FAST_PARAMS: dict[str, dict] = {
+    "BPRMFRecommender": {"n_factors": 8, "n_epochs": 2, "random_state": 0},
     "GRU4RecRecommender": {"layers": (16,), "n_epochs": 2, "n_sample": 32, "batch_size": 16,
                            "random_state": 0},
     "ItemKNNRecommender": {},

@@ -1,11 +1,13 @@
 """The recommenders, one private module per family; re-exported by ``sessionrec``."""
 
+from ._bprmf import BPRMFRecommender
 from ._gru4rec import GRU4RecRecommender
 from ._neighbors import ItemKNNRecommender
 from ._popularity import PopularityRecommender, SessionPopularityRecommender
 from ._rules import MarkovRecommender, SequentialRulesRecommender
 
 __all__ = [
+    "BPRMFRecommender",
     "GRU4RecRecommender",
     "ItemKNNRecommender",
     "MarkovRecommender",
