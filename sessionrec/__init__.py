@@ -15,6 +15,7 @@ from .models import (
     PopularityRecommender,
     SequentialRulesRecommender,
     SessionPopularityRecommender,
+    SKNNRecommender,
 )
 
 __version__ = "0.1.0.dev0"
@@ -26,6 +27,7 @@ __all__ = [
     "ItemKNNRecommender",
     "MarkovRecommender",
     "SequentialRulesRecommender",
+    "SKNNRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
     "NotFittedError",

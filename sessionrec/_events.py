@@ -153,6 +153,9 @@ class SessionEvents:
     first_rows : ndarray of int64 or None, shape (n_sessions,)
         Position in the caller's frame of each session's first event, before unknown
         items were dropped.
+    end_times : ndarray or None, shape (n_sessions,)
+        Time of each session's last event (numbers, or int64 nanoseconds for datetimes),
+        before unknown items were dropped.
     """
 
     items: np.ndarray
@@ -163,6 +166,7 @@ class SessionEvents:
     user_labels: pd.Index | None = None
     n_unknown: int = 0
     first_rows: np.ndarray | None = None
+    end_times: np.ndarray | None = None
 
     @property
     def n_events(self) -> int:
@@ -319,6 +323,7 @@ def to_session_events(
 
     raw_counts = np.bincount(ordered_sessions, minlength=len(session_labels))
     first_rows = order[np.cumsum(raw_counts) - raw_counts].astype(np.int64)
+    end_times = times[order[np.cumsum(raw_counts) - 1]]
     labels_sorted = item_col.to_numpy()[order]
     if item_index is None:
         item_index, items = ItemIndex.from_labels(labels_sorted)
@@ -337,6 +342,6 @@ def to_session_events(
     events = SessionEvents(
         items=items.astype(np.int64, copy=False), offsets=offsets,
         session_labels=session_labels, rows=rows, users=users, user_labels=user_labels,
-        n_unknown=n_unknown, first_rows=first_rows,
+        n_unknown=n_unknown, first_rows=first_rows, end_times=end_times,
     )
     return events, item_index

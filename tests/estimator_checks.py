@@ -17,6 +17,7 @@ FAST_PARAMS: dict[str, dict] = {
     "ItemKNNRecommender": {},
     "MarkovRecommender": {},
     "SequentialRulesRecommender": {},
+    "SKNNRecommender": {},
     "PopularityRecommender": {},
     "SessionPopularityRecommender": {},
 }

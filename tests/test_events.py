@@ -25,6 +25,7 @@ def test_sessions_ordered_by_start_then_time():
     assert events.offsets.tolist() == [0, 2, 3, 5]
     assert events.rows.tolist() == [2, 3, 4, 1, 0]
     assert events.first_rows.tolist() == [2, 4, 1]
+    assert events.end_times.tolist() == [7.0, 1.0, 10.0]
 
 
 def test_equal_times_keep_row_order():

@@ -151,3 +151,63 @@ def test_rules_bad_parameters(train_test):
         SequentialRulesRecommender(steps=0, device="cpu").fit(train_test[0])
     with pytest.raises(TypeError, match="n_rules"):
         SequentialRulesRecommender(n_rules=2.5, device="cpu").fit(train_test[0])
+
+
+def loop_sknn_scores(train: pd.DataFrame, prefix_items: list, k: int, sample_size,
+                     similarity: str) -> dict:
+    """SKNN as session-rec computes it, one session at a time (the independent check)."""
+    ordered = train.sort_values(["SessionId", "Time"], kind="stable")
+    items_of = ordered.groupby("SessionId")["ItemId"].agg(set).to_dict()
+    end_of = ordered.groupby("SessionId")["Time"].max().to_dict()
+    start_of = ordered.groupby("SessionId")["Time"].min().to_dict()
+    current = set(prefix_items)
+    candidates = [s for s, items in items_of.items() if items & current]
+    if sample_size is not None and len(candidates) > sample_size:
+        candidates = sorted(candidates, key=lambda s: -end_of[s])[:sample_size]
+    sims = []
+    for s in candidates:
+        inter = len(items_of[s] & current)
+        if similarity == "jaccard":
+            sim = inter / len(items_of[s] | current)
+        else:
+            sim = inter / np.sqrt(len(items_of[s]) * len(current))
+        sims.append((sim, s))
+    # Ties in similarity: the session that started earlier first (the documented rule;
+    # session-rec leaves it to set iteration order).
+    neighbours = sorted(sims, key=lambda t: (-t[0], start_of[t[1]]))[:k]
+    scores = {}
+    for sim, s in neighbours:
+        for item in items_of[s]:
+            scores[item] = scores.get(item, 0.0) + sim
+    return scores
+
+
+@pytest.mark.parametrize("k,sample_size,similarity", [(100, None, "jaccard"),
+                                                      (5, 20, "jaccard"), (7, 30, "cosine")])
+def test_sknn_matches_a_loop(k, sample_size, similarity):
+    from sessionrec import SKNNRecommender
+
+    events = make_sessions(n_sessions=300, n_items=40, random_state=4)
+    train = events[events["SessionId"] < 250]
+    test = events[events["SessionId"] >= 250]
+    sknn = SKNNRecommender(k=k, sample_size=sample_size, similarity=similarity,
+                           device="cpu").fit(train)
+    for session in test["SessionId"].unique()[:10]:
+        rows = test[test["SessionId"] == session].sort_values("Time")
+        prefix = rows.iloc[:2]
+        expected = loop_sknn_scores(train, prefix["ItemId"].tolist(), k, sample_size,
+                                    similarity)
+        _, scores = sknn.predict_next(prefix, k=sknn.n_items_, return_scores=True)
+        items, _ = sknn.predict_next(prefix, k=sknn.n_items_, return_scores=True)
+        got = dict(zip(items.iloc[0], scores.iloc[0]))
+        for item in sknn.item_index_.labels:
+            assert got[item] == pytest.approx(expected.get(item, 0.0), abs=1e-6), item
+
+
+def test_sknn_bad_parameters(train_test):
+    from sessionrec import SKNNRecommender
+
+    with pytest.raises(ValueError, match="similarity"):
+        SKNNRecommender(similarity="dice", device="cpu").fit(train_test[0])
+    with pytest.raises(ValueError, match="sample_size"):
+        SKNNRecommender(sample_size=0, device="cpu").fit(train_test[0])

@@ -2,7 +2,7 @@
 
 from ._bprmf import BPRMFRecommender
 from ._gru4rec import GRU4RecRecommender
-from ._neighbors import ItemKNNRecommender
+from ._neighbors import ItemKNNRecommender, SKNNRecommender
 from ._popularity import PopularityRecommender, SessionPopularityRecommender
 from ._rules import MarkovRecommender, SequentialRulesRecommender
 
@@ -12,6 +12,7 @@ __all__ = [
     "ItemKNNRecommender",
     "MarkovRecommender",
     "SequentialRulesRecommender",
+    "SKNNRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
 ]
