@@ -9,26 +9,46 @@ import torch
 from .._base import SessionRecommender
 from .._events import SessionEvents, ragged_arange
 
-__all__ = ["top_k_per_row"]
+__all__ = ["top_k_keep", "top_k_per_row"]
+
+
+def top_k_keep(indptr: np.ndarray, values: np.ndarray, k: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Which entries of a CSR structure are among the ``k`` largest ``values`` of their row.
+
+    Rows with at most ``k`` entries are kept whole; only longer rows are sorted, by one
+    stable sort on (row, -value), so ties keep the entries' order (in a CSR matrix with
+    sorted indices: smaller column first).
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (nnz,)
+    new_indptr : ndarray of int64
+        Row pointers of the kept entries.
+    """
+    counts = np.diff(indptr)
+    keep = np.ones(len(values), dtype=bool)
+    long_rows = np.flatnonzero(counts > k)
+    if len(long_rows):
+        lengths = counts[long_rows]
+        entries = ragged_arange(indptr[long_rows], lengths)
+        order = entries[np.lexsort((-values[entries], np.repeat(long_rows, lengths)))]
+        # Rank of each sorted entry within its row: its position minus the row's start.
+        rank = np.arange(len(order)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        keep[entries] = False
+        keep[order[rank < k]] = True
+    new_indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(np.minimum(counts, k), out=new_indptr[1:])
+    return keep, new_indptr
 
 
 def top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the ``k`` largest entries of every row (ties: smaller column first).
-
-    Vectorised: one lexicographic sort of all entries by (row, -value, column), then the
-    first ``k`` of each row.
-    """
+    """Keep the ``k`` largest entries of every row (ties: smaller column first)."""
     matrix = matrix.tocsr()
     matrix.sort_indices()
-    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-    order = np.lexsort((matrix.indices, -matrix.data, rows))
-    rows, cols, vals = rows[order], matrix.indices[order], matrix.data[order]
-    # Position of each entry within its row: rows are sorted, so a row starts where
-    # searchsorted finds its first entry.
-    keep = (np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")) < k
-    out = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=matrix.shape)
-    out.sort_indices()
-    return out
+    keep, indptr = top_k_keep(matrix.indptr, matrix.data, k)
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr),
+                         shape=matrix.shape)
 
 
 class _ItemMatrixRecommender(SessionRecommender):

@@ -9,7 +9,7 @@ import torch
 from .._base import SessionRecommender
 from .._events import SessionEvents, ragged_arange
 from .._validation import check_choice, check_int, check_real
-from ._item_matrix import _ItemMatrixRecommender, top_k_per_row
+from ._item_matrix import _ItemMatrixRecommender, top_k_keep, top_k_per_row
 
 __all__ = ["ItemKNNRecommender", "SKNNRecommender"]
 
@@ -196,7 +196,28 @@ class SKNNRecommender(SessionRecommender):
         recency[order] = np.arange(1, events.n_sessions + 1)
         self._recency_ = recency
         self._sizes_ = np.asarray(matrix.sum(axis=1)).ravel()
+        self._candidates_ = self._candidate_matrix()
         self._log("SKNN fitted on %d sessions", events.n_sessions)
+
+    def _candidate_matrix(self) -> sp.csr_matrix:
+        """Item x session matrix of the sessions that can be sampled neighbours.
+
+        With sampling, each item keeps only its ``sample_size`` most recent sessions. That
+        is exact: a session among the ``sample_size`` most recent that share an item with
+        the prefix is, for every prefix item it contains, among that item's
+        ``sample_size`` most recent sessions (else that many more recent sessions would
+        share the item, hence the prefix). So the product of the prefix with this matrix
+        finds every sampled candidate and its exact overlap with the prefix, while touching
+        far fewer sessions.
+        """
+        by_item = self.session_items_.T.tocsr()
+        if self.sample_size is None:
+            return by_item
+        by_item.sort_indices()
+        by_item.data = self._recency_[by_item.indices]
+        recent = top_k_per_row(by_item, int(self.sample_size))
+        recent.data[:] = 1.0
+        return recent
 
     def _prefix_sets(self, events: SessionEvents, positions: np.ndarray) -> sp.csr_matrix:
         starts = events.session_starts[positions]
@@ -209,14 +230,14 @@ class SKNNRecommender(SessionRecommender):
         return prefix
 
     def _scores(self, prefix: sp.csr_matrix) -> np.ndarray:
-        overlap = (prefix @ self.session_items_.T).tocsr()  # |S & T| for sharing sessions
+        overlap = (prefix @ self._candidates_).tocsr()  # |S & T| for candidate sessions
         overlap.sort_indices()
-        if self.sample_size is not None:
-            recent = overlap.copy()
-            recent.data = self._recency_[recent.indices]
-            keep = top_k_per_row(recent, int(self.sample_size))
-            keep.data[:] = 1.0
-            overlap = overlap.multiply(keep).tocsr()
+        if self.sample_size is not None:  # the most recent candidates of each prefix
+            keep, indptr = top_k_keep(overlap.indptr, self._recency_[overlap.indices],
+                                      int(self.sample_size))
+            overlap = sp.csr_matrix((overlap.data[keep], overlap.indices[keep], indptr),
+                                    shape=overlap.shape)
+            overlap.has_sorted_indices = True
         rows = np.repeat(np.arange(overlap.shape[0]), np.diff(overlap.indptr))
         size_s = np.asarray(prefix.sum(axis=1)).ravel()[rows]
         size_t = self._sizes_[overlap.indices]
@@ -256,3 +277,4 @@ class SKNNRecommender(SessionRecommender):
         recency[order] = np.arange(1, matrix.shape[0] + 1)
         self._recency_ = recency
         self._sizes_ = np.asarray(matrix.sum(axis=1)).ravel()
+        self._candidates_ = self._candidate_matrix()
