@@ -16,6 +16,7 @@ from .models import (
     SequentialRulesRecommender,
     SessionPopularityRecommender,
     SKNNRecommender,
+    VSKNNRecommender,
 )
 
 __version__ = "0.1.0.dev0"
@@ -28,6 +29,7 @@ __all__ = [
     "MarkovRecommender",
     "SequentialRulesRecommender",
     "SKNNRecommender",
+    "VSKNNRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
     "NotFittedError",

@@ -211,3 +211,58 @@ def test_sknn_bad_parameters(train_test):
         SKNNRecommender(similarity="dice", device="cpu").fit(train_test[0])
     with pytest.raises(ValueError, match="sample_size"):
         SKNNRecommender(sample_size=0, device="cpu").fit(train_test[0])
+
+
+def loop_vsknn_scores(train: pd.DataFrame, prefix_items: list, k: int, sample_size) -> dict:
+    """V-SKNN as session-rec's VMContextKNN computes it (div weights), one session at a time;
+    similarity ties go to the earlier-starting session, the documented rule."""
+    ordered = train.sort_values(["SessionId", "Time"], kind="stable")
+    items_of = ordered.groupby("SessionId")["ItemId"].agg(set).to_dict()
+    end_of = ordered.groupby("SessionId")["Time"].max().to_dict()
+    start_of = ordered.groupby("SessionId")["Time"].min().to_dict()
+    length = len(prefix_items)
+    pos_map = {item: (count + 1) / length for count, item in enumerate(prefix_items)}
+    current = set(prefix_items)
+    candidates = [s for s, items in items_of.items() if items & current]
+    if sample_size is not None and len(candidates) > sample_size:
+        candidates = sorted(candidates, key=lambda s: -end_of[s])[:sample_size]
+    sims = [(sum(pos_map[i] for i in current & items_of[s]) / len(pos_map), s)
+            for s in candidates]
+    neighbours = sorted(sims, key=lambda t: (-t[0], start_of[t[1]]))[:k]
+    scores = {}
+    for sim, s in neighbours:
+        step = 1
+        for item in reversed(prefix_items):
+            if item in items_of[s]:
+                break
+            step += 1
+        for item in items_of[s]:
+            scores[item] = scores.get(item, 0.0) + sim / step
+    return scores
+
+
+@pytest.mark.parametrize("k,sample_size", [(100, None), (5, 20), (8, 40)])
+def test_vsknn_matches_a_loop(k, sample_size):
+    from sessionrec import VSKNNRecommender
+
+    events = make_sessions(n_sessions=300, n_items=40, random_state=4)
+    train = events[events["SessionId"] < 250]
+    test = events[events["SessionId"] >= 250]
+    model = VSKNNRecommender(k=k, sample_size=sample_size, device="cpu").fit(train)
+    for session in test["SessionId"].unique()[:10]:
+        rows = test[test["SessionId"] == session].sort_values("Time")
+        prefix = rows.iloc[:3]
+        expected = loop_vsknn_scores(train, prefix["ItemId"].tolist(), k, sample_size)
+        items, scores = model.predict_next(prefix, k=model.n_items_, return_scores=True)
+        got = dict(zip(items.iloc[0], scores.iloc[0]))
+        for item in model.item_index_.labels:
+            assert got[item] == pytest.approx(expected.get(item, 0.0), abs=1e-6), item
+
+
+def test_vsknn_bad_parameters(train_test):
+    from sessionrec import VSKNNRecommender
+
+    with pytest.raises(ValueError, match="position_weighting"):
+        VSKNNRecommender(position_weighting="cubic", device="cpu").fit(train_test[0])
+    with pytest.raises(ValueError, match="score_weighting"):
+        VSKNNRecommender(score_weighting="exp", device="cpu").fit(train_test[0])

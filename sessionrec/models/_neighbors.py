@@ -11,7 +11,7 @@ from .._events import SessionEvents, ragged_arange
 from .._validation import check_choice, check_int, check_real
 from ._item_matrix import _ItemMatrixRecommender, top_k_keep, top_k_per_row
 
-__all__ = ["ItemKNNRecommender", "SKNNRecommender"]
+__all__ = ["ItemKNNRecommender", "SKNNRecommender", "VSKNNRecommender"]
 
 
 class ItemKNNRecommender(_ItemMatrixRecommender):
@@ -278,3 +278,142 @@ class SKNNRecommender(SessionRecommender):
         self._recency_ = recency
         self._sizes_ = np.asarray(matrix.sum(axis=1)).ravel()
         self._candidates_ = self._candidate_matrix()
+
+
+_POSITION_WEIGHTS = {
+    "same": lambda count, length: np.ones_like(count, dtype=np.float64),
+    "div": lambda count, length: count / length,
+    "quadratic": lambda count, length: (count / length) ** 2,
+    "log": lambda count, length: 1.0 / np.log10(length - count + 1.7),
+}
+_SCORE_WEIGHTS = {
+    "same": lambda step: np.ones_like(step, dtype=np.float64),
+    "div": lambda step: 1.0 / step,
+    "quadratic": lambda step: 1.0 / (step * step),
+    "log": lambda step: 1.0 / np.log10(step + 1.7),
+}
+
+
+class VSKNNRecommender(SKNNRecommender):
+    """Vector-multiplication session kNN (V-SKNN): SKNN that favours recent session items.
+
+    The V-SKNN method of Ludewig & Jannach (UMUAI 2018; session-rec's VMContextKNN with its
+    defaults). Candidates are sampled as in :class:`SKNNRecommender`; then, for a prefix of
+    length ``L`` whose item at position ``c`` (1-based, its last occurrence for repeated
+    items) has weight ``w(c, L)`` (``position_weighting``, default ``c / L``):
+
+    * ``sim(S, T) = sum of w over the items T shares with S / number of distinct items of S``;
+    * the ``k`` most similar candidates are the neighbours;
+    * a neighbour's items gain ``sim(S, T) * d(step)``, where ``step`` counts back from the
+      end of the prefix to the most recent prefix item that T contains
+      (``score_weighting``, default ``d = 1 / step``).
+
+    Items already in the session are recommended too (session-rec's ``remind=True``).
+
+    Parameters
+    ----------
+    k : int, default=100
+        Number of neighbour sessions.
+    sample_size : int or None, default=1000
+        Most recent candidate sessions kept; None keeps all.
+    position_weighting : {"div", "same", "quadratic", "log"}, default="div"
+        ``w(c, L)``: ``c / L``, 1, ``(c / L)^2`` or ``1 / log10(L - c + 1.7)``.
+    score_weighting : {"div", "same", "quadratic", "log"}, default="div"
+        ``d(step)``: ``1 / step``, 1, ``1 / step^2`` or ``1 / log10(step + 1.7)``.
+    session_key, item_key, time_key : str
+        Column names.
+    device : str, default="auto"
+        Where score blocks are ranked.
+    verbose : bool or int, default=False
+        Log a line when fitting.
+
+    References
+    ----------
+    Ludewig, Jannach. Evaluation of session-based recommendation algorithms. User Modeling
+    and User-Adapted Interaction, 2018.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> X = pd.DataFrame({"SessionId": [1, 1, 2, 2, 3, 3], "ItemId": list("abacbd"),
+    ...                   "Time": range(6)})
+    >>> vsknn = VSKNNRecommender(device="cpu").fit(X)
+    >>> vsknn.predict_next(pd.DataFrame({"SessionId": [9, 9], "ItemId": ["c", "b"],
+    ...                                  "Time": [0, 1]}), k=2).iloc[0].tolist()
+    ['b', 'a']
+    """
+
+    def __init__(self, *, k=100, sample_size=1000, position_weighting="div",
+                 score_weighting="div", session_key="SessionId", item_key="ItemId",
+                 time_key="Time", device="auto", verbose=False):
+        self.k = k
+        self.sample_size = sample_size
+        self.position_weighting = position_weighting
+        self.score_weighting = score_weighting
+        self.session_key = session_key
+        self.item_key = item_key
+        self.time_key = time_key
+        self.device = device
+        self.verbose = verbose
+
+    # Candidate sampling, fitting and state are SKNN's; similarity and scoring differ.
+
+    def _validate_params(self) -> None:
+        check_int("k", self.k, min_value=1)
+        if self.sample_size is not None:
+            check_int("sample_size", self.sample_size, min_value=1)
+        check_choice("position_weighting", self.position_weighting, _POSITION_WEIGHTS)
+        check_choice("score_weighting", self.score_weighting, _SCORE_WEIGHTS)
+
+    def _iter_scores(self, events, score_after):
+        positions = np.flatnonzero(score_after)
+        starts = events.session_starts[positions]
+        for block in self._blocks(positions, extra_cost=positions - starts + 1):
+            yield block, torch.as_tensor(self._weighted_scores(events, block),
+                                         device=self.device_)
+
+    def _weighted_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
+        n_rows, n_sessions = len(positions), self.session_items_.shape[0]
+        starts = events.session_starts[positions]
+        lengths = positions - starts + 1
+        # Distinct (row, item) with the item's last position in the prefix.
+        rows = np.repeat(np.arange(n_rows), lengths)
+        items = events.items[ragged_arange(starts, lengths)]
+        count = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
+        order = np.lexsort((-count, items, rows))
+        rows, items, count = rows[order], items[order], count[order]
+        first = np.r_[True, (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])]
+        rows, items, count = rows[first], items[first], count[first]
+        length = lengths[rows]
+        weight = _POSITION_WEIGHTS[self.position_weighting](count.astype(np.float64), length)
+        distinct = np.bincount(rows, minlength=n_rows)
+        # Triples (row, candidate session, item's position) from the candidate matrix.
+        cand = self._candidates_
+        per_item = np.diff(cand.indptr)[items]
+        t_rows = np.repeat(rows, per_item)
+        t_sessions = cand.indices[ragged_arange(cand.indptr[items], per_item)]
+        t_weight = np.repeat(weight, per_item)
+        t_count = np.repeat(count, per_item)
+        key = t_rows * n_sessions + t_sessions
+        order = np.argsort(key, kind="stable")
+        key, t_weight, t_count = key[order], t_weight[order], t_count[order]
+        new = np.r_[True, key[1:] != key[:-1]]
+        group_start = np.flatnonzero(new)
+        pair_key = key[group_start]
+        pair_rows, pair_sessions = pair_key // n_sessions, pair_key % n_sessions
+        sums = np.add.reduceat(t_weight, group_start)
+        last_count = np.maximum.reduceat(t_count, group_start)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
+        keep = np.ones(len(pair_key), dtype=bool)
+        if self.sample_size is not None:  # the most recent candidates of each prefix
+            keep, indptr = top_k_keep(indptr, self._recency_[pair_sessions],
+                                      int(self.sample_size))
+        pair_rows, pair_sessions = pair_rows[keep], pair_sessions[keep]
+        sim = sums[keep] / distinct[pair_rows]
+        decay = _SCORE_WEIGHTS[self.score_weighting](
+            (lengths[pair_rows] - last_count[keep] + 1).astype(np.float64))
+        keep_k, indptr = top_k_keep(indptr, sim, int(self.k))
+        neighbours = sp.csr_matrix(((sim * decay)[keep_k], pair_sessions[keep_k], indptr),
+                                   shape=(n_rows, n_sessions))
+        return np.asarray((neighbours @ self.session_items_).todense(), dtype=np.float32)
