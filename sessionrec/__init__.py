@@ -16,6 +16,7 @@ from .models import (
     SequentialRulesRecommender,
     SessionPopularityRecommender,
     SKNNRecommender,
+    STANRecommender,
     VSKNNRecommender,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "MarkovRecommender",
     "SequentialRulesRecommender",
     "SKNNRecommender",
+    "STANRecommender",
     "VSKNNRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",

@@ -154,8 +154,10 @@ class SessionEvents:
         Position in the caller's frame of each session's first event, before unknown
         items were dropped.
     end_times : ndarray or None, shape (n_sessions,)
-        Time of each session's last event (numbers, or int64 nanoseconds for datetimes),
+        Time of each session's last event (numbers, or the int64 ticks of datetimes),
         before unknown items were dropped.
+    seconds : ndarray of float64 or None, shape (n_events,)
+        Time of each kept event in seconds: datetimes converted, numbers taken as seconds.
     """
 
     items: np.ndarray
@@ -167,6 +169,7 @@ class SessionEvents:
     n_unknown: int = 0
     first_rows: np.ndarray | None = None
     end_times: np.ndarray | None = None
+    seconds: np.ndarray | None = None
 
     @property
     def n_events(self) -> int:
@@ -219,13 +222,18 @@ def _check_column(X: pd.DataFrame, key, role: str) -> pd.Series:
     return col
 
 
-def _orderable_times(col: pd.Series, key) -> np.ndarray:
-    """Times as an int64 or float64 array that sorts like the times."""
+def _orderable_times(col: pd.Series, key) -> tuple[np.ndarray, float]:
+    """Times as an int64 or float64 array that sorts like the times, and the factor that
+    turns its values into seconds (numbers are taken to be seconds)."""
     dtype = col.dtype
     if isinstance(dtype, pd.DatetimeTZDtype):
-        return col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().view(np.int64)
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+        dtype = col.dtype
     if pd.api.types.is_datetime64_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
-        return col.to_numpy().view(np.int64)
+        values = col.to_numpy()
+        unit, count = np.datetime_data(values.dtype)
+        per_second = np.timedelta64(1, "s") / np.timedelta64(count, unit)
+        return values.view(np.int64), 1.0 / float(per_second)
     if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
         raise TypeError(
             f"column {key!r} (the time column) must hold numbers or datetimes so that events "
@@ -233,11 +241,11 @@ def _orderable_times(col: pd.Series, key) -> np.ndarray:
             "pandas.to_datetime."
         )
     if pd.api.types.is_integer_dtype(dtype):
-        return col.to_numpy(dtype=np.int64)
+        return col.to_numpy(dtype=np.int64), 1.0
     values = col.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         raise ValueError(f"column {key!r} (the time column) has infinite values.")
-    return values
+    return values, 1.0
 
 
 def to_session_events(
@@ -286,7 +294,7 @@ def to_session_events(
         raise ValueError("X is empty: at least one event is needed.")
     sessions = _check_column(X, session_key, "session")
     item_col = _check_column(X, item_key, "item")
-    times = _orderable_times(_check_column(X, time_key, "time"), time_key)
+    times, to_seconds = _orderable_times(_check_column(X, time_key, "time"), time_key)
     n = len(X)
 
     # Order: sessions by their first event's time (ties: first appearance), then by time
@@ -333,15 +341,17 @@ def to_session_events(
         keep = items >= 0
     n_unknown = 0
     rows = order.astype(np.int64, copy=False)
+    seconds = times[order].astype(np.float64) * to_seconds
     if keep is not None and not keep.all():
         n_unknown = int(n - keep.sum())
         items, rows, ordered_sessions = items[keep], rows[keep], ordered_sessions[keep]
+        seconds = seconds[keep]
     counts = np.bincount(ordered_sessions, minlength=len(session_labels))
     offsets = np.zeros(len(session_labels) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     events = SessionEvents(
         items=items.astype(np.int64, copy=False), offsets=offsets,
         session_labels=session_labels, rows=rows, users=users, user_labels=user_labels,
-        n_unknown=n_unknown, first_rows=first_rows, end_times=end_times,
+        n_unknown=n_unknown, first_rows=first_rows, end_times=end_times, seconds=seconds,
     )
     return events, item_index

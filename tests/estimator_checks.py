@@ -18,6 +18,7 @@ FAST_PARAMS: dict[str, dict] = {
     "MarkovRecommender": {},
     "SequentialRulesRecommender": {},
     "SKNNRecommender": {},
+    "STANRecommender": {},
     "VSKNNRecommender": {},
     "PopularityRecommender": {},
     "SessionPopularityRecommender": {},

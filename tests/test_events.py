@@ -26,6 +26,7 @@ def test_sessions_ordered_by_start_then_time():
     assert events.rows.tolist() == [2, 3, 4, 1, 0]
     assert events.first_rows.tolist() == [2, 4, 1]
     assert events.end_times.tolist() == [7.0, 1.0, 10.0]
+    assert events.seconds.tolist() == [1.0, 7.0, 1.0, 2.0, 10.0]
 
 
 def test_equal_times_keep_row_order():
@@ -39,6 +40,7 @@ def test_datetimes_with_time_zones():
     X = frame([1, 1], ["a", "b"], times)
     events, index = to_session_events(X)
     assert index.decode(events.items).tolist() == ["b", "a"]
+    assert np.diff(events.seconds).tolist() == [3600.0]  # datetimes in seconds
 
 
 def test_caller_frame_untouched():

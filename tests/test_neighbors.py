@@ -266,3 +266,65 @@ def test_vsknn_bad_parameters(train_test):
         VSKNNRecommender(position_weighting="cubic", device="cpu").fit(train_test[0])
     with pytest.raises(ValueError, match="score_weighting"):
         VSKNNRecommender(score_weighting="exp", device="cpu").fit(train_test[0])
+
+
+def loop_stan_scores(train: pd.DataFrame, prefix: pd.DataFrame, k: int, sample_size,
+                     spw=1.02, snh=5.0, inh=2.05) -> dict:
+    """STAN as session-rec computes it, one session at a time (ties: earlier start)."""
+    from math import exp, sqrt
+
+    ordered = train.sort_values(["SessionId", "Time"], kind="stable")
+    lists = ordered.groupby("SessionId")["ItemId"].agg(list).to_dict()
+    end_of = ordered.groupby("SessionId")["Time"].max().to_dict()
+    start_of = ordered.groupby("SessionId")["Time"].min().to_dict()
+    items = prefix["ItemId"].tolist()
+    now = prefix["Time"].iloc[-1]
+    pos_map = {item: exp((p + 1 - len(items)) / spw) for p, item in enumerate(items)}
+    current = set(items)
+    candidates = [s for s, lst in lists.items() if set(lst) & current]
+    if sample_size is not None and len(candidates) > sample_size:
+        candidates = sorted(candidates, key=lambda s: -end_of[s])[:sample_size]
+    sims = []
+    for s in candidates:
+        neighbour = set(lists[s])
+        shared = sum(pos_map[i] for i in current & neighbour)
+        norm = sqrt(sum(w * w for w in pos_map.values()))
+        sim = shared / (norm * sqrt(len(neighbour))) * exp(-max(now - end_of[s], 0) / (snh * 86400))
+        sims.append((sim, s))
+    neighbours = sorted(sims, key=lambda t: (-t[0], start_of[t[1]]))[:k]
+    scores = {}
+    for sim, s in neighbours:
+        last = {}
+        anchor = None
+        for i, item in enumerate(lists[s]):
+            if item in current:
+                anchor = i + 1
+            last[item] = i + 1
+        for item, pos in last.items():
+            scores[item] = scores.get(item, 0.0) + sim * exp(-abs(pos - anchor) / inh)
+    return scores
+
+
+@pytest.mark.parametrize("k,sample_size", [(100, None), (5, 20), (8, 40)])
+def test_stan_matches_a_loop(k, sample_size):
+    from sessionrec import STANRecommender
+
+    events = make_sessions(n_sessions=300, n_items=40, span_days=20, random_state=4)
+    train = events[events["SessionId"] < 250]
+    test = events[events["SessionId"] >= 250]
+    model = STANRecommender(k=k, sample_size=sample_size, device="cpu").fit(train)
+    for session in test["SessionId"].unique()[:10]:
+        rows = test[test["SessionId"] == session].sort_values("Time")
+        prefix = rows.iloc[:3]
+        expected = loop_stan_scores(train, prefix, k, sample_size)
+        items, scores = model.predict_next(prefix, k=model.n_items_, return_scores=True)
+        got = dict(zip(items.iloc[0], scores.iloc[0]))
+        for item in model.item_index_.labels:
+            assert got[item] == pytest.approx(expected.get(item, 0.0), rel=1e-5, abs=1e-7), item
+
+
+def test_stan_bad_parameters(train_test):
+    from sessionrec import STANRecommender
+
+    with pytest.raises(ValueError, match="lambda_snh"):
+        STANRecommender(lambda_snh=0.0, device="cpu").fit(train_test[0])

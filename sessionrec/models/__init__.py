@@ -2,7 +2,12 @@
 
 from ._bprmf import BPRMFRecommender
 from ._gru4rec import GRU4RecRecommender
-from ._neighbors import ItemKNNRecommender, SKNNRecommender, VSKNNRecommender
+from ._neighbors import (
+    ItemKNNRecommender,
+    SKNNRecommender,
+    STANRecommender,
+    VSKNNRecommender,
+)
 from ._popularity import PopularityRecommender, SessionPopularityRecommender
 from ._rules import MarkovRecommender, SequentialRulesRecommender
 
@@ -13,6 +18,7 @@ __all__ = [
     "MarkovRecommender",
     "SequentialRulesRecommender",
     "SKNNRecommender",
+    "STANRecommender",
     "VSKNNRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",

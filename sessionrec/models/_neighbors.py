@@ -11,7 +11,7 @@ from .._events import SessionEvents, ragged_arange
 from .._validation import check_choice, check_int, check_real
 from ._item_matrix import _ItemMatrixRecommender, top_k_keep, top_k_per_row
 
-__all__ = ["ItemKNNRecommender", "SKNNRecommender", "VSKNNRecommender"]
+__all__ = ["ItemKNNRecommender", "SKNNRecommender", "STANRecommender", "VSKNNRecommender"]
 
 
 class ItemKNNRecommender(_ItemMatrixRecommender):
@@ -417,3 +417,182 @@ class VSKNNRecommender(SKNNRecommender):
         neighbours = sp.csr_matrix(((sim * decay)[keep_k], pair_sessions[keep_k], indptr),
                                    shape=(n_rows, n_sessions))
         return np.asarray((neighbours @ self.session_items_).todense(), dtype=np.float32)
+
+
+class STANRecommender(SKNNRecommender):
+    """STAN: session-aware kNN with position and time decays (Garg et al., SIGIR 2019).
+
+    As implemented in session-rec, on top of the SKNN candidates (the ``sample_size`` most
+    recent training sessions sharing an item with the prefix):
+
+    * the prefix item at position ``p`` of ``L`` (its last occurrence) has weight
+      ``w = exp((p - L) / lambda_spw)``;
+    * ``sim(S, T) = sum of w over shared items / (sqrt(sum of w^2 over S) * sqrt(|T|))``,
+      times ``exp(-(t_now - t_T) / lambda_snh)`` where ``t_now`` is the time of the prefix's
+      last event and ``t_T`` the time of T's last event (``lambda_snh`` in days);
+    * the ``k`` most similar candidates are the neighbours;
+    * each item j of a neighbour T gains ``sim * exp(-|pos_T(j) - pos_T(i*)| / lambda_inh)``,
+      where positions are last occurrences in T and ``i*`` is the last item of T that is
+      also in the prefix.
+
+    Times are seconds (numbers) or datetimes; a neighbour that ended after the prefix's
+    last event (possible only for inputs older than the training data) counts as age 0.
+    Items already in the session are recommended too (session-rec's ``remind=True``).
+
+    Parameters
+    ----------
+    k : int, default=100
+        Number of neighbour sessions.
+    sample_size : int or None, default=5000
+        Most recent candidate sessions kept; None keeps all.
+    lambda_spw : float, default=1.02
+        Decay of the prefix position weights.
+    lambda_snh : float, default=5.0
+        Decay of neighbour sessions by age, in days.
+    lambda_inh : float, default=2.05
+        Decay of a neighbour's items by their distance from the shared item.
+    session_key, item_key, time_key : str
+        Column names.
+    device : str, default="auto"
+        Where score blocks are ranked.
+    verbose : bool or int, default=False
+        Log a line when fitting.
+
+    References
+    ----------
+    Garg, Gupta, Malhotra, Vig, Shroff. Sequence and time aware neighborhood for
+    session-based recommendations: STAN. SIGIR 2019.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> X = pd.DataFrame({"SessionId": [1, 1, 2, 2, 3, 3], "ItemId": list("abacbd"),
+    ...                   "Time": range(6)})
+    >>> stan = STANRecommender(device="cpu").fit(X)
+    >>> stan.predict_next(pd.DataFrame({"SessionId": [9], "ItemId": ["d"], "Time": [9]}),
+    ...                   k=2).iloc[0].tolist()
+    ['d', 'b']
+    """
+
+    def __init__(self, *, k=100, sample_size=5000, lambda_spw=1.02, lambda_snh=5.0,
+                 lambda_inh=2.05, session_key="SessionId", item_key="ItemId", time_key="Time",
+                 device="auto", verbose=False):
+        self.k = k
+        self.sample_size = sample_size
+        self.lambda_spw = lambda_spw
+        self.lambda_snh = lambda_snh
+        self.lambda_inh = lambda_inh
+        self.session_key = session_key
+        self.item_key = item_key
+        self.time_key = time_key
+        self.device = device
+        self.verbose = verbose
+
+    def _validate_params(self) -> None:
+        check_int("k", self.k, min_value=1)
+        if self.sample_size is not None:
+            check_int("sample_size", self.sample_size, min_value=1)
+        for name in ("lambda_spw", "lambda_snh", "lambda_inh"):
+            check_real(name, getattr(self, name), min_value=0.0, min_inclusive=False)
+
+    def _fit(self, events: SessionEvents) -> None:
+        super()._fit(events)
+        # Last position (1-based) of every item in every training session, as a CSR matrix
+        # sorted by (session, item), and the time of each session's last event in seconds.
+        position = np.arange(events.n_events) - events.session_starts + 1
+        session = events.session_of_event
+        order = np.lexsort((-position, events.items, session))
+        session, items, position = session[order], events.items[order], position[order]
+        first = np.r_[True, (session[1:] != session[:-1]) | (items[1:] != items[:-1])]
+        indptr = np.zeros(events.n_sessions + 1, dtype=np.int64)
+        np.cumsum(np.bincount(session[first], minlength=events.n_sessions), out=indptr[1:])
+        self._last_position_ = sp.csr_matrix(
+            (position[first].astype(np.float64), items[first], indptr),
+            shape=(events.n_sessions, self.n_items_))
+        last_event = events.offsets[1:] - 1
+        self._end_seconds_ = events.seconds[np.maximum(last_event, 0)]
+
+    def _iter_scores(self, events, score_after):
+        positions = np.flatnonzero(score_after)
+        starts = events.session_starts[positions]
+        for block in self._blocks(positions, extra_cost=positions - starts + 1):
+            yield block, torch.as_tensor(self._stan_scores(events, block),
+                                         device=self.device_)
+
+    def _stan_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
+        n_rows, n_sessions = len(positions), self.session_items_.shape[0]
+        starts = events.session_starts[positions]
+        lengths = positions - starts + 1
+        rows = np.repeat(np.arange(n_rows), lengths)
+        items = events.items[ragged_arange(starts, lengths)]
+        count = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
+        order = np.lexsort((-count, items, rows))
+        rows, items, count = rows[order], items[order], count[order]
+        first = np.r_[True, (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])]
+        rows, items, count = rows[first], items[first], count[first]
+        weight = np.exp((count - lengths[rows]) / float(self.lambda_spw))
+        norm = np.sqrt(np.bincount(rows, weights=weight * weight, minlength=n_rows))
+        # Triples (row, candidate session, item) and the item's last position in the
+        # candidate, found by binary search in the (session, item)-sorted position table.
+        cand = self._candidates_
+        per_item = np.diff(cand.indptr)[items]
+        t_rows = np.repeat(rows, per_item)
+        t_items = np.repeat(items, per_item)
+        t_sessions = cand.indices[ragged_arange(cand.indptr[items], per_item)]
+        t_weight = np.repeat(weight, per_item)
+        table = self._last_position_
+        table_keys = (np.repeat(np.arange(n_sessions), np.diff(table.indptr)) * self.n_items_
+                      + table.indices)
+        t_position = table.data[np.searchsorted(table_keys,
+                                                t_sessions * self.n_items_ + t_items)]
+        key = t_rows * n_sessions + t_sessions
+        order = np.argsort(key, kind="stable")
+        key, t_weight, t_position = key[order], t_weight[order], t_position[order]
+        group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        pair_key = key[group_start]
+        pair_rows, pair_sessions = pair_key // n_sessions, pair_key % n_sessions
+        shared = np.add.reduceat(t_weight, group_start)
+        anchor = np.maximum.reduceat(t_position, group_start)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
+        keep = np.ones(len(pair_key), dtype=bool)
+        if self.sample_size is not None:
+            keep, indptr = top_k_keep(indptr, self._recency_[pair_sessions],
+                                      int(self.sample_size))
+        pair_rows, pair_sessions = pair_rows[keep], pair_sessions[keep]
+        shared, anchor = shared[keep], anchor[keep]
+        now = events.seconds[positions][pair_rows]
+        # A neighbour that ended after the prefix's event (only with inputs older than the
+        # training data) counts as age 0 rather than getting an unbounded boost.
+        age = np.maximum(now - self._end_seconds_[pair_sessions], 0.0)
+        sim = (shared / (norm[pair_rows] * np.sqrt(self._sizes_[pair_sessions]))
+               * np.exp(-age / (float(self.lambda_snh) * 86400.0)))
+        keep_k, _ = top_k_keep(indptr, sim, int(self.k))
+        pair_rows, pair_sessions = pair_rows[keep_k], pair_sessions[keep_k]
+        sim, anchor = sim[keep_k], anchor[keep_k]
+        # Every item of every neighbour, weighted by its distance from the anchor item.
+        n_items_of = np.diff(table.indptr)[pair_sessions]
+        entries = ragged_arange(table.indptr[pair_sessions], n_items_of)
+        e_rows = np.repeat(pair_rows, n_items_of)
+        contribution = (np.repeat(sim, n_items_of)
+                        * np.exp(-np.abs(table.data[entries] - np.repeat(anchor, n_items_of))
+                                 / float(self.lambda_inh)))
+        scores = np.bincount(e_rows * self.n_items_ + table.indices[entries],
+                             weights=contribution, minlength=n_rows * self.n_items_)
+        return scores.reshape(n_rows, self.n_items_).astype(np.float32)
+
+    def _get_state(self):
+        state = super()._get_state()
+        table = self._last_position_
+        state.update(pos_indptr=torch.as_tensor(table.indptr.astype(np.int64)),
+                     pos_indices=torch.as_tensor(table.indices.astype(np.int64)),
+                     pos_values=torch.as_tensor(table.data.astype(np.float64)),
+                     end_seconds=torch.as_tensor(self._end_seconds_.astype(np.float64)))
+        return state
+
+    def _set_state(self, state):
+        super()._set_state(state)
+        self._last_position_ = sp.csr_matrix(
+            (state["pos_values"].numpy(), state["pos_indices"].numpy(),
+             state["pos_indptr"].numpy()), shape=(len(state["pos_indptr"]) - 1, self.n_items_))
+        self._end_seconds_ = state["end_seconds"].numpy()
