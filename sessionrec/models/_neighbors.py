@@ -248,6 +248,58 @@ class SKNNRecommender(SessionRecommender):
         neighbours = top_k_per_row(overlap, int(self.k))
         return np.asarray((neighbours @ self.session_items_).todense(), dtype=np.float32)
 
+    @staticmethod
+    def _prefix_entries(events: SessionEvents, positions: np.ndarray):
+        """Distinct items of each prefix with their last (1-based) position in it.
+
+        Returns ``rows`` (prefix number), ``items``, ``count`` (last position) and the
+        prefix ``lengths``; entries are sorted by (row, item).
+        """
+        starts = events.session_starts[positions]
+        lengths = positions - starts + 1
+        rows = np.repeat(np.arange(len(positions)), lengths)
+        items = events.items[ragged_arange(starts, lengths)]
+        count = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
+        order = np.lexsort((-count, items, rows))
+        rows, items, count = rows[order], items[order], count[order]
+        first = np.r_[True, (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])]
+        return rows[first], items[first], count[first], lengths
+
+    def _sampled_pairs(self, n_rows: int, rows, items, weight, triple_value):
+        """(prefix, candidate session) pairs, the most recent ``sample_size`` per prefix.
+
+        Every prefix entry (row, item, weight) is expanded to the candidate sessions of its
+        item and grouped by (row, session). ``triple_value(sessions, items, entry)`` gives
+        a value per expanded triple whose maximum per pair is returned.
+
+        Returns
+        -------
+        pair_rows, pair_sessions, weight_sum, value_max, indptr
+            Pairs sorted by (row, session); ``indptr`` delimits each row's pairs.
+        """
+        n_sessions = self.session_items_.shape[0]
+        cand = self._candidates_
+        per_item = np.diff(cand.indptr)[items]
+        entry = np.repeat(np.arange(len(items)), per_item)
+        t_sessions = cand.indices[ragged_arange(cand.indptr[items], per_item)]
+        t_value = triple_value(t_sessions, items[entry], entry)
+        key = rows[entry] * n_sessions + t_sessions
+        order = np.argsort(key, kind="stable")
+        key, entry, t_value = key[order], entry[order], t_value[order]
+        group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        pair_key = key[group_start]
+        pair_rows, pair_sessions = pair_key // n_sessions, pair_key % n_sessions
+        weight_sum = np.add.reduceat(weight[entry], group_start)
+        value_max = np.maximum.reduceat(t_value, group_start)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
+        if self.sample_size is not None:  # the most recent candidates of each prefix
+            keep, indptr = top_k_keep(indptr, self._recency_[pair_sessions],
+                                      int(self.sample_size))
+            pair_rows, pair_sessions = pair_rows[keep], pair_sessions[keep]
+            weight_sum, value_max = weight_sum[keep], value_max[keep]
+        return pair_rows, pair_sessions, weight_sum, value_max, indptr
+
     def _iter_scores(self, events, score_after):
         positions = np.flatnonzero(score_after)
         starts = events.session_starts[positions]
@@ -374,45 +426,15 @@ class VSKNNRecommender(SKNNRecommender):
 
     def _weighted_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         n_rows, n_sessions = len(positions), self.session_items_.shape[0]
-        starts = events.session_starts[positions]
-        lengths = positions - starts + 1
-        # Distinct (row, item) with the item's last position in the prefix.
-        rows = np.repeat(np.arange(n_rows), lengths)
-        items = events.items[ragged_arange(starts, lengths)]
-        count = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
-        order = np.lexsort((-count, items, rows))
-        rows, items, count = rows[order], items[order], count[order]
-        first = np.r_[True, (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])]
-        rows, items, count = rows[first], items[first], count[first]
-        length = lengths[rows]
-        weight = _POSITION_WEIGHTS[self.position_weighting](count.astype(np.float64), length)
+        rows, items, count, lengths = self._prefix_entries(events, positions)
+        weight = _POSITION_WEIGHTS[self.position_weighting](count.astype(np.float64),
+                                                            lengths[rows])
         distinct = np.bincount(rows, minlength=n_rows)
-        # Triples (row, candidate session, item's position) from the candidate matrix.
-        cand = self._candidates_
-        per_item = np.diff(cand.indptr)[items]
-        t_rows = np.repeat(rows, per_item)
-        t_sessions = cand.indices[ragged_arange(cand.indptr[items], per_item)]
-        t_weight = np.repeat(weight, per_item)
-        t_count = np.repeat(count, per_item)
-        key = t_rows * n_sessions + t_sessions
-        order = np.argsort(key, kind="stable")
-        key, t_weight, t_count = key[order], t_weight[order], t_count[order]
-        new = np.r_[True, key[1:] != key[:-1]]
-        group_start = np.flatnonzero(new)
-        pair_key = key[group_start]
-        pair_rows, pair_sessions = pair_key // n_sessions, pair_key % n_sessions
-        sums = np.add.reduceat(t_weight, group_start)
-        last_count = np.maximum.reduceat(t_count, group_start)
-        indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
-        keep = np.ones(len(pair_key), dtype=bool)
-        if self.sample_size is not None:  # the most recent candidates of each prefix
-            keep, indptr = top_k_keep(indptr, self._recency_[pair_sessions],
-                                      int(self.sample_size))
-        pair_rows, pair_sessions = pair_rows[keep], pair_sessions[keep]
-        sim = sums[keep] / distinct[pair_rows]
+        pair_rows, pair_sessions, shared, last_count, indptr = self._sampled_pairs(
+            n_rows, rows, items, weight, lambda sessions, items_, entry: count[entry])
+        sim = shared / distinct[pair_rows]
         decay = _SCORE_WEIGHTS[self.score_weighting](
-            (lengths[pair_rows] - last_count[keep] + 1).astype(np.float64))
+            (lengths[pair_rows] - last_count + 1).astype(np.float64))
         keep_k, indptr = top_k_keep(indptr, sim, int(self.k))
         neighbours = sp.csr_matrix(((sim * decay)[keep_k], pair_sessions[keep_k], indptr),
                                    shape=(n_rows, n_sessions))
@@ -521,49 +543,23 @@ class STANRecommender(SKNNRecommender):
 
     def _stan_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         n_rows, n_sessions = len(positions), self.session_items_.shape[0]
-        starts = events.session_starts[positions]
-        lengths = positions - starts + 1
-        rows = np.repeat(np.arange(n_rows), lengths)
-        items = events.items[ragged_arange(starts, lengths)]
-        count = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
-        order = np.lexsort((-count, items, rows))
-        rows, items, count = rows[order], items[order], count[order]
-        first = np.r_[True, (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])]
-        rows, items, count = rows[first], items[first], count[first]
+        rows, items, count, lengths = self._prefix_entries(events, positions)
         weight = np.exp((count - lengths[rows]) / float(self.lambda_spw))
         norm = np.sqrt(np.bincount(rows, weights=weight * weight, minlength=n_rows))
-        # Triples (row, candidate session, item) and the item's last position in the
-        # candidate, found by binary search in the (session, item)-sorted position table.
-        cand = self._candidates_
-        per_item = np.diff(cand.indptr)[items]
-        t_rows = np.repeat(rows, per_item)
-        t_items = np.repeat(items, per_item)
-        t_sessions = cand.indices[ragged_arange(cand.indptr[items], per_item)]
-        t_weight = np.repeat(weight, per_item)
         table = self._last_position_
         table_keys = (np.repeat(np.arange(n_sessions), np.diff(table.indptr)) * self.n_items_
                       + table.indices)
-        t_position = table.data[np.searchsorted(table_keys,
-                                                t_sessions * self.n_items_ + t_items)]
-        key = t_rows * n_sessions + t_sessions
-        order = np.argsort(key, kind="stable")
-        key, t_weight, t_position = key[order], t_weight[order], t_position[order]
-        group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        pair_key = key[group_start]
-        pair_rows, pair_sessions = pair_key // n_sessions, pair_key % n_sessions
-        shared = np.add.reduceat(t_weight, group_start)
-        anchor = np.maximum.reduceat(t_position, group_start)
-        indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
-        keep = np.ones(len(pair_key), dtype=bool)
-        if self.sample_size is not None:
-            keep, indptr = top_k_keep(indptr, self._recency_[pair_sessions],
-                                      int(self.sample_size))
-        pair_rows, pair_sessions = pair_rows[keep], pair_sessions[keep]
-        shared, anchor = shared[keep], anchor[keep]
-        now = events.seconds[positions][pair_rows]
+
+        def position_in_candidate(sessions, items_, entry):
+            # The item's last position in the candidate session, by binary search in the
+            # (session, item)-sorted position table.
+            return table.data[np.searchsorted(table_keys, sessions * self.n_items_ + items_)]
+
+        pair_rows, pair_sessions, shared, anchor, indptr = self._sampled_pairs(
+            n_rows, rows, items, weight, position_in_candidate)
         # A neighbour that ended after the prefix's event (only with inputs older than the
         # training data) counts as age 0 rather than getting an unbounded boost.
+        now = events.seconds[positions][pair_rows]
         age = np.maximum(now - self._end_seconds_[pair_sessions], 0.0)
         sim = (shared / (norm[pair_rows] * np.sqrt(self._sizes_[pair_sessions]))
                * np.exp(-age / (float(self.lambda_snh) * 86400.0)))
