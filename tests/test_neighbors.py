@@ -328,3 +328,15 @@ def test_stan_bad_parameters(train_test):
 
     with pytest.raises(ValueError, match="lambda_snh"):
         STANRecommender(lambda_snh=0.0, device="cpu").fit(train_test[0])
+
+
+def test_top_k_ties_keep_the_first_columns():
+    from sessionrec.models._item_matrix import top_k_keep
+
+    values = np.array([1.0, 3.0, 3.0, 2.0, 3.0,   5.0, 5.0, 5.0], dtype=np.float64)
+    indptr = np.array([0, 5, 8])
+    keep, new_indptr = top_k_keep(indptr, values, 2)
+    assert keep.tolist() == [False, True, True, False, False, True, True, False]
+    assert new_indptr.tolist() == [0, 2, 4]
+    keep, _ = top_k_keep(indptr, values, 4)
+    assert keep.tolist() == [False, True, True, True, True, True, True, True]

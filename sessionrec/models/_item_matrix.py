@@ -16,9 +16,10 @@ def top_k_keep(indptr: np.ndarray, values: np.ndarray, k: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Which entries of a CSR structure are among the ``k`` largest ``values`` of their row.
 
-    Rows with at most ``k`` entries are kept whole; only longer rows are sorted, by one
-    stable sort on (row, -value), so ties keep the entries' order (in a CSR matrix with
-    sorted indices: smaller column first).
+    Rows with at most ``k`` entries are kept whole. For longer rows the k-th largest value
+    is found by a linear-time partition; entries above it are kept, and of those equal to
+    it the first ones in order (in a CSR matrix with sorted indices: smaller column first),
+    up to ``k`` per row: the same entries a stable sort would keep.
 
     Returns
     -------
@@ -32,11 +33,22 @@ def top_k_keep(indptr: np.ndarray, values: np.ndarray, k: int
     if len(long_rows):
         lengths = counts[long_rows]
         entries = ragged_arange(indptr[long_rows], lengths)
-        order = entries[np.lexsort((-values[entries], np.repeat(long_rows, lengths)))]
-        # Rank of each sorted entry within its row: its position minus the row's start.
-        rank = np.arange(len(order)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        keep[entries] = False
-        keep[order[rank < k]] = True
+        row_of = np.repeat(np.arange(len(long_rows)), lengths)
+        starts = np.cumsum(lengths) - lengths
+        v = values[entries]
+        # The k-th largest value of each long row, by a linear-time partition of the rows
+        # padded into one block; then keep what is larger, and of the entries equal to it
+        # the first ones in order, up to k in all. Exactly what a stable sort would keep.
+        block = np.full((len(long_rows), int(lengths.max())), -np.inf)
+        block[row_of, np.arange(len(v)) - np.repeat(starts, lengths)] = v
+        kth = -np.partition(-block, k - 1, axis=1)[:, k - 1]
+        threshold = np.repeat(kth, lengths)
+        greater, equal = v > threshold, v == threshold
+        room = k - np.bincount(row_of, weights=greater, minlength=len(long_rows))
+        seen = np.cumsum(equal)
+        before = np.where(starts > 0, seen[starts - 1], 0)
+        equal_rank = seen - np.repeat(before, lengths)  # 1-based among a row's equals
+        keep[entries] = greater | (equal & (equal_rank <= np.repeat(room, lengths)))
     new_indptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(np.minimum(counts, k), out=new_indptr[1:])
     return keep, new_indptr

@@ -533,6 +533,12 @@ class STANRecommender(SKNNRecommender):
             shape=(events.n_sessions, self.n_items_))
         last_event = events.offsets[1:] - 1
         self._end_seconds_ = events.seconds[np.maximum(last_event, 0)]
+        self._position_keys_ = self._keys_of(self._last_position_)
+
+    def _keys_of(self, table: sp.csr_matrix) -> np.ndarray:
+        """``session * n_items + item`` of every entry: sorted, for binary search."""
+        return (np.repeat(np.arange(table.shape[0]), np.diff(table.indptr)) * self.n_items_
+                + table.indices)
 
     def _iter_scores(self, events, score_after):
         positions = np.flatnonzero(score_after)
@@ -542,13 +548,11 @@ class STANRecommender(SKNNRecommender):
                                          device=self.device_)
 
     def _stan_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
-        n_rows, n_sessions = len(positions), self.session_items_.shape[0]
+        n_rows = len(positions)
         rows, items, count, lengths = self._prefix_entries(events, positions)
         weight = np.exp((count - lengths[rows]) / float(self.lambda_spw))
         norm = np.sqrt(np.bincount(rows, weights=weight * weight, minlength=n_rows))
-        table = self._last_position_
-        table_keys = (np.repeat(np.arange(n_sessions), np.diff(table.indptr)) * self.n_items_
-                      + table.indices)
+        table, table_keys = self._last_position_, self._position_keys_
 
         def position_in_candidate(sessions, items_, entry):
             # The item's last position in the candidate session, by binary search in the
@@ -592,3 +596,4 @@ class STANRecommender(SKNNRecommender):
             (state["pos_values"].numpy(), state["pos_indices"].numpy(),
              state["pos_indptr"].numpy()), shape=(len(state["pos_indptr"]) - 1, self.n_items_))
         self._end_seconds_ = state["end_seconds"].numpy()
+        self._position_keys_ = self._keys_of(self._last_position_)
