@@ -9,7 +9,8 @@ import torch
 from .._base import SessionRecommender
 from .._events import SessionEvents, ragged_arange
 
-__all__ = ["top_k_keep", "top_k_per_row"]
+__all__ = ["top_k_keep", "top_k_per_row", "csr_state", "csr_from_state",
+           "popularity_scores"]
 
 
 def top_k_keep(indptr: np.ndarray, values: np.ndarray, k: int
@@ -63,6 +64,26 @@ def top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
                          shape=matrix.shape)
 
 
+def csr_state(matrix: sp.csr_matrix, prefix: str = "") -> dict:
+    """A CSR matrix as tensors, for ``_get_state`` (read back by :func:`csr_from_state`)."""
+    return {f"{prefix}indptr": torch.as_tensor(matrix.indptr.astype(np.int64)),
+            f"{prefix}indices": torch.as_tensor(matrix.indices.astype(np.int64)),
+            f"{prefix}values": torch.as_tensor(matrix.data.astype(np.float64))}
+
+
+def csr_from_state(state: dict, n_cols: int, prefix: str = "") -> sp.csr_matrix:
+    """The CSR matrix that :func:`csr_state` stored."""
+    indptr = state[f"{prefix}indptr"].numpy()
+    return sp.csr_matrix((state[f"{prefix}values"].numpy(), state[f"{prefix}indices"].numpy(),
+                          indptr), shape=(len(indptr) - 1, n_cols))
+
+
+def popularity_scores(estimator: SessionRecommender) -> torch.Tensor:
+    """Item support as scores: the fallback for sessions without a known item."""
+    return torch.as_tensor(estimator.item_index_.support, dtype=torch.float32,
+                           device=estimator.device_)
+
+
 class _ItemMatrixRecommender(SessionRecommender):
     """Base of recommenders whose scores are one row of an item x item matrix.
 
@@ -103,19 +124,13 @@ class _ItemMatrixRecommender(SessionRecommender):
             yield block, self._scores_of_items(events.items[block])
 
     def _empty_history_scores(self):
-        return torch.as_tensor(self.item_index_.support, dtype=torch.float32,
-                               device=self.device_)
+        return popularity_scores(self)
 
     def _get_state(self):
-        m = self.item_matrix_
-        return {"indptr": torch.as_tensor(m.indptr.astype(np.int64)),
-                "indices": torch.as_tensor(m.indices.astype(np.int64)),
-                "values": torch.as_tensor(m.data.astype(np.float64))}
+        return csr_state(self.item_matrix_)
 
     def _set_state(self, state):
-        self.item_matrix_ = sp.csr_matrix(
-            (state["values"].numpy(), state["indices"].numpy(), state["indptr"].numpy()),
-            shape=(self.n_items_, self.n_items_))
+        self.item_matrix_ = csr_from_state(state, self.n_items_)
         self._to_tensors()
 
 

@@ -9,7 +9,14 @@ import torch
 from .._base import SessionRecommender
 from .._events import SessionEvents, ragged_arange
 from .._validation import check_choice, check_int, check_real
-from ._item_matrix import _ItemMatrixRecommender, top_k_keep, top_k_per_row
+from ._item_matrix import (
+    _ItemMatrixRecommender,
+    csr_from_state,
+    csr_state,
+    popularity_scores,
+    top_k_keep,
+    top_k_per_row,
+)
 
 __all__ = ["ItemKNNRecommender", "SKNNRecommender", "STANRecommender", "VSKNNRecommender"]
 
@@ -189,15 +196,19 @@ class SKNNRecommender(SessionRecommender):
         matrix.data[:] = 1.0  # item sets: repeated items count once
         self.session_items_ = matrix
         self.session_end_ = np.asarray(events.end_times)
+        self._derive()
+        self._log("SKNN fitted on %d sessions", events.n_sessions)
+
+    def _derive(self) -> None:
+        """State derived from ``session_items_`` and ``session_end_`` (after fit or load)."""
+        n_sessions = self.session_items_.shape[0]
         # Recency rank: larger = more recent; among equal times the earlier-starting session
         # (lower index) ranks higher, so top_k_per_row's column tie-break agrees.
-        order = np.lexsort((-np.arange(events.n_sessions), self.session_end_))
-        recency = np.empty(events.n_sessions, dtype=np.float64)
-        recency[order] = np.arange(1, events.n_sessions + 1)
-        self._recency_ = recency
-        self._sizes_ = np.asarray(matrix.sum(axis=1)).ravel()
+        order = np.lexsort((-np.arange(n_sessions), self.session_end_))
+        self._recency_ = np.empty(n_sessions, dtype=np.float64)
+        self._recency_[order] = np.arange(1, n_sessions + 1)
+        self._sizes_ = np.asarray(self.session_items_.sum(axis=1)).ravel()
         self._candidates_ = self._candidate_matrix()
-        self._log("SKNN fitted on %d sessions", events.n_sessions)
 
     def _candidate_matrix(self) -> sp.csr_matrix:
         """Item x session matrix of the sessions that can be sampled neighbours.
@@ -220,14 +231,10 @@ class SKNNRecommender(SessionRecommender):
         return recent
 
     def _prefix_sets(self, events: SessionEvents, positions: np.ndarray) -> sp.csr_matrix:
-        starts = events.session_starts[positions]
-        lengths = positions - starts + 1
-        rows = np.repeat(np.arange(len(positions)), lengths)
-        items = events.items[ragged_arange(starts, lengths)]
-        prefix = sp.csr_matrix((np.ones(len(rows)), (rows, items)),
-                               shape=(len(positions), self.n_items_))
-        prefix.data[:] = 1.0
-        return prefix
+        """Binary prefix x item matrix of each prefix's item set."""
+        rows, items, _, _ = self._prefix_entries(events, positions)
+        return sp.csr_matrix((np.ones(len(rows)), (rows, items)),
+                             shape=(len(positions), self.n_items_))
 
     def _scores(self, prefix: sp.csr_matrix) -> np.ndarray:
         overlap = (prefix @ self._candidates_).tocsr()  # |S & T| for candidate sessions
@@ -308,28 +315,16 @@ class SKNNRecommender(SessionRecommender):
             yield block, torch.as_tensor(scores, device=self.device_)
 
     def _empty_history_scores(self):
-        return torch.as_tensor(self.item_index_.support, dtype=torch.float32,
-                               device=self.device_)
+        return popularity_scores(self)
 
     def _get_state(self):
-        m = self.session_items_
-        return {"indptr": torch.as_tensor(m.indptr.astype(np.int64)),
-                "indices": torch.as_tensor(m.indices.astype(np.int64)),
+        return {**csr_state(self.session_items_),
                 "end": torch.as_tensor(self.session_end_.astype(np.float64))}
 
     def _set_state(self, state):
-        indptr = state["indptr"].numpy()
-        indices = state["indices"].numpy()
-        matrix = sp.csr_matrix((np.ones(len(indices)), indices, indptr),
-                               shape=(len(indptr) - 1, self.n_items_))
-        self.session_items_ = matrix
+        self.session_items_ = csr_from_state(state, self.n_items_)
         self.session_end_ = state["end"].numpy()
-        order = np.lexsort((-np.arange(matrix.shape[0]), self.session_end_))
-        recency = np.empty(matrix.shape[0], dtype=np.float64)
-        recency[order] = np.arange(1, matrix.shape[0] + 1)
-        self._recency_ = recency
-        self._sizes_ = np.asarray(matrix.sum(axis=1)).ravel()
-        self._candidates_ = self._candidate_matrix()
+        self._derive()
 
 
 _POSITION_WEIGHTS = {
@@ -582,18 +577,11 @@ class STANRecommender(SKNNRecommender):
         return scores.reshape(n_rows, self.n_items_).astype(np.float32)
 
     def _get_state(self):
-        state = super()._get_state()
-        table = self._last_position_
-        state.update(pos_indptr=torch.as_tensor(table.indptr.astype(np.int64)),
-                     pos_indices=torch.as_tensor(table.indices.astype(np.int64)),
-                     pos_values=torch.as_tensor(table.data.astype(np.float64)),
-                     end_seconds=torch.as_tensor(self._end_seconds_.astype(np.float64)))
-        return state
+        return {**super()._get_state(), **csr_state(self._last_position_, "pos_"),
+                "end_seconds": torch.as_tensor(self._end_seconds_.astype(np.float64))}
 
     def _set_state(self, state):
         super()._set_state(state)
-        self._last_position_ = sp.csr_matrix(
-            (state["pos_values"].numpy(), state["pos_indices"].numpy(),
-             state["pos_indptr"].numpy()), shape=(len(state["pos_indptr"]) - 1, self.n_items_))
+        self._last_position_ = csr_from_state(state, self.n_items_, "pos_")
         self._end_seconds_ = state["end_seconds"].numpy()
         self._position_keys_ = self._keys_of(self._last_position_)
