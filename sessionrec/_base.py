@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -228,6 +230,38 @@ class SessionRecommender(BaseEstimator):
             stop = max(stop, start + 1)
             yield positions[start:stop]
             start = stop
+
+    @staticmethod
+    def _map_blocks(score: Callable, blocks: Iterable[np.ndarray]
+                    ) -> Iterator[tuple[np.ndarray, object]]:
+        """Yield ``(block, score(block))`` in order, computing several blocks at once.
+
+        For models that score with numpy on the CPU (numpy releases the GIL in its
+        kernels): ``torch.get_num_threads()`` blocks are computed in worker threads, so
+        ``torch.set_num_threads`` controls this parallelism as it does torch's. While the
+        workers run, torch's own kernels (the ranking of the yielded blocks) run on one
+        thread: a torch thread pool competing with busy workers for the same cores was
+        measured to slow the ranking tenfold. Results are identical to a serial loop.
+        """
+        n_threads = torch.get_num_threads()
+        if n_threads <= 1:
+            for block in blocks:
+                yield block, score(block)
+            return
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(n_threads, thread_name_prefix="sessionrec") as pool:
+                pending: deque = deque()
+                for block in blocks:
+                    pending.append((block, pool.submit(score, block)))
+                    if len(pending) > n_threads:
+                        done, future = pending.popleft()
+                        yield done, future.result()
+                while pending:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+        finally:
+            torch.set_num_threads(n_threads)
 
     def predict_next(self, X, k: int = 20, *, exclude_seen: bool = False,
                      return_scores: bool = False):

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sessionrec import ItemKNNRecommender
 from sessionrec.datasets import make_sessions
@@ -340,3 +342,69 @@ def test_top_k_ties_keep_the_first_columns():
     assert new_indptr.tolist() == [0, 2, 4]
     keep, _ = top_k_keep(indptr, values, 4)
     assert keep.tolist() == [False, True, True, True, True, True, True, True]
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+       k=st.integers(1, 12), n_values=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_top_k_keep_is_a_stable_sort(lengths, k, n_values, seed):
+    # Rows of very unequal lengths (several padding classes) with many ties: the kept
+    # entries are exactly the first k of each row under a stable descending sort.
+    from sessionrec.models._item_matrix import top_k_keep
+
+    rng = np.random.default_rng(seed)
+    indptr = np.r_[0, np.cumsum(lengths)]
+    values = rng.integers(0, n_values, indptr[-1]).astype(np.float64)
+    keep, new_indptr = top_k_keep(indptr, values, k)
+    expected = np.zeros(len(values), dtype=bool)
+    for start, stop in zip(indptr[:-1], indptr[1:]):
+        order = np.argsort(-values[start:stop], kind="stable")[:k]
+        expected[start + order] = True
+    assert keep.tolist() == expected.tolist()
+    assert new_indptr.tolist() == np.r_[0, np.cumsum(np.minimum(lengths, k))].tolist()
+
+
+@pytest.mark.parametrize("name", ["SKNNRecommender", "VSKNNRecommender", "STANRecommender"])
+def test_threaded_scoring_equals_serial(name, train_test, monkeypatch):
+    import torch
+
+    import sessionrec
+    from sessionrec import _base
+
+    train, test = train_test
+    monkeypatch.setitem(_base._SCORE_BLOCK_VALUES, "cpu", 50 * train["ItemId"].nunique())
+    model = getattr(sessionrec, name)(k=20, sample_size=50, device="cpu").fit(train)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded = model.rank_next_items(test)
+        assert len(test) > 200  # so many blocks are in flight at once
+        assert torch.get_num_threads() == 2  # restored after the worker threads
+        torch.set_num_threads(1)
+        serial = model.rank_next_items(test)
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_series_equal(threaded, serial)
+
+
+def test_map_blocks_propagates_errors_and_restores_threads():
+    import torch
+
+    from sessionrec._base import SessionRecommender
+
+    def score(block):
+        if block[0] == 3:
+            raise RuntimeError("block 3 failed")
+        return block * 2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        blocks = [np.array([i]) for i in range(6)]
+        with pytest.raises(RuntimeError, match="block 3 failed"):
+            list(SessionRecommender._map_blocks(score, blocks))
+        assert torch.get_num_threads() == 2
+        out = list(SessionRecommender._map_blocks(score, blocks[:3]))
+        assert [b.tolist() + s.tolist() for b, s in out] == [[0, 0], [1, 2], [2, 4]]
+    finally:
+        torch.set_num_threads(threads)

@@ -31,28 +31,38 @@ def top_k_keep(indptr: np.ndarray, values: np.ndarray, k: int
     counts = np.diff(indptr)
     keep = np.ones(len(values), dtype=bool)
     long_rows = np.flatnonzero(counts > k)
-    if len(long_rows):
-        lengths = counts[long_rows]
-        entries = ragged_arange(indptr[long_rows], lengths)
-        row_of = np.repeat(np.arange(len(long_rows)), lengths)
-        starts = np.cumsum(lengths) - lengths
-        v = values[entries]
-        # The k-th largest value of each long row, by a linear-time partition of the rows
-        # padded into one block; then keep what is larger, and of the entries equal to it
-        # the first ones in order, up to k in all. Exactly what a stable sort would keep.
-        block = np.full((len(long_rows), int(lengths.max())), -np.inf)
-        block[row_of, np.arange(len(v)) - np.repeat(starts, lengths)] = v
-        kth = -np.partition(-block, k - 1, axis=1)[:, k - 1]
-        threshold = np.repeat(kth, lengths)
-        greater, equal = v > threshold, v == threshold
-        room = k - np.bincount(row_of, weights=greater, minlength=len(long_rows))
-        seen = np.cumsum(equal)
-        before = np.where(starts > 0, seen[starts - 1], 0)
-        equal_rank = seen - np.repeat(before, lengths)  # 1-based among a row's equals
-        keep[entries] = greater | (equal & (equal_rank <= np.repeat(room, lengths)))
+    # Rows are padded into blocks for a vectorised partition. Grouping them by length class
+    # (powers of two) bounds the padding at 2x, however unequal the row lengths are.
+    length_class = np.ceil(np.log2(counts[long_rows])).astype(np.int64)
+    for cls in np.unique(length_class):
+        _keep_top_k_rows(indptr, counts, values, long_rows[length_class == cls], k, keep)
     new_indptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(np.minimum(counts, k), out=new_indptr[1:])
     return keep, new_indptr
+
+
+def _keep_top_k_rows(indptr, counts, values, long_rows, k, keep) -> None:
+    """Write into ``keep`` which entries of ``long_rows`` (all longer than k) survive."""
+    lengths = counts[long_rows]
+    entries = ragged_arange(indptr[long_rows], lengths)
+    starts = np.cumsum(lengths) - lengths
+    v = values[entries]
+    # The k-th largest value of each row, by a linear-time partition of the rows padded
+    # into one block; then keep what is larger, and of the entries equal to it the first
+    # ones in order, up to k in all. Exactly what a stable sort would keep.
+    width = int(lengths.max())
+    block = np.full(len(long_rows) * width, -np.inf)
+    block[np.arange(len(v)) + np.repeat(np.arange(len(long_rows)) * width - starts, lengths)] = v
+    block = block.reshape(len(long_rows), width)
+    block.partition(width - k, axis=1)  # in place: the k-th largest lands at width - k
+    kth = block[:, width - k]
+    threshold = np.repeat(kth, lengths)
+    greater, equal = v > threshold, v == threshold
+    room = k - np.add.reduceat(greater, starts, dtype=np.int64)  # every row is non-empty
+    seen = np.cumsum(equal)
+    before = np.where(starts > 0, seen[starts - 1], 0)
+    equal_rank = seen - np.repeat(before, lengths)  # 1-based among a row's equals
+    keep[entries] = greater | (equal & (equal_rank <= np.repeat(room, lengths)))
 
 
 def top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -110,6 +112,33 @@ class ItemKNNRecommender(_ItemMatrixRecommender):
         left = sp.diags(support ** -float(self.alpha))
         right = sp.diags(support ** -(1.0 - float(self.alpha)))
         return top_k_per_row((left @ cooc @ right).tocsr(), int(self.n_neighbors))
+
+
+class _CandidatePairs(NamedTuple):
+    """(prefix, candidate session) pairs of the session-kNN methods, sorted by (row, session).
+
+    ``triple_start``/``triple_count`` delimit each pair's (prefix entry, session) triples
+    in ``triple_entry`` (the prefix entry of each triple).
+    """
+
+    rows: np.ndarray
+    sessions: np.ndarray
+    weight_sum: np.ndarray
+    indptr: np.ndarray
+    triple_start: np.ndarray
+    triple_count: np.ndarray
+    triple_entry: np.ndarray
+
+    def triple_max(self, select: np.ndarray, value) -> np.ndarray:
+        """Per selected pair, the maximum of ``value(sessions, entries)`` over its triples.
+
+        Computing it after the top-k cut, for the pairs that can still matter, is what
+        keeps the per-triple lookups off the hot path.
+        """
+        counts = self.triple_count[select]
+        triples = ragged_arange(self.triple_start[select], counts)
+        values = value(np.repeat(self.sessions[select], counts), self.triple_entry[triples])
+        return np.maximum.reduceat(values, np.cumsum(counts) - counts) if len(values) else values
 
 
 class SKNNRecommender(SessionRecommender):
@@ -272,46 +301,44 @@ class SKNNRecommender(SessionRecommender):
         first = np.r_[True, (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])]
         return rows[first], items[first], count[first], lengths
 
-    def _sampled_pairs(self, n_rows: int, rows, items, weight, triple_value):
+    def _sampled_pairs(self, n_rows: int, rows, items, weight) -> _CandidatePairs:
         """(prefix, candidate session) pairs, the most recent ``sample_size`` per prefix.
 
         Every prefix entry (row, item, weight) is expanded to the candidate sessions of its
-        item and grouped by (row, session). ``triple_value(sessions, items, entry)`` gives
-        a value per expanded triple whose maximum per pair is returned.
-
-        Returns
-        -------
-        pair_rows, pair_sessions, weight_sum, value_max, indptr
-            Pairs sorted by (row, session); ``indptr`` delimits each row's pairs.
+        item, giving (row, session, entry) triples grouped by (row, session) into pairs.
+        The pairs carry the sum of their entries' weights; per-triple values are computed
+        later, only for the pairs that survive (see :meth:`_CandidatePairs.triple_max`).
         """
         n_sessions = self.session_items_.shape[0]
         cand = self._candidates_
         per_item = np.diff(cand.indptr)[items]
         entry = np.repeat(np.arange(len(items)), per_item)
         t_sessions = cand.indices[ragged_arange(cand.indptr[items], per_item)]
-        t_value = triple_value(t_sessions, items[entry], entry)
         key = rows[entry] * n_sessions + t_sessions
         order = np.argsort(key, kind="stable")
-        key, entry, t_value = key[order], entry[order], t_value[order]
+        key, entry = key[order], entry[order]
         group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        group_size = np.diff(np.r_[group_start, len(key)])
         pair_key = key[group_start]
         pair_rows, pair_sessions = pair_key // n_sessions, pair_key % n_sessions
         weight_sum = np.add.reduceat(weight[entry], group_start)
-        value_max = np.maximum.reduceat(t_value, group_start)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
         if self.sample_size is not None:  # the most recent candidates of each prefix
             keep, indptr = top_k_keep(indptr, self._recency_[pair_sessions],
                                       int(self.sample_size))
             pair_rows, pair_sessions = pair_rows[keep], pair_sessions[keep]
-            weight_sum, value_max = weight_sum[keep], value_max[keep]
-        return pair_rows, pair_sessions, weight_sum, value_max, indptr
+            weight_sum = weight_sum[keep]
+            group_start, group_size = group_start[keep], group_size[keep]
+        return _CandidatePairs(pair_rows, pair_sessions, weight_sum, indptr,
+                               group_start, group_size, entry)
 
     def _iter_scores(self, events, score_after):
         positions = np.flatnonzero(score_after)
         starts = events.session_starts[positions]
-        for block in self._blocks(positions, extra_cost=positions - starts + 1):
-            scores = self._scores(self._prefix_sets(events, block))
+        blocks = self._blocks(positions, extra_cost=positions - starts + 1)
+        for block, scores in self._map_blocks(
+                lambda block: self._scores(self._prefix_sets(events, block)), blocks):
             yield block, torch.as_tensor(scores, device=self.device_)
 
     def _empty_history_scores(self):
@@ -415,9 +442,10 @@ class VSKNNRecommender(SKNNRecommender):
     def _iter_scores(self, events, score_after):
         positions = np.flatnonzero(score_after)
         starts = events.session_starts[positions]
-        for block in self._blocks(positions, extra_cost=positions - starts + 1):
-            yield block, torch.as_tensor(self._weighted_scores(events, block),
-                                         device=self.device_)
+        blocks = self._blocks(positions, extra_cost=positions - starts + 1)
+        for block, scores in self._map_blocks(
+                lambda block: self._weighted_scores(events, block), blocks):
+            yield block, torch.as_tensor(scores, device=self.device_)
 
     def _weighted_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         n_rows, n_sessions = len(positions), self.session_items_.shape[0]
@@ -425,13 +453,14 @@ class VSKNNRecommender(SKNNRecommender):
         weight = _POSITION_WEIGHTS[self.position_weighting](count.astype(np.float64),
                                                             lengths[rows])
         distinct = np.bincount(rows, minlength=n_rows)
-        pair_rows, pair_sessions, shared, last_count, indptr = self._sampled_pairs(
-            n_rows, rows, items, weight, lambda sessions, items_, entry: count[entry])
-        sim = shared / distinct[pair_rows]
+        pairs = self._sampled_pairs(n_rows, rows, items, weight)
+        sim = pairs.weight_sum / distinct[pairs.rows]
+        keep_k, indptr = top_k_keep(pairs.indptr, sim, int(self.k))
+        # The most recent shared item's position in the prefix, for the neighbours only.
+        last_count = pairs.triple_max(keep_k, lambda sessions, entry: count[entry])
         decay = _SCORE_WEIGHTS[self.score_weighting](
-            (lengths[pair_rows] - last_count + 1).astype(np.float64))
-        keep_k, indptr = top_k_keep(indptr, sim, int(self.k))
-        neighbours = sp.csr_matrix(((sim * decay)[keep_k], pair_sessions[keep_k], indptr),
+            (lengths[pairs.rows[keep_k]] - last_count + 1).astype(np.float64))
+        neighbours = sp.csr_matrix((sim[keep_k] * decay, pairs.sessions[keep_k], indptr),
                                    shape=(n_rows, n_sessions))
         return np.asarray((neighbours @ self.session_items_).todense(), dtype=np.float32)
 
@@ -528,52 +557,47 @@ class STANRecommender(SKNNRecommender):
             shape=(events.n_sessions, self.n_items_))
         last_event = events.offsets[1:] - 1
         self._end_seconds_ = events.seconds[np.maximum(last_event, 0)]
-        self._position_keys_ = self._keys_of(self._last_position_)
-
-    def _keys_of(self, table: sp.csr_matrix) -> np.ndarray:
-        """``session * n_items + item`` of every entry: sorted, for binary search."""
-        return (np.repeat(np.arange(table.shape[0]), np.diff(table.indptr)) * self.n_items_
-                + table.indices)
 
     def _iter_scores(self, events, score_after):
         positions = np.flatnonzero(score_after)
         starts = events.session_starts[positions]
-        for block in self._blocks(positions, extra_cost=positions - starts + 1):
-            yield block, torch.as_tensor(self._stan_scores(events, block),
-                                         device=self.device_)
+        blocks = self._blocks(positions, extra_cost=positions - starts + 1)
+        for block, scores in self._map_blocks(
+                lambda block: self._stan_scores(events, block), blocks):
+            yield block, torch.as_tensor(scores, device=self.device_)
 
     def _stan_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         n_rows = len(positions)
         rows, items, count, lengths = self._prefix_entries(events, positions)
         weight = np.exp((count - lengths[rows]) / float(self.lambda_spw))
         norm = np.sqrt(np.bincount(rows, weights=weight * weight, minlength=n_rows))
-        table, table_keys = self._last_position_, self._position_keys_
-
-        def position_in_candidate(sessions, items_, entry):
-            # The item's last position in the candidate session, by binary search in the
-            # (session, item)-sorted position table.
-            return table.data[np.searchsorted(table_keys, sessions * self.n_items_ + items_)]
-
-        pair_rows, pair_sessions, shared, anchor, indptr = self._sampled_pairs(
-            n_rows, rows, items, weight, position_in_candidate)
+        table = self._last_position_
+        pairs = self._sampled_pairs(n_rows, rows, items, weight)
+        pair_rows, pair_sessions, indptr = pairs.rows, pairs.sessions, pairs.indptr
         # A neighbour that ended after the prefix's event (only with inputs older than the
         # training data) counts as age 0 rather than getting an unbounded boost.
         now = events.seconds[positions][pair_rows]
         age = np.maximum(now - self._end_seconds_[pair_sessions], 0.0)
-        sim = (shared / (norm[pair_rows] * np.sqrt(self._sizes_[pair_sessions]))
+        sim = (pairs.weight_sum / (norm[pair_rows] * np.sqrt(self._sizes_[pair_sessions]))
                * np.exp(-age / (float(self.lambda_snh) * 86400.0)))
         keep_k, _ = top_k_keep(indptr, sim, int(self.k))
-        pair_rows, pair_sessions = pair_rows[keep_k], pair_sessions[keep_k]
-        sim, anchor = sim[keep_k], anchor[keep_k]
-        # Every item of every neighbour, weighted by its distance from the anchor item.
+        pair_rows, pair_sessions, sim = pair_rows[keep_k], pair_sessions[keep_k], sim[keep_k]
+        # Every item of every neighbour with its last position in the neighbour.
         n_items_of = np.diff(table.indptr)[pair_sessions]
         entries = ragged_arange(table.indptr[pair_sessions], n_items_of)
-        e_rows = np.repeat(pair_rows, n_items_of)
-        contribution = (np.repeat(sim, n_items_of)
-                        * np.exp(-np.abs(table.data[entries] - np.repeat(anchor, n_items_of))
-                                 / float(self.lambda_inh)))
-        scores = np.bincount(e_rows * self.n_items_ + table.indices[entries],
-                             weights=contribution, minlength=n_rows * self.n_items_)
+        cell = np.repeat(pair_rows, n_items_of) * self.n_items_ + table.indices[entries]
+        position = table.data[entries]
+        # The anchor: the last position in the neighbour of an item shared with the prefix,
+        # found through a dense (prefix x item) membership mask, the size of the scores.
+        in_prefix = np.zeros(n_rows * self.n_items_, dtype=bool)
+        in_prefix[rows * self.n_items_ + items] = True
+        anchor = np.maximum.reduceat(np.where(in_prefix[cell], position, 0.0),
+                                     np.cumsum(n_items_of) - n_items_of)
+        # Distances are whole numbers: look their decay up rather than exponentiate each.
+        distance = np.abs(position - np.repeat(anchor, n_items_of)).astype(np.intp)
+        decay = np.exp(-np.arange(distance.max(initial=0) + 1) / float(self.lambda_inh))
+        contribution = np.repeat(sim, n_items_of) * decay[distance]
+        scores = np.bincount(cell, weights=contribution, minlength=n_rows * self.n_items_)
         return scores.reshape(n_rows, self.n_items_).astype(np.float32)
 
     def _get_state(self):
@@ -584,4 +608,3 @@ class STANRecommender(SKNNRecommender):
         super()._set_state(state)
         self._last_position_ = csr_from_state(state, self.n_items_, "pos_")
         self._end_seconds_ = state["end_seconds"].numpy()
-        self._position_keys_ = self._keys_of(self._last_position_)
