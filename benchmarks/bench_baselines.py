@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from _data import rsc15_or_synthetic  # noqa: E402
+from _data import needs_users, rsc15_or_synthetic  # noqa: E402
 
 import sessionrec  # noqa: E402
 from sessionrec.datasets import make_sessions  # noqa: E402
@@ -46,6 +46,9 @@ def main() -> None:
     print(f"{'model':<32}{'fit s':>8}{'eval s':>8}{'targets/s':>12}{'Recall@20':>11}"
           f"{'MRR@20':>8}")
     for cls in sessionrec.all_estimators():
+        if needs_users(cls) and "UserId" not in train:
+            print(f"{cls.__name__:<32}(skipped: needs a user column, which {name} lacks)")
+            continue
         if cls.__name__ in NEURAL:
             continue
         est = cls(device=args.device)

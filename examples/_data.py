@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -22,3 +23,8 @@ def rsc15_or_synthetic(random_state: int = 0):
     cut = events.groupby("SessionId")["Time"].transform("max").quantile(0.85)
     last = events.groupby("SessionId")["Time"].transform("max")
     return "make_sessions(20000 sessions, 2000 items)", events[last <= cut], events[last > cut]
+
+
+def needs_users(cls) -> bool:
+    """Whether a recommender class reads a user column (rsc15 has none)."""
+    return "user_key" in inspect.signature(cls.__init__).parameters

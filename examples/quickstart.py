@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import rsc15_or_synthetic  # noqa: E402
+from _data import needs_users, rsc15_or_synthetic  # noqa: E402
 
 import sessionrec  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
@@ -38,6 +38,9 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for cls in sessionrec.all_estimators():
+        if needs_users(cls) and "UserId" not in train:
+            print(f"{cls.__name__:<32}(skipped: needs a user column, which {name} lacks)")
+            continue
         est = cls(**DEMO_PARAMS.get(cls.__name__, {}))
         start = time.perf_counter()
         est.fit(train)

@@ -9,7 +9,9 @@ A subclass provides:
 * ``_iter_scores(events, score_after)``, yielding ``(positions, scores)``: for event
   positions where ``score_after`` is True, the scores of all ``n_items_`` items given the
   session's events up to and including that position (a tensor on ``device_``);
-* ``_empty_history_scores()``: the scores of all items for a session with no known event;
+* ``_empty_history_scores(events, sessions)``: the scores of all items for the given
+  sessions of ``events``, which have no known event: one vector for all of them, or one
+  row per session (personalised models);
 * ``_get_state()`` / ``_set_state(state)`` for :meth:`save` / :meth:`load`.
 
 Everything else (validation of frames, prediction, ranking, scoring, pickling, saving)
@@ -128,7 +130,7 @@ class SessionRecommender(BaseEstimator):
                      ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         raise NotImplementedError
 
-    def _empty_history_scores(self) -> torch.Tensor:
+    def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         raise NotImplementedError
 
     def _get_state(self) -> dict:
@@ -317,8 +319,10 @@ class SessionRecommender(BaseEstimator):
             take_top(session_of[positions], scores)
         empty = np.flatnonzero(lengths == 0)
         if len(empty):
-            cold = self._empty_history_scores()
-            take_top(empty, cold.reshape(1, -1).expand(len(empty), -1))
+            cold = self._empty_history_scores(events, empty)
+            if cold.ndim == 1:
+                cold = cold.reshape(1, -1).expand(len(empty), -1)
+            take_top(empty, cold)
 
         index = pd.Index(events.session_labels, name=self.session_key)
         columns = pd.RangeIndex(1, k + 1, name="rank")

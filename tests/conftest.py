@@ -31,8 +31,12 @@ def _fixed_seeds():
 
 @pytest.fixture(scope="session")
 def events() -> pd.DataFrame:
-    """A small synthetic data set: 300 sessions over 60 items."""
-    return make_sessions(n_sessions=300, n_items=60, random_state=0)
+    """A small synthetic data set: 300 sessions over 60 items, 30 users of 10 sessions.
+
+    Users are assigned round-robin, so every user has sessions in train and in test.
+    """
+    events = make_sessions(n_sessions=300, n_items=60, random_state=0)
+    return events.assign(UserId=events["SessionId"] % 30)
 
 
 @pytest.fixture(scope="session")

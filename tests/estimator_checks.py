@@ -20,6 +20,7 @@ FAST_PARAMS: dict[str, dict] = {
     "SKNNRecommender": {},
     "STANRecommender": {},
     "VSKNNRecommender": {},
+    "PersonalPopularityRecommender": {},
     "PopularityRecommender": {},
     "SessionPopularityRecommender": {},
 }
@@ -38,3 +39,15 @@ def has_param(cls, name: str) -> bool:
 def assert_frames_identical(a: pd.DataFrame, b: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert list(a.index) == list(b.index)
+
+
+def uses_users(cls) -> bool:
+    """Whether the estimator reads a user column (personalised models)."""
+    return has_param(cls, "user_key")
+
+
+def with_users(cls, frame: pd.DataFrame, column: str = "UserId") -> pd.DataFrame:
+    """``frame`` with a user column for personalised models (one user per session)."""
+    if not uses_users(cls) or column in frame:
+        return frame
+    return frame.assign(**{column: frame["SessionId"] % 7})

@@ -19,7 +19,14 @@ from sessionrec import NotFittedError, all_estimators
 from sessionrec.metrics import MRRAtK, NextItemScorer, RecallAtK
 from sessionrec.model_selection import SessionKFold
 
-from .estimator_checks import FAST_PARAMS, assert_frames_identical, has_param, make
+from .estimator_checks import (
+    FAST_PARAMS,
+    assert_frames_identical,
+    has_param,
+    make,
+    uses_users,
+    with_users,
+)
 
 ESTIMATORS = all_estimators()
 ids = [cls.__name__ for cls in ESTIMATORS]
@@ -94,6 +101,12 @@ def test_ranks_agree_with_predict_next(cls, train_test):
     """The evaluation engine and the recommendation lists agree on the same sessions."""
     train, test = train_test
     est = make(cls).fit(train)
+    if uses_users(cls):
+        # A user's earlier sessions in the frame are part of the history, and they differ
+        # between the prefix frame and the full one: keep one test session per user.
+        test = test.drop_duplicates("UserId").pipe(lambda first: test[
+            test["SessionId"].isin(first["SessionId"])])
+        assert test["SessionId"].nunique() == test["UserId"].nunique() > 10
     # Take each test session's prefix without its last event; the last event is the target.
     is_last = test.groupby("SessionId")["Time"].transform("max") == test["Time"]
     prefix = test[~is_last]
@@ -217,9 +230,11 @@ def test_string_labels_and_custom_columns(cls, train_test):
             "sess": "s" + frame["SessionId"].map("{:06d}".format),
             "item": "i" + frame["ItemId"].map("{:06d}".format),
             "ts": pd.to_datetime(frame["Time"], unit="s"),
+            "who": "u" + frame["UserId"].map("{:06d}".format),
         })
 
-    est = make(cls, session_key="sess", item_key="item", time_key="ts").fit(relabel(train))
+    est = make(cls, session_key="sess", item_key="item", time_key="ts", user_key="who").fit(
+        relabel(train))
     base = make(cls).fit(train)
     recs = est.predict_next(relabel(test), k=5)
     expected = base.predict_next(test, k=5)
@@ -228,8 +243,10 @@ def test_string_labels_and_custom_columns(cls, train_test):
 
 
 @parametrize
-@pytest.mark.parametrize("column", ["SessionId", "ItemId", "Time"])
+@pytest.mark.parametrize("column", ["SessionId", "ItemId", "Time", "UserId"])
 def test_missing_column_is_named(cls, train_test, column):
+    if column == "UserId" and not uses_users(cls):
+        pytest.skip("reads no user column")
     bad = train_test[0].drop(columns=column)
     with pytest.raises(ValueError, match=repr(column)):
         make(cls).fit(bad)
@@ -245,8 +262,10 @@ def test_wrong_column_name_parameter_is_named(cls, train_test):
 
 
 @parametrize
-@pytest.mark.parametrize("column", ["SessionId", "ItemId", "Time"])
+@pytest.mark.parametrize("column", ["SessionId", "ItemId", "Time", "UserId"])
 def test_nan_is_rejected_with_column_name(cls, train_test, column):
+    if column == "UserId" and not uses_users(cls):
+        pytest.skip("reads no user column")
     bad = train_test[0].copy()
     bad[column] = bad[column].astype("float64")
     bad.loc[3, column] = np.nan
@@ -294,10 +313,10 @@ def test_bad_parameters_are_named(cls, train_test):
 def test_unknown_items_at_prediction(cls, train_test):
     train, test = train_test
     est = make(cls).fit(train)
-    unknown = pd.DataFrame({"SessionId": [-1, -1, -2, -2, -2],
-                            "ItemId": [10_000, 10_001, 10_002, int(train["ItemId"].iloc[0]),
-                                       10_003],
-                            "Time": [0.0, 1.0, 0.0, 1.0, 2.0]})
+    unknown = with_users(cls, pd.DataFrame({
+        "SessionId": [-1, -1, -2, -2, -2],
+        "ItemId": [10_000, 10_001, 10_002, int(train["ItemId"].iloc[0]), 10_003],
+        "Time": [0.0, 1.0, 0.0, 1.0, 2.0]}))
     recs = est.predict_next(unknown, k=3)
     assert list(recs.index) == [-1, -2]
     assert set(np.unique(recs.to_numpy())) <= set(train["ItemId"])
@@ -309,8 +328,9 @@ def test_unknown_items_at_prediction(cls, train_test):
 @parametrize
 def test_one_event_sessions(cls, train_test):
     train, test = train_test
-    singles = pd.DataFrame({"SessionId": [-5, -6], "ItemId": train["ItemId"].iloc[:2],
-                            "Time": [0.0, 1.0]})
+    singles = with_users(cls, pd.DataFrame({"SessionId": [-5, -6],
+                                            "ItemId": train["ItemId"].iloc[:2].to_numpy(),
+                                            "Time": [0.0, 1.0]}))
     est = make(cls).fit(pd.concat([train, singles], ignore_index=True))
     recs = est.predict_next(singles, k=3)
     assert recs.shape == (2, 3)

@@ -8,7 +8,11 @@ from ._neighbors import (
     STANRecommender,
     VSKNNRecommender,
 )
-from ._popularity import PopularityRecommender, SessionPopularityRecommender
+from ._popularity import (
+    PersonalPopularityRecommender,
+    PopularityRecommender,
+    SessionPopularityRecommender,
+)
 from ._rules import MarkovRecommender, SequentialRulesRecommender
 
 __all__ = [
@@ -20,6 +24,7 @@ __all__ = [
     "SKNNRecommender",
     "STANRecommender",
     "VSKNNRecommender",
+    "PersonalPopularityRecommender",
     "PopularityRecommender",
     "SessionPopularityRecommender",
 ]

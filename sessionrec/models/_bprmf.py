@@ -167,7 +167,7 @@ class BPRMFRecommender(SessionRecommender):
             mean = ((cumulative[end] - before) / count).float()
             yield block, torch.addmm(self.item_bias_, mean, self.item_factors_.t())
 
-    def _empty_history_scores(self):
+    def _empty_history_scores(self, events, sessions):
         return self.item_bias_
 
     def _get_state(self):

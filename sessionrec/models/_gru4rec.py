@@ -330,7 +330,7 @@ class GRU4RecRecommender(SessionRecommender):
                                                           device=device))
             yield schedule.positions[start:stop][selected], network.score_all(top, matrix)
 
-    def _empty_history_scores(self) -> torch.Tensor:
+    def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         return self.network_.out[:, -1].detach()
 
     # -- persistence ----------------------------------------------------------------------

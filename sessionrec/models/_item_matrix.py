@@ -133,7 +133,7 @@ class _ItemMatrixRecommender(SessionRecommender):
         for block in self._blocks(positions):
             yield block, self._scores_of_items(events.items[block])
 
-    def _empty_history_scores(self):
+    def _empty_history_scores(self, events, sessions):
         return popularity_scores(self)
 
     def _get_state(self):

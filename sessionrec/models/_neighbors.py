@@ -341,7 +341,7 @@ class SKNNRecommender(SessionRecommender):
                 lambda block: self._scores(self._prefix_sets(events, block)), blocks):
             yield block, torch.as_tensor(scores, device=self.device_)
 
-    def _empty_history_scores(self):
+    def _empty_history_scores(self, events, sessions):
         return popularity_scores(self)
 
     def _get_state(self):

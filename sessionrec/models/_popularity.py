@@ -1,19 +1,25 @@
-"""Popularity baselines: POP and S-POP.
+"""Popularity baselines: POP, S-POP and Personal POP.
 
 Definitions as in the GRU4Rec paper's baselines (Hidasi et al., ICLR 2016, section 4) and
 the session-rec framework: POP recommends the items with the most training events; S-POP
-recommends the items seen most often in the current session, ties broken by POP.
+recommends the items seen most often in the current session, ties broken by POP. Personal
+POP (the HRNN paper's PPOP, Quadrana et al., RecSys 2017) recommends the user's most
+interacted items.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from .._base import SessionRecommender
 from .._events import SessionEvents, ragged_arange
+from ._item_matrix import csr_from_state, csr_state
 
-__all__ = ["PopularityRecommender", "SessionPopularityRecommender"]
+__all__ = ["PersonalPopularityRecommender", "PopularityRecommender",
+           "SessionPopularityRecommender"]
 
 
 class PopularityRecommender(SessionRecommender):
@@ -87,7 +93,7 @@ class PopularityRecommender(SessionRecommender):
         for block in self._blocks(positions):
             yield block, self.popularity_.expand(len(block), -1)
 
-    def _empty_history_scores(self):
+    def _empty_history_scores(self, events, sessions):
         return self.popularity_
 
     def _get_state(self):
@@ -187,7 +193,7 @@ class SessionPopularityRecommender(SessionRecommender):
                 accumulate=True)
             yield block, scores
 
-    def _empty_history_scores(self):
+    def _empty_history_scores(self, events, sessions):
         return self.tie_break_
 
     def _get_state(self):
@@ -195,3 +201,182 @@ class SessionPopularityRecommender(SessionRecommender):
 
     def _set_state(self, state):
         self.tie_break_ = state["tie_break"]
+
+
+class PersonalPopularityRecommender(SessionRecommender):
+    """Personal POP: recommend the items the user interacted with most.
+
+    The HRNN paper's PPOP baseline ("recommends the item with the largest number of
+    interactions by the user"). An item's score is the number of the user's events on it
+    known when the recommendation is made:
+
+    * the user's training events, and
+    * the user's events in the frame being scored up to that point: earlier sessions of
+      the user in the frame (sessions are ordered by their first event's time) and the
+      current session so far.
+
+    Items with equal counts (all items the user never touched, in particular) are ordered
+    by global support, so a user unknown at training time, or a session without a known
+    event, falls back to global popularity (POP). The score is ``count + support / (max
+    support + 1)`` in float64, so the tie-break never reorders different counts.
+
+    Parameters
+    ----------
+    user_key : str, default="UserId"
+        Column of user labels; required in ``fit`` and in prediction frames. Every session
+        belongs to one user.
+    session_key : str, default="SessionId"
+        Column of session labels.
+    item_key : str, default="ItemId"
+        Column of item labels.
+    time_key : str, default="Time"
+        Column of event times (numbers or datetimes).
+    device : str, default="auto"
+        Where scores are computed and ranked: ``"auto"``, ``"cpu"``, ``"cuda"``.
+    verbose : bool or int, default=False
+        Log a line when fitting.
+
+    Attributes
+    ----------
+    item_index_ : ItemIndex
+        Item labels and their support.
+    n_items_ : int
+        Number of training items.
+    device_ : torch.device
+        The resolved device.
+    user_labels_ : pandas.Index
+        The training users.
+    user_items_ : scipy.sparse.csr_matrix of shape (n_users, n_items_)
+        Training event counts of each user on each item.
+    tie_break_ : torch.Tensor of shape (n_items_,)
+        ``support / (max support + 1)`` (float64).
+
+    See Also
+    --------
+    SessionPopularityRecommender : counts within the session only.
+
+    References
+    ----------
+    Quadrana, Karatzoglou, Hidasi, Cremonesi. Personalizing session-based
+    recommendations with hierarchical recurrent neural networks. RecSys 2017.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> X = pd.DataFrame({"UserId": ["u", "u", "u", "v", "v", "v"],
+    ...                   "SessionId": [1, 1, 2, 3, 3, 3],
+    ...                   "ItemId": ["a", "b", "a", "c", "c", "c"], "Time": range(6)})
+    >>> ppop = PersonalPopularityRecommender(device="cpu").fit(X)
+    >>> live = pd.DataFrame({"UserId": ["u", "w"], "SessionId": [8, 9],
+    ...                      "ItemId": ["b", "b"], "Time": [7, 8]})
+    >>> ppop.predict_next(live, k=3)  # u: a=2, b=1+1 (tie: a more popular); w: only b
+    rank       1  2  3
+    SessionId
+    8          a  b  c
+    9          b  c  a
+    """
+
+    def __init__(self, *, user_key="UserId", session_key="SessionId", item_key="ItemId",
+                 time_key="Time", device="auto", verbose=False):
+        self.user_key = user_key
+        self.session_key = session_key
+        self.item_key = item_key
+        self.time_key = time_key
+        self.device = device
+        self.verbose = verbose
+
+    def _validate_params(self) -> None:
+        try:
+            hash(self.user_key)
+        except TypeError:
+            raise TypeError(f"user_key must be a column name, got {self.user_key!r}.") from None
+        if self.user_key is None:
+            raise ValueError("user_key must name the user column; got None.")
+
+    def _fit(self, events: SessionEvents) -> None:
+        support = torch.as_tensor(self.item_index_.support, dtype=torch.float64,
+                                  device=self.device_)
+        self.tie_break_ = support / (support.max() + 1.0)
+        self.user_labels_ = events.user_labels
+        self.user_items_ = sp.csr_matrix(
+            (np.ones(events.n_events), (events.users[events.session_of_event], events.items)),
+            shape=(len(events.user_labels), self.n_items_))
+        self.user_items_.sum_duplicates()
+        self._log("Personal POP fitted on %d events, %d users, %d items", events.n_events,
+                  len(self.user_labels_), self.n_items_)
+
+    def _users_of(self, events: SessionEvents) -> np.ndarray:
+        """Training-user code of each session of ``events``; -1 for unknown users."""
+        return self.user_labels_.get_indexer(events.user_labels)[events.users]
+
+    def _training_counts(self, users: np.ndarray) -> torch.Tensor:
+        """Rows of ``user_items_`` for ``users`` (zeros for -1), dense, with the tie-break."""
+        counts = np.zeros((len(users), self.n_items_))
+        known = users >= 0
+        counts[known] = self.user_items_[users[known]].toarray()
+        return torch.as_tensor(counts, device=self.device_) + self.tie_break_
+
+    @staticmethod
+    def _user_order(events: SessionEvents) -> tuple[np.ndarray, np.ndarray]:
+        """The frame's events grouped by user, in time order, and their sort keys.
+
+        Sessions are ordered by start time, so a stable sort by user keeps (session,
+        position) order within each user. ``keys`` is ``user * n_sessions + session`` of
+        the events in that order (ascending), for locating a user's history by search.
+        """
+        user_of_event = events.users[events.session_of_event]
+        by_user = np.argsort(user_of_event, kind="stable")
+        keys = user_of_event[by_user] * events.n_sessions + events.session_of_event[by_user]
+        return by_user, keys
+
+    def _add_history(self, scores: torch.Tensor, by_user, starts, lengths, items) -> None:
+        """Add one count per history event: row r gets ``by_user[starts[r]:+lengths[r]]``."""
+        rows = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
+        seen = by_user[ragged_arange(starts, lengths)]
+        scores.index_put_(
+            (torch.as_tensor(rows, device=self.device_),
+             items[torch.as_tensor(seen, device=self.device_)]),
+            torch.ones(len(rows), dtype=torch.float64, device=self.device_), accumulate=True)
+
+    def _iter_scores(self, events, score_after):
+        positions = np.flatnonzero(score_after)
+        by_user, keys = self._user_order(events)
+        rank = np.empty(events.n_events, dtype=np.int64)
+        rank[by_user] = np.arange(events.n_events)
+        user_start = np.searchsorted(keys, events.users[events.session_of_event[positions]]
+                                     * events.n_sessions)
+        history = rank[positions] - user_start + 1  # the user's frame events up to here
+        training_user = self._users_of(events)
+        items = torch.as_tensor(events.items, device=self.device_)
+        offset = 0
+        for block in self._blocks(positions, extra_cost=history):
+            n = len(block)
+            scores = self._training_counts(training_user[events.session_of_event[block]])
+            self._add_history(scores, by_user, user_start[offset:offset + n],
+                              history[offset:offset + n], items)
+            offset += n
+            yield block, scores
+
+    def _empty_history_scores(self, events, sessions):
+        # No known event in these sessions, but the user's training counts and the user's
+        # earlier sessions in the frame still count.
+        by_user, keys = self._user_order(events)
+        user = events.users[sessions]
+        start = np.searchsorted(keys, user * events.n_sessions)
+        stop = np.searchsorted(keys, user * events.n_sessions + sessions)
+        scores = self._training_counts(self._users_of(events)[sessions])
+        self._add_history(scores, by_user, start, stop - start,
+                          torch.as_tensor(events.items, device=self.device_))
+        return scores
+
+    def _get_state(self):
+        labels = self.user_labels_.tolist()
+        if not all(isinstance(v, (int, float, str)) for v in labels):
+            raise TypeError("save() needs int, float or str user labels; use joblib instead.")
+        return {"tie_break": self.tie_break_, **csr_state(self.user_items_, "user_"),
+                "user_labels": labels}
+
+    def _set_state(self, state):
+        self.tie_break_ = state["tie_break"]
+        self.user_labels_ = pd.Index(state["user_labels"])
+        self.user_items_ = csr_from_state(state, self.n_items_, "user_")
