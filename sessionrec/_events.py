@@ -222,6 +222,21 @@ def _check_column(X: pd.DataFrame, key, role: str) -> pd.Series:
     return col
 
 
+_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def time_seconds(col: pd.Series, key, unit: str = "s") -> np.ndarray:
+    """Times as float64 seconds: datetimes since the epoch, numbers times ``unit``."""
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_dtype(col.dtype):
+        return ((col - pd.Timestamp(0)) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
+    if pd.api.types.is_bool_dtype(col.dtype) or not pd.api.types.is_numeric_dtype(col.dtype):
+        raise TypeError(f"column {key!r} (the time column) must hold numbers or datetimes; "
+                        f"got dtype {col.dtype}.")
+    return col.to_numpy(np.float64) * _SECONDS[unit]
+
+
 def _orderable_times(col: pd.Series, key) -> tuple[np.ndarray, float]:
     """Times as an int64 or float64 array that sorts like the times, and the factor that
     turns its values into seconds (numbers are taken to be seconds)."""

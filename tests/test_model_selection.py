@@ -104,3 +104,76 @@ def test_grid_search_on_rsc15(rsc15):
     assert 0.2 < search.best_score_ < 0.5
     recs = search.best_estimator_.predict(test)
     assert recs.shape == (test["SessionId"].nunique(), 20)
+
+
+def with_users(specs, n_users=3):
+    X = frame_from(specs)
+    return X.assign(UserId=X["SessionId"] % n_users)
+
+
+@given(sessions_strategy, st.integers(1, 3))
+def test_last_session_split_holds_out_each_users_later_sessions(specs, n_splits):
+    from sessionrec.model_selection import LastSessionSplit
+
+    X = with_users(specs)
+    start = X.groupby("SessionId")["Time"].transform("min").to_numpy()
+    try:
+        folds = list(LastSessionSplit(n_splits).split(X))
+    except ValueError as err:
+        assert "no user has" in str(err)
+        return
+    assert len(folds) == n_splits
+    for train, test in folds:
+        assert not set(train) & set(test)
+        assert not set(X["SessionId"].iloc[train]) & set(X["SessionId"].iloc[test])
+        test_frame = X.iloc[test]
+        # One session per user, and every training session of that user starts earlier.
+        assert (test_frame.groupby("UserId")["SessionId"].nunique() == 1).all()
+        for user, session_start in zip(test_frame["UserId"], start[test]):
+            own = X.iloc[train]["UserId"].to_numpy() == user
+            assert (start[train][own] <= session_start).all()
+    # The last fold tests on every user's last session and trains on all the rest.
+    train, test = folds[-1]
+    assert len(train) + len(test) == len(X)
+    # Sessions starting at the same time are ordered by first appearance (here: by id).
+    key = start * 1000 + X["SessionId"].to_numpy()
+    last = X.assign(key=key).groupby("UserId")["key"].transform("max") == key
+    assert sorted(test) == sorted(np.flatnonzero(last.to_numpy()))
+
+
+@given(sessions_strategy, st.integers(1, 2))
+def test_splitters_on_raw_events_never_cut_a_derived_session(specs, n_splits):
+    from sessionrec.model_selection import LastSessionSplit
+    from sessionrec.preprocessing import SessionSplitter
+
+    raw = with_users(specs).drop(columns="SessionId")
+    sessions = SessionSplitter(idle_gap=3600).fit_transform(raw)["SessionId"].to_numpy()
+    for splitter in (TimeSplit(1, n_splits=n_splits, session_key=None, idle_gap=3600),
+                     LastSessionSplit(n_splits, session_key=None, idle_gap=3600)):
+        try:
+            folds = list(splitter.split(raw))
+        except ValueError:
+            continue
+        for train, test in folds:
+            assert not set(sessions[train]) & set(sessions[test])
+            assert not set(train) & set(test)
+
+
+def test_train_test_split_helper():
+    from sessionrec.model_selection import LastSessionSplit, train_test_split
+
+    X = with_users([(2, d) for d in range(10)])
+    train, test = train_test_split(X, test_size=0.3, random_state=0)
+    assert test["SessionId"].nunique() == 3 and train["SessionId"].nunique() == 7
+    assert not set(train["SessionId"]) & set(test["SessionId"])
+    assert len(train) + len(test) == len(X)
+    again = train_test_split(X, test_size=0.3, random_state=0)
+    pd.testing.assert_frame_equal(again[1], test)
+    train, test = train_test_split(X, splitter=TimeSplit(2))
+    assert sorted(test["SessionId"].unique()) == [8, 9]
+    train, test = train_test_split(X, splitter=LastSessionSplit())
+    assert sorted(test["SessionId"].unique()) == [7, 8, 9]
+    with pytest.raises(ValueError, match="test_size"):
+        train_test_split(X, test_size=1.5)
+    with pytest.raises(ValueError, match="either"):
+        train_test_split(X, test_size=0.2, splitter=TimeSplit(1))

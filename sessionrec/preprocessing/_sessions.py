@@ -1,0 +1,153 @@
+"""Sessionising raw event streams by idle time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from .._events import _SECONDS, _check_column, time_seconds
+from .._validation import check_choice, check_real
+
+__all__ = ["SessionSplitter", "session_codes"]
+
+
+def idle_gap_seconds(idle_gap) -> float:
+    """``idle_gap`` (seconds as a number, or a ``pandas.Timedelta``) in seconds."""
+    if isinstance(idle_gap, (pd.Timedelta, np.timedelta64)):
+        idle_gap = pd.Timedelta(idle_gap) / pd.Timedelta(seconds=1)
+    return check_real("idle_gap", idle_gap, min_value=0.0, min_inclusive=False)
+
+
+def session_codes(X: pd.DataFrame, *, idle_gap=1800.0, user_key="UserId", time_key="Time",
+                  time_unit="s") -> np.ndarray:
+    """Session number of every row of ``X``: a new session after an idle gap.
+
+    Events are ordered by (user, time); a session ends where the next event of the same
+    user comes more than ``idle_gap`` later (strictly). Sessions are numbered 0, 1, ... in
+    the order of (user, first event time), so the numbering is deterministic. Rows keep
+    their positions: ``codes[i]`` belongs to ``X.iloc[i]``.
+
+    Parameters
+    ----------
+    X : pandas.DataFrame
+    idle_gap : float or pandas.Timedelta, default=1800.0
+        Longest pause inside a session, in seconds (30 minutes by default).
+    user_key : str or None, default="UserId"
+        Column of user labels; None treats the whole frame as one user's stream.
+    time_key : str, default="Time"
+        Column of times: datetimes, or numbers in ``time_unit``.
+    time_unit : {"s", "ms", "us", "ns"}, default="s"
+
+    Returns
+    -------
+    ndarray of int64, shape (len(X),)
+
+    Examples
+    --------
+    >>> X = pd.DataFrame({"UserId": [1, 1, 1, 2], "Time": [0, 100, 5000, 50]})
+    >>> session_codes(X, idle_gap=1800).tolist()
+    [0, 0, 1, 2]
+    """
+    gap = idle_gap_seconds(idle_gap)
+    unit = check_choice("time_unit", time_unit, _SECONDS)
+    seconds = time_seconds(_check_column(X, time_key, "time"), time_key, unit)
+    if user_key is None:
+        users = np.zeros(len(X), dtype=np.int64)
+    else:
+        users, _ = pd.factorize(_check_column(X, user_key, "user"), sort=True)
+    order = np.lexsort((seconds, users))
+    s_users, s_seconds = users[order], seconds[order]
+    new = np.r_[True, (s_users[1:] != s_users[:-1]) | (np.diff(s_seconds) > gap)]
+    codes = np.empty(len(X), dtype=np.int64)
+    codes[order] = np.cumsum(new) - 1
+    return codes
+
+
+class SessionSplitter(TransformerMixin, BaseEstimator):
+    """Cut each user's event stream into sessions at idle gaps.
+
+    The papers' preparation: a new session starts when a user is idle for more than
+    ``idle_gap`` (30 minutes in the HRNN paper). The transform returns a copy of ``X``
+    with the session column set (replacing any existing one); rows, their order and the
+    index are unchanged. Stateless: ``fit`` only validates.
+
+    Session labels are integers numbered in the order of (user, first event time) within
+    the frame transformed, so a training and a test frame may reuse numbers; they are
+    only compared within one frame.
+
+    Parameters
+    ----------
+    idle_gap : float or pandas.Timedelta, default=1800.0
+        Longest pause inside a session, in seconds.
+    user_key : str or None, default="UserId"
+        Column of user labels; None treats the frame as one stream.
+    time_key : str, default="Time"
+        Column of times: datetimes, or numbers in ``time_unit``.
+    session_key : str, default="SessionId"
+        Column written with the session labels.
+    time_unit : {"s", "ms", "us", "ns"}, default="s"
+        Unit of numeric times.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> X = pd.DataFrame({"UserId": ["a", "a", "a", "b"], "ItemId": [1, 2, 3, 1],
+    ...                   "Time": [0, 600, 9000, 60]})
+    >>> SessionSplitter().fit_transform(X)["SessionId"].tolist()
+    [0, 0, 1, 2]
+    """
+
+    def __init__(self, idle_gap=1800.0, *, user_key="UserId", time_key="Time",
+                 session_key="SessionId", time_unit="s"):
+        self.idle_gap = idle_gap
+        self.user_key = user_key
+        self.time_key = time_key
+        self.session_key = session_key
+        self.time_unit = time_unit
+
+    def fit(self, X, y=None):
+        """Validate the parameters (nothing is learned).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        idle_gap_seconds(self.idle_gap)
+        check_choice("time_unit", self.time_unit, _SECONDS)
+        return self
+
+    def transform(self, X):
+        """A copy of ``X`` with the session column.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        X = _check_frame(X)
+        codes = session_codes(X, idle_gap=self.idle_gap, user_key=self.user_key,
+                              time_key=self.time_key, time_unit=self.time_unit)
+        out = X.copy(deep=False)  # new column on a new frame: X is left as it was
+        out[self.session_key] = codes
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+def _check_frame(X) -> pd.DataFrame:
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"X must be a pandas DataFrame of events, got {type(X).__name__}.")
+    return X
