@@ -310,11 +310,16 @@ class PersonalPopularityRecommender(SessionRecommender):
         return self.user_labels_.get_indexer(events.user_labels)[events.users]
 
     def _training_counts(self, users: np.ndarray) -> torch.Tensor:
-        """Rows of ``user_items_`` for ``users`` (zeros for -1), dense, with the tie-break."""
-        counts = np.zeros((len(users), self.n_items_))
-        known = users >= 0
-        counts[known] = self.user_items_[users[known]].toarray()
-        return torch.as_tensor(counts, device=self.device_) + self.tie_break_
+        """Rows of ``user_items_`` for ``users`` (zeros for -1) plus the tie-break."""
+        scores = self.tie_break_.repeat(len(users), 1)
+        known = np.flatnonzero(users >= 0)
+        rows = self.user_items_[users[known]].tocoo()
+        scores.index_put_(
+            (torch.as_tensor(known[rows.row], device=self.device_),
+             torch.as_tensor(rows.col.astype(np.int64), device=self.device_)),
+            torch.as_tensor(rows.data, dtype=torch.float64, device=self.device_),
+            accumulate=True)
+        return scores
 
     @staticmethod
     def _user_order(events: SessionEvents) -> tuple[np.ndarray, np.ndarray]:
