@@ -10,6 +10,7 @@ from .exceptions import NotFittedError, TrainingDivergedError
 from .models import (
     BPRMFRecommender,
     GRU4RecRecommender,
+    HRNNRecommender,
     ItemKNNRecommender,
     MarkovRecommender,
     PersonalPopularityRecommender,
@@ -27,6 +28,7 @@ __all__ = [
     "SessionRecommender",
     "BPRMFRecommender",
     "GRU4RecRecommender",
+    "HRNNRecommender",
     "ItemKNNRecommender",
     "MarkovRecommender",
     "SequentialRulesRecommender",

@@ -227,13 +227,15 @@ def user_stream_order(events: SessionEvents) -> tuple[np.ndarray, np.ndarray]:
     return sessions.astype(np.int64), np.r_[starts, n_sessions].astype(np.int64)
 
 
-def user_parallel_schedule(events: SessionEvents, batch_size: int) -> ParallelSchedule:
+def user_parallel_schedule(events: SessionEvents, batch_size: int, *,
+                           include_last: bool = False) -> ParallelSchedule:
     """User-parallel mini-batches of the HRNN paper.
 
     Each slot walks one user's sessions in order; ``session_start`` marks where the
     session state must be (re)initialised and ``user_start`` where the user state must be
-    reset as well. Sessions with a single event have no (input, target) pair and add no
-    step; their user still gets the others.
+    reset as well. With the default ``include_last=False`` the steps are (input, target)
+    pairs, so sessions with a single event add no step (their user still gets the
+    others); with ``include_last=True`` every event is an input (a forward pass).
 
     Examples
     --------
@@ -247,7 +249,7 @@ def user_parallel_schedule(events: SessionEvents, batch_size: int) -> ParallelSc
     ([0, 2, 4], [True, True, True], [True, True, False])
     """
     sessions, user_offsets = user_stream_order(events)
-    flat, n = _pair_inputs(events.offsets, sessions, include_last=False)
+    flat, n = _pair_inputs(events.offsets, sessions, include_last=include_last)
     # Step-space offsets of each session, then of each user (a run of sessions).
     session_step_offsets = np.zeros(len(n) + 1, dtype=np.int64)
     np.cumsum(n, out=session_step_offsets[1:])

@@ -23,6 +23,7 @@ count as higher than the target's.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .metrics import (
@@ -89,12 +90,25 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     return torch.where(nan_target, torch.full_like(ranks, float(n_items)), ranks)
 
 
+def _first_rows_of_sessions(estimator, X: pd.DataFrame) -> np.ndarray:
+    """Positions in ``X`` of each session's first event (by time, ties by row order)."""
+    from sklearn.pipeline import Pipeline
+
+    while isinstance(estimator, Pipeline):
+        estimator = estimator.steps[-1][1]
+    session_key, time_key = estimator.session_key, estimator.time_key
+    order = np.lexsort((np.arange(len(X)), X[time_key].to_numpy()))
+    sessions = X[session_key].to_numpy()[order]
+    seen = pd.Series(sessions).duplicated().to_numpy()
+    return np.sort(order[~seen])
+
+
 _METRIC_FUNCS = {"recall": recall_at_k, "mrr": mrr_at_k, "ndcg": ndcg_at_k,
                  "hitrate": hit_rate_at_k}
 
 
 def evaluate(estimator, X, cutoffs=(5, 10, 20), *, ties: str = "conservative",
-             metrics=("recall", "mrr", "ndcg")) -> dict:
+             metrics=("recall", "mrr", "ndcg"), history=None) -> dict:
     """Evaluate a fitted recommender on test events under the next-item protocol.
 
     Parameters
@@ -105,6 +119,15 @@ def evaluate(estimator, X, cutoffs=(5, 10, 20), *, ties: str = "conservative",
     cutoffs : int or sequence of int, default=(5, 10, 20)
     ties : {"conservative", "optimistic", "median"}, default="conservative"
     metrics : sequence of {"recall", "mrr", "ndcg", "hitrate"}
+    history : pandas.DataFrame or None, default=None
+        Events fed to the model before ``X`` and not scored: only the targets of ``X``
+        count, and of those only events after the first of their session in ``X`` (the
+        first event of a test session is an input, as for every other model). This is
+        the HRNN paper's protocol for models that carry state across a user's sessions
+        without storing it (e.g. RNN Concat, a Pipeline of
+        :class:`~sessionrec.preprocessing.ConcatenateUserSessions` and GRU4Rec, given the
+        training events as history). Models that store user states after ``fit``
+        (:class:`~sessionrec.HRNNRecommender`) need no history.
 
     Returns
     -------
@@ -133,8 +156,17 @@ def evaluate(estimator, X, cutoffs=(5, 10, 20), *, ties: str = "conservative",
     unknown = [m for m in metrics if m not in _METRIC_FUNCS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(_METRIC_FUNCS)}.")
+    if history is not None:
+        # Fresh positional labels; a target counts when its row came from X.
+        n_history = len(history)
+        X = pd.concat([history, X], ignore_index=True)
     est, X = _final_estimator_and_data(estimator, X)
-    ranks = np.asarray(est.rank_next_items(X, ties=ties), dtype=np.float64)
+    ranks = est.rank_next_items(X, ties=ties)
+    if history is not None:
+        ranks = ranks[ranks.index >= n_history]
+        first = _first_rows_of_sessions(estimator, X.iloc[n_history:])
+        ranks = ranks[~ranks.index.isin(first + n_history)]
+    ranks = np.asarray(ranks, dtype=np.float64)
     dropped = np.isnan(ranks)
     known = ranks[~dropped]
     result = {f"{m}@{k}": _METRIC_FUNCS[m](known, k) for m in metrics for k in cutoffs}

@@ -14,6 +14,8 @@ FAST_PARAMS: dict[str, dict] = {
     "BPRMFRecommender": {"n_factors": 8, "n_epochs": 2, "random_state": 0},
     "GRU4RecRecommender": {"layers": (16,), "n_epochs": 2, "n_sample": 32, "batch_size": 16,
                            "random_state": 0},
+    "HRNNRecommender": {"session_size": 16, "user_size": 8, "n_epochs": 2, "batch_size": 8,
+                        "random_state": 0},
     "ItemKNNRecommender": {},
     "MarkovRecommender": {},
     "SequentialRulesRecommender": {},

@@ -14,8 +14,9 @@ _EPOCH = 1_704_067_200.0  # 2024-01-01 00:00:00 UTC, in unix seconds
 
 def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0,
                   max_length=30, popularity_exponent=1.0, n_topics=10, n_successors=3,
-                  transition_strength=0.7, user_strength=0.0, feature_noise=0.5,
-                  span_days=30.0, return_item_features=False, random_state=None):
+                  transition_strength=0.7, user_strength=0.0, user_items=10,
+                  feature_noise=0.5, span_days=30.0, return_item_features=False,
+                  random_state=None):
     """Generate session events with planted structure whose strength is controlled.
 
     The generating process, for each session:
@@ -23,16 +24,20 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     1. **Popularity.** Items have Zipf popularity: the item of popularity rank ``r`` has
        weight ``1 / r ** popularity_exponent``. Each item belongs to one of ``n_topics``
        topics.
-    2. **Topic.** The session draws a topic; with users, it is the user's favourite topic
-       with probability ``user_strength`` (a preference that persists across the user's
-       sessions), else a random one.
-    3. **First item.** Drawn from the session's topic by popularity.
+    2. **Topic.** The session draws a topic at random. With users, with probability
+       ``user_strength`` the session *follows its user*: after its first item, its free
+       draws (below) are the user's ``user_items`` favourite items (drawn once per user,
+       uniformly from the catalogue, then picked uniformly). The first item
+       of every session (the entry point) comes from the random topic and says nothing
+       of the user, so at the start of a session only the user's earlier sessions tell
+       what follows: a model that carries the user from session to session (HRNN) can
+       learn it, a session-only model cannot.
+    3. **First item.** Drawn from the session's random topic by popularity.
     4. **Next items.** With probability ``transition_strength`` the next item is one of
        the previous item's ``n_successors`` fixed successors, and *which* successor is
        decided by the item before the previous one. A model of the sequence can predict
        it exactly; a model of the last item only (Item-KNN, Markov) sees a mixture of
-       ``n_successors`` candidates. Otherwise the next item is drawn from the session's
-       topic by popularity.
+       ``n_successors`` candidates. Otherwise the next item is a free draw.
     5. **Times.** Sessions start uniformly over ``span_days`` days from 2024-01-01 (unix
        seconds); events are about a minute apart.
 
@@ -71,6 +76,9 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     n_successors : int, default=3
     transition_strength : float in [0, 1], default=0.7
     user_strength : float in [0, 1], default=0.0
+        Share of sessions that follow their user (needs ``n_users``).
+    user_items : int, default=10
+        Favourite items per user.
     feature_noise : float, default=0.5
     span_days : float, default=30.0
     return_item_features : bool, default=False
@@ -107,6 +115,7 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     span_days = check_real("span_days", span_days, min_value=0, min_inclusive=False)
     if n_users is not None:
         n_users = check_int("n_users", n_users, min_value=1)
+    user_items = check_int("user_items", user_items, min_value=1)
     rng = np.random.default_rng(random_state)
 
     weight = 1.0 / (rng.permutation(n_items) + 1.0) ** popularity_exponent
@@ -142,18 +151,31 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     if n_users is not None:
         users = rng.integers(n_users, size=n_sessions)
         favourite = rng.integers(n_topics, size=n_users)
-        keep_fav = rng.random(n_sessions) < user_strength
-        session_topic = np.where(keep_fav, favourite[users], session_topic)
+        follows = rng.random(n_sessions) < user_strength
+        entry_topic = session_topic  # the first item's topic, whoever the user is
+        session_topic = np.where(follows, favourite[users], session_topic)
+        # Favourites are uniform over the catalogue (not by popularity, not by topic), so
+        # they carry information that popularity and the session's items do not.
+        favourite_items = rng.integers(n_items, size=(n_users, user_items))
+
+    def free_draw(sessions: np.ndarray, first: bool = False) -> np.ndarray:
+        if users is not None and first:
+            return draw(entry_topic[sessions])
+        drawn = draw(session_topic[sessions])
+        if users is None:
+            return drawn
+        liked = favourite_items[users[sessions], rng.integers(user_items, size=len(sessions))]
+        return np.where(follows[sessions], liked, drawn)
 
     items = np.full((n_sessions, int(lengths.max())), -1, dtype=np.int64)
-    items[:, 0] = draw(session_topic)
+    items[:, 0] = free_draw(np.arange(n_sessions), first=True)
     for t in range(1, items.shape[1]):  # one iteration per position, vectorised over sessions
         active = np.flatnonzero(lengths > t)
         prev = items[active, t - 1]
         prev2 = items[active, t - 2] if t >= 2 else prev
         follow = rng.random(len(active)) < transition_strength
         chosen = successors[prev, (prev2 * 7919) % n_successors]
-        items[active, t] = np.where(follow, chosen, draw(session_topic[active]))
+        items[active, t] = np.where(follow, chosen, free_draw(active))
 
     starts = _EPOCH + rng.random(n_sessions) * span_days * 86400.0
     mask = np.arange(items.shape[1])[None, :] < lengths[:, None]

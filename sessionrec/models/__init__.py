@@ -2,6 +2,7 @@
 
 from ._bprmf import BPRMFRecommender
 from ._gru4rec import GRU4RecRecommender
+from ._hrnn import HRNNRecommender
 from ._neighbors import (
     ItemKNNRecommender,
     SKNNRecommender,
@@ -18,6 +19,7 @@ from ._rules import MarkovRecommender, SequentialRulesRecommender
 __all__ = [
     "BPRMFRecommender",
     "GRU4RecRecommender",
+    "HRNNRecommender",
     "ItemKNNRecommender",
     "MarkovRecommender",
     "SequentialRulesRecommender",

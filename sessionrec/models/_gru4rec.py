@@ -135,6 +135,12 @@ class GRU4RecRecommender(SessionRecommender):
       biases at zero.
     * The score of an unknown session (no known item) is the output bias.
 
+    The HRNN paper's *RNN Concat* baseline (all of a user's sessions concatenated into
+    one) is this model behind :class:`~sessionrec.preprocessing.ConcatenateUserSessions`:
+    ``make_pipeline(ConcatenateUserSessions(), GRU4RecRecommender(...))``, evaluated with
+    the users' earlier events as history, ``evaluate(model, test, history=train)``, so
+    that each test session continues its user's sequence.
+
     References
     ----------
     Hidasi, Karatzoglou, Baltrunas, Tikk. Session-based recommendations with recurrent

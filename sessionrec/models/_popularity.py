@@ -310,8 +310,13 @@ class PersonalPopularityRecommender(SessionRecommender):
         return self.user_labels_.get_indexer(events.user_labels)[events.users]
 
     def _training_counts(self, users: np.ndarray) -> torch.Tensor:
-        """Rows of ``user_items_`` for ``users`` (zeros for -1) plus the tie-break."""
-        scores = self.tie_break_.repeat(len(users), 1)
+        """Rows of ``user_items_`` for ``users`` (zeros for -1), as float64.
+
+        Counts stay whole numbers (exact in float64) until the tie-break is added last,
+        so equal counts of equally popular items give exactly equal scores.
+        """
+        scores = torch.zeros(len(users), self.n_items_, dtype=torch.float64,
+                             device=self.device_)
         known = np.flatnonzero(users >= 0)
         rows = self.user_items_[users[known]].tocoo()
         scores.index_put_(
@@ -360,7 +365,7 @@ class PersonalPopularityRecommender(SessionRecommender):
             self._add_history(scores, by_user, user_start[offset:offset + n],
                               history[offset:offset + n], items)
             offset += n
-            yield block, scores
+            yield block, scores.add_(self.tie_break_)
 
     def _empty_history_scores(self, events, sessions):
         # No known event in these sessions, but the user's training counts and the user's
@@ -372,7 +377,7 @@ class PersonalPopularityRecommender(SessionRecommender):
         scores = self._training_counts(self._users_of(events)[sessions])
         self._add_history(scores, by_user, start, stop - start,
                           torch.as_tensor(events.items, device=self.device_))
-        return scores
+        return scores.add_(self.tie_break_)
 
     def _get_state(self):
         labels = self.user_labels_.tolist()

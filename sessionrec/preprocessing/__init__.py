@@ -13,9 +13,10 @@ from ._filters import (
     SessionLengthFilter,
     UserSessionFilter,
 )
-from ._sessions import SessionSplitter, session_codes
+from ._sessions import ConcatenateUserSessions, SessionSplitter, session_codes
 
 __all__ = [
+    "ConcatenateUserSessions",
     "ConsecutiveDuplicateFilter",
     "DenseItemFeatures",
     "ItemFeatures",

@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from .._events import _SECONDS, _check_column, time_seconds
 from .._validation import check_choice, check_real
 
-__all__ = ["SessionSplitter", "session_codes"]
+__all__ = ["ConcatenateUserSessions", "SessionSplitter", "session_codes"]
 
 
 def idle_gap_seconds(idle_gap) -> float:
@@ -139,6 +139,70 @@ class SessionSplitter(TransformerMixin, BaseEstimator):
                               time_key=self.time_key, time_unit=self.time_unit)
         out = X.copy(deep=False)  # new column on a new frame: X is left as it was
         out[self.session_key] = codes
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+class ConcatenateUserSessions(TransformerMixin, BaseEstimator):
+    """Make each user's events one session: the HRNN paper's RNN Concat baseline.
+
+    The session column is replaced by the user column, so a session-based model sees all
+    of a user's sessions concatenated in time order as one long session. In a Pipeline
+    before :class:`~sessionrec.GRU4RecRecommender` this is RNN Concat; evaluate it with
+    the user's earlier events as history (``evaluate(model, test, history=train)``) so the
+    test session continues the user's sequence. Stateless.
+
+    Parameters
+    ----------
+    user_key : str, default="UserId"
+    session_key : str, default="SessionId"
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> X = pd.DataFrame({"UserId": ["u", "u", "v"], "SessionId": [1, 2, 3]})
+    >>> ConcatenateUserSessions().fit_transform(X)["SessionId"].tolist()
+    ['u', 'u', 'v']
+    """
+
+    def __init__(self, *, user_key="UserId", session_key="SessionId"):
+        self.user_key = user_key
+        self.session_key = session_key
+
+    def fit(self, X, y=None):
+        """Nothing to learn.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        return self
+
+    def transform(self, X):
+        """A copy of ``X`` whose sessions are its users.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        X = _check_frame(X)
+        users = _check_column(X, self.user_key, "user")
+        out = X.copy(deep=False)
+        out[self.session_key] = users.to_numpy()
         return out
 
     def __sklearn_tags__(self):

@@ -1,0 +1,396 @@
+"""HRNN: personalised session-based recommendations with a hierarchical GRU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._base import SessionRecommender, rows_per_block
+from .._batching import user_parallel_schedule
+from .._events import SessionEvents
+from .._validation import check_bool, check_choice, check_int, check_real, torch_generator
+from ..nn._hierarchical import HRNNNetwork
+from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
+from ..nn._network import StepConfig
+from ..nn._optim import AdagradMomentum
+from ..nn._sampling import NegativeSampler
+from ..nn._trainer import train_parallel
+from ._gru4rec import _EVAL_BATCH
+
+__all__ = ["HRNNRecommender"]
+
+
+class HRNNRecommender(SessionRecommender):
+    """HRNN: a session GRU whose sessions start from a user GRU's state.
+
+    The hierarchical RNN of Quadrana et al. (RecSys 2017). A session-level GRU works as in
+    GRU4Rec. When one of a user's sessions ends, a user-level GRU reads the session GRU's
+    last hidden state and updates the user state ``c``; the user's next session starts
+    from ``tanh(W_init c + b_init)`` instead of zero. With ``user_propagation="all"``,
+    ``c`` also enters the session GRU's reset and update gates at every step. A user's
+    first session starts from zero, as does every session of a user unknown at training.
+
+    Training uses the paper's user-parallel mini-batches: each of ``batch_size`` slots
+    walks one user's sessions in time order; at a session change the user state is
+    updated and the session state re-initialised, at a user change both are reset. As in
+    GRU4Rec there is no back-propagation through time: each step is differentiated from
+    the stored states, so the user GRU and ``W_init`` learn at session starts. Losses,
+    negative sampling, Adagrad with momentum and sparse item-row updates are GRU4Rec's.
+    Dropout applies at three places, in the paper's order: the user GRU's output, the
+    session GRU's output, and the initialisation vector.
+
+    Prediction with history: after ``fit`` the model keeps every training user's state
+    after their last training session (``user_states_``). ``predict_next``,
+    ``rank_next_items`` and ``score`` need the user column; a known user's sessions in the
+    frame are taken as following the training history (the first starts from the stored
+    state), and the frame's earlier sessions of a user advance the state before the
+    later ones (the paper's bootstrapping); unknown users start from zero, like a
+    session-only RNN.
+
+    Parameters
+    ----------
+    session_size : int, default=100
+        Hidden units of the session GRU (the paper's "small" networks: 100).
+    user_size : int, default=100
+        Hidden units of the user GRU.
+    user_propagation : {"init", "all"}, default="init"
+        HRNN Init (the user state only initialises sessions) or HRNN All (also fed to
+        the session GRU at every step).
+    loss : {"top1", "cross-entropy", "bpr-max", "top1-max", "bpr"}, default="top1"
+        Training loss; the paper uses TOP1. Definitions as in :class:`GRU4RecRecommender`.
+    batch_size : int, default=50
+        Parallel user slots.
+    dropout_p_user : float in [0, 1), default=0.0
+        Dropout on the user GRU's output.
+    dropout_p_session : float in [0, 1), default=0.1
+        Dropout on the session GRU's output (the carried state, as in GRU4Rec).
+    dropout_p_init : float in [0, 1), default=0.0
+        Dropout on the session initialisation vector.
+    learning_rate : float, default=0.1
+    momentum : float in [0, 1), default=0.0
+    n_sample : int, default=0
+        Extra negatives per mini-batch; 0 = in-batch negatives only (the paper).
+    sample_alpha : float in [0, 1], default=0.75
+        Negatives drawn with probability proportional to support^sample_alpha.
+    embedding : int, default=0
+        Size of a separate item embedding; 0 = one-hot input (the paper).
+    constrained_embedding : bool, default=False
+        Use the output weights as the input embedding (GRU4Rec's official default).
+    bpreg, elu_param, logq, final_activation
+        As in :class:`GRU4RecRecommender`.
+    n_epochs : int, default=10
+    sample_store_size : int, default=10_000_000
+    user_key : str, default="UserId"
+        Column of user labels, required in every frame.
+    session_key, item_key, time_key : str
+        Column names.
+    device : str, default="auto"
+    random_state : int or None, default=None
+        Seed; with an int, CPU training is repeatable bit for bit.
+    verbose : bool or int, default=False
+        Log one line per epoch.
+
+    Attributes
+    ----------
+    network_ : HRNNNetwork
+    history_ : list of dict
+        Per epoch: ``loss``, ``seconds``, ``events_per_s``, ``batches_per_s``.
+    user_labels_ : pandas.Index
+        Training users.
+    user_states_ : torch.Tensor of shape (n_users, user_size)
+        Each training user's state after their last training session.
+
+    Notes
+    -----
+    Choices where the paper is silent:
+
+    * Sessions of one event have no (input, target) pair and are skipped in training
+      (the paper keeps sessions of at least 3 events); in prediction they are fed.
+    * The state the user GRU reads is the session state after the session's last input
+      event (the last event is only a target), in training and in prediction alike.
+    * The carried user state is the dropped-out one during training, like GRU4Rec's
+      hidden state.
+    * A session with no known event, of a known user, is scored from the user's stored
+      state (the recommendation at the start of a session); of an unknown user, by the
+      output bias.
+
+    References
+    ----------
+    Quadrana, Karatzoglou, Hidasi, Cremonesi. Personalizing session-based
+    recommendations with hierarchical recurrent neural networks. RecSys 2017.
+
+    Examples
+    --------
+    >>> from sessionrec import HRNNRecommender
+    >>> from sessionrec.datasets import make_sessions
+    >>> events = make_sessions(n_sessions=200, n_items=50, n_users=20, random_state=0)
+    >>> model = HRNNRecommender(session_size=16, user_size=16, n_epochs=2, device="cpu",
+    ...                         random_state=0).fit(events)
+    >>> model.user_states_.shape
+    torch.Size([20, 16])
+    >>> model.predict_next(events[events["SessionId"] == 0], k=3).shape
+    (1, 3)
+    """
+
+    def __init__(self, *, session_size=100, user_size=100, user_propagation="init",
+                 loss="top1", batch_size=50, dropout_p_user=0.0, dropout_p_session=0.1,
+                 dropout_p_init=0.0, learning_rate=0.1, momentum=0.0, n_sample=0,
+                 sample_alpha=0.75, embedding=0, constrained_embedding=False, bpreg=1.0,
+                 elu_param=0.5, logq=0.0, final_activation="auto", n_epochs=10,
+                 sample_store_size=10_000_000, user_key="UserId", session_key="SessionId",
+                 item_key="ItemId", time_key="Time", device="auto", random_state=None,
+                 verbose=False):
+        self.session_size = session_size
+        self.user_size = user_size
+        self.user_propagation = user_propagation
+        self.loss = loss
+        self.batch_size = batch_size
+        self.dropout_p_user = dropout_p_user
+        self.dropout_p_session = dropout_p_session
+        self.dropout_p_init = dropout_p_init
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.n_sample = n_sample
+        self.sample_alpha = sample_alpha
+        self.embedding = embedding
+        self.constrained_embedding = constrained_embedding
+        self.bpreg = bpreg
+        self.elu_param = elu_param
+        self.logq = logq
+        self.final_activation = final_activation
+        self.n_epochs = n_epochs
+        self.sample_store_size = sample_store_size
+        self.user_key = user_key
+        self.session_key = session_key
+        self.item_key = item_key
+        self.time_key = time_key
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- parameters -----------------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        if self.user_key is None:
+            raise ValueError("user_key must name the user column; got None.")
+        check_int("session_size", self.session_size, min_value=1)
+        check_int("user_size", self.user_size, min_value=1)
+        check_choice("user_propagation", self.user_propagation, ("init", "all"))
+        check_choice("loss", self.loss, LOSSES)
+        check_int("batch_size", self.batch_size, min_value=1)
+        for name in ("dropout_p_user", "dropout_p_session", "dropout_p_init", "momentum"):
+            check_real(name, getattr(self, name), min_value=0.0, max_value=1.0,
+                       max_inclusive=False)
+        check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
+        check_int("n_sample", self.n_sample, min_value=0)
+        check_real("sample_alpha", self.sample_alpha, min_value=0.0, max_value=1.0)
+        check_int("embedding", self.embedding, min_value=0)
+        check_bool("constrained_embedding", self.constrained_embedding)
+        check_real("bpreg", self.bpreg, min_value=0.0)
+        check_real("elu_param", self.elu_param, min_value=0.0)
+        check_real("logq", self.logq, min_value=0.0)
+        check_choice("final_activation", self.final_activation, ("auto",) + FINAL_ACTIVATIONS)
+        check_int("n_epochs", self.n_epochs, min_value=1)
+        check_int("sample_store_size", self.sample_store_size, min_value=1)
+
+    def _build_network(self) -> HRNNNetwork:
+        return HRNNNetwork(self.n_items_, int(self.session_size), int(self.user_size),
+                           embedding=int(self.embedding),
+                           constrained_embedding=bool(self.constrained_embedding),
+                           user_propagation=self.user_propagation)
+
+    def _step_config(self) -> StepConfig:
+        activation = self.final_activation
+        if activation == "auto":
+            activation = "elu" if self.loss == "bpr-max" and self.elu_param > 0 else "linear"
+        return StepConfig(loss=self.loss, activation=activation, bpreg=float(self.bpreg),
+                          elu_param=float(self.elu_param))
+
+    # -- training -------------------------------------------------------------------------
+
+    def _fit(self, events: SessionEvents) -> None:
+        device = self.device_
+        _, generator = torch_generator(self.random_state, device)
+        init_generator = torch.Generator().manual_seed(int(generator.initial_seed()))
+        network = self._build_network()
+        network.reset_parameters(init_generator)  # on the CPU: same weights on any device
+        network.to(device)
+
+        schedule = user_parallel_schedule(events, int(self.batch_size))
+        items = torch.as_tensor(events.items, device=device)
+        positions = torch.as_tensor(schedule.positions, device=device)
+        inputs, targets = items[positions], items[positions + 1]
+        user_start = torch.as_tensor(schedule.user_start, device=device)
+        session_start = schedule.session_start & ~schedule.user_start
+        keep = (~user_start).to(torch.float32).unsqueeze(1)
+        support = self.item_index_.support
+        sampler = None
+        if self.n_sample > 0:
+            sampler = NegativeSampler(support, float(self.sample_alpha), int(self.n_sample),
+                                      int(self.sample_store_size), device, generator)
+        shift_batch = shift_sample = None
+        if self.loss == "cross-entropy" and self.logq > 0:
+            log_support = torch.log(torch.as_tensor(support, dtype=torch.float32,
+                                                    device=device))
+            shift_batch = -float(self.logq) * log_support
+            shift_sample = shift_batch * float(self.sample_alpha)
+        config = self._step_config()
+        optimizer = AdagradMomentum(float(self.learning_rate), float(self.momentum))
+        training = network.start_training(
+            optimizer, int(self.batch_size),
+            (float(self.dropout_p_user), float(self.dropout_p_session),
+             float(self.dropout_p_init)), generator)
+
+        def step(start: int, stop: int, state: list) -> torch.Tensor:
+            for s in state:
+                s.mul_(keep[start:stop])  # a new user: both states restart from zero
+            samples = sampler.next() if sampler is not None else None
+            batch_targets = targets[start:stop]
+            shift = None
+            if shift_batch is not None:
+                shift = shift_batch[batch_targets]
+                if samples is not None:
+                    shift = torch.cat([shift, shift_sample[samples]])
+            # The slots whose session starts, from the host-side schedule (no device sync).
+            start_rows = torch.as_tensor(np.flatnonzero(session_start[start:stop]),
+                                         device=device)
+            return network.train_step(inputs[start:stop], batch_targets, samples, state,
+                                      start_rows, config, training, shift)
+
+        advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
+                  f"{self.momentum}).")
+        try:
+            self.history_ = train_parallel(
+                step, schedule, network.zero_state, n_epochs=int(self.n_epochs),
+                device=device, advice=advice, log=self._log if self.verbose else None,
+                name="HRNN")
+        finally:
+            training.finish()
+        self.network_ = network
+        # Every training user's state after their last session, for prediction.
+        self.user_labels_ = events.user_labels
+        self.user_states_ = torch.zeros(len(events.user_labels), int(self.user_size),
+                                        device=device)
+        final = {}
+        for _ in self._forward(events, np.zeros(events.n_events, dtype=bool),
+                               include_last=False, from_training=False, final=final):
+            pass
+        if final:
+            self.user_states_[torch.as_tensor(final["users"], device=device)] = final["states"]
+
+    # -- inference ------------------------------------------------------------------------
+
+    def _known_users(self, events: SessionEvents) -> np.ndarray:
+        """Training-user index of each frame user (-1 if unknown)."""
+        return self.user_labels_.get_indexer(events.user_labels)
+
+    def _forward(self, events: SessionEvents, score_after: np.ndarray, *, include_last: bool,
+                 from_training: bool, final: dict | None = None):
+        """Walk the frame's users in parallel; yield ``(positions, top states)`` to score.
+
+        ``from_training``: a known user's first frame session follows their training
+        history (starts from the stored state). ``final``, when given, receives each
+        frame user's state after their last session (``users``: frame user codes).
+        """
+        network, device = self.network_, self.device_
+        batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
+        schedule = user_parallel_schedule(events, batch, include_last=include_last)
+        if schedule.n_steps == 0:
+            return
+        positions = schedule.positions
+        entry_user = events.users[events.session_of_event[positions]]
+        last_position = np.full(len(events.user_labels), -1, dtype=np.int64)
+        np.maximum.at(last_position, entry_user, positions)
+        is_user_last = positions == last_position[entry_user]
+        known = self._known_users(events)[entry_user] if from_training else None
+        items = torch.as_tensor(events.items, device=device)
+        inputs = items[torch.as_tensor(positions, device=device)]
+        scored = score_after[positions]
+        bounds = schedule.step_offsets.tolist()
+        w = network.views(network.dense)
+        matrix = network.scoring_matrix()
+        hidden, user = network.zero_state(int(schedule.widths()[0]))
+        before = hidden.clone()  # each slot's state before its last input
+        final_users, final_states = [], []
+        for t in range(schedule.n_steps):
+            start, stop = bounds[t], bounds[t + 1]
+            if t in schedule.shrink:
+                rows = torch.as_tensor(schedule.shrink[t], device=device)
+                hidden, user, before = (s.index_select(0, rows) for s in (hidden, user, before))
+            user_first = schedule.user_start[start:stop]
+            session_first = schedule.session_start[start:stop] & ~user_first
+            last = before if include_last else hidden
+            with torch.no_grad():
+                if user_first.any():
+                    slots = torch.as_tensor(np.flatnonzero(user_first), device=device)
+                    hidden[slots] = 0.0
+                    user[slots] = 0.0
+                    if known is not None:
+                        k = known[start:stop][user_first]
+                        has = k >= 0
+                        if has.any():
+                            rows_known = slots[torch.as_tensor(np.flatnonzero(has),
+                                                               device=device)]
+                            c = self.user_states_[torch.as_tensor(k[has], device=device)]
+                            user[rows_known] = c
+                            hidden[rows_known] = network.session_init(w, c)
+                if session_first.any():
+                    slots = torch.as_tensor(np.flatnonzero(session_first), device=device)
+                    c = network.user_update(w, last[slots], user[slots])
+                    user[slots] = c
+                    hidden[slots] = network.session_init(w, c)
+                before = hidden.clone() if include_last else before
+                hidden = network.advance(inputs[start:stop], hidden, user, w)
+                ending = is_user_last[start:stop]
+                if final is not None and ending.any():
+                    slots = torch.as_tensor(np.flatnonzero(ending), device=device)
+                    state_in = (before if include_last else hidden)[slots]
+                    final_users.append(entry_user[start:stop][ending])
+                    final_states.append(network.user_update(w, state_in, user[slots]))
+            selected = scored[start:stop]
+            if selected.any():
+                top = hidden
+                if not selected.all():
+                    top = hidden.index_select(0, torch.as_tensor(np.flatnonzero(selected),
+                                                                 device=device))
+                yield positions[start:stop][selected], network.score_all(top, matrix)
+        if final is not None and final_users:
+            final["users"] = np.concatenate(final_users)
+            final["states"] = torch.cat(final_states)
+
+    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
+        include_last = bool(score_after[events.is_last].any())
+        yield from self._forward(events, score_after, include_last=include_last,
+                                 from_training=True)
+
+    def _empty_history_scores(self, events, sessions) -> torch.Tensor:
+        network = self.network_
+        known = self._known_users(events)[events.users[sessions]]
+        hidden = torch.zeros(len(sessions), int(self.session_size), device=self.device_)
+        has = np.flatnonzero(known >= 0)
+        with torch.no_grad():
+            if len(has):
+                c = self.user_states_[torch.as_tensor(known[has], device=self.device_)]
+                hidden[torch.as_tensor(has, device=self.device_)] = network.session_init(
+                    network.views(network.dense), c)
+            scores = network.score_all(hidden)
+        # Unknown users: the output bias alone (a zero state), as GRU4Rec.
+        return scores
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def _get_state(self) -> dict:
+        labels = self.user_labels_.tolist()
+        if not all(isinstance(v, (int, float, str)) for v in labels):
+            raise TypeError("save() needs int, float or str user labels; use joblib instead.")
+        return {"network": dict(self.network_.state_dict()), "history": self.history_,
+                "user_states": self.user_states_, "user_labels": labels}
+
+    def _set_state(self, state: dict) -> None:
+        network = self._build_network()
+        network.load_state_dict(state["network"])
+        self.network_ = network
+        self.history_ = state["history"]
+        self.user_states_ = state["user_states"]
+        self.user_labels_ = pd.Index(state["user_labels"])

@@ -1,0 +1,315 @@
+"""The HRNN network: a session-level GRU personalised by a user-level GRU.
+
+Quadrana et al. (RecSys 2017). The session GRU is GRU4Rec's (same GRU step, item tables,
+losses, sampler and optimiser); the user GRU reads the session GRU's last hidden state
+when a session ends, and the next session starts from ``tanh(W_init c + b_init)``.
+
+The training step is differentiated by autograd over one step (no back-propagation
+through time, as in GRU4Rec): the graph of a step runs from the stored states (hidden
+state of the session GRU, user state) through the user update (for the slots whose
+session starts here), the session initialisation, one session-GRU step and the sampled
+scores to the loss. So the user GRU and ``W_init`` learn at session starts, and with
+``user_propagation="all"`` the user-input weights of the session GRU learn at every step.
+Item tables still get sparse row updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._layers import DropoutMasks, gru_forward, init_uniform_
+from ._losses import cross_entropy_distinct, loss_and_grad
+from ._network import StepConfig
+from ._optim import AdagradMomentum, PackedTable, unique_rows
+
+__all__ = ["HRNNNetwork", "HRNNTraining"]
+
+
+@dataclass
+class HRNNTraining:
+    """What a training run keeps between steps (see :meth:`HRNNNetwork.start_training`)."""
+
+    optimizer: AdagradMomentum
+    tables: dict
+    grad_flat: torch.Tensor
+    user_masks: DropoutMasks | None
+    session_masks: DropoutMasks | None
+    init_masks: DropoutMasks | None
+
+    def finish(self) -> None:
+        """Give the item tables their own storage again (drops the optimiser state)."""
+        for table in self.tables.values():
+            table.release()
+
+
+class HRNNNetwork(nn.Module):
+    """Parameters of HRNN and the maths of its steps.
+
+    Item tables, updated by sparse row steps as in :class:`GRU4RecNetwork`: ``out``
+    (n_items x (H_s + 1), output weights with the bias in the last column) and the input
+    table: ``onehot`` (n_items x 3 H_s, the paper's one-hot input), ``embed`` (a separate
+    embedding) or, with ``constrained_embedding``, the output weights themselves. Every
+    other weight lives in the flat buffer ``dense``: the session GRU (``wx`` unless
+    one-hot, ``wrz``, ``wh``, ``b``), the user GRU (``u_wx``, ``u_wrz``, ``u_wh``,
+    ``u_b``), the initialisation (``w_init``, ``b_init``) and, for
+    ``user_propagation="all"``, ``w_user`` (user state to the reset and update gates).
+    """
+
+    def __init__(self, n_items: int, session_size: int, user_size: int, *,
+                 embedding: int = 0, constrained_embedding: bool = False,
+                 user_propagation: str = "init"):
+        super().__init__()
+        self.n_items = int(n_items)
+        self.session_size = hs = int(session_size)
+        self.user_size = hu = int(user_size)
+        self.user_propagation = user_propagation
+        if constrained_embedding:
+            self.input_mode, n_input = "constrained", hs
+        elif embedding > 0:
+            self.input_mode, n_input = "embedding", int(embedding)
+        else:
+            self.input_mode, n_input = "onehot", 0
+        self.out = nn.Parameter(torch.zeros(n_items, hs + 1), requires_grad=False)
+        self.embed = (nn.Parameter(torch.zeros(n_items, n_input), requires_grad=False)
+                      if self.input_mode == "embedding" else None)
+        self.onehot = (nn.Parameter(torch.zeros(n_items, 3 * hs), requires_grad=False)
+                       if self.input_mode == "onehot" else None)
+        # (name, rows, cols, gate blocks for the initialisation; 0 = zero-initialised bias)
+        layout = []
+        if self.input_mode != "onehot":
+            layout.append(("wx", n_input, 3 * hs, 3))
+        layout += [("wrz", hs, 2 * hs, 2), ("wh", hs, hs, 1), ("b", 1, 3 * hs, 0),
+                   ("u_wx", hs, 3 * hu, 3), ("u_wrz", hu, 2 * hu, 2), ("u_wh", hu, hu, 1),
+                   ("u_b", 1, 3 * hu, 0), ("w_init", hu, hs, 1), ("b_init", 1, hs, 0)]
+        if user_propagation == "all":
+            layout.append(("w_user", hu, 2 * hs, 2))
+        self._layout = layout
+        self.dense = nn.Parameter(torch.zeros(sum(r * c for _, r, c, _ in layout)),
+                                  requires_grad=False)
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named weight tensors as views into a flat buffer (biases are 1-d)."""
+        found, offset = {}, 0
+        for name, rows, cols, _ in self._layout:
+            block = flat[offset:offset + rows * cols]
+            found[name] = block if rows == 1 else block.view(rows, cols)
+            offset += rows * cols
+        return found
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GRU4Rec's initialisation: per-gate-block uniform weights, zero biases."""
+        self.out.zero_()
+        init_uniform_(self.out[:, :-1], generator=generator)
+        if self.embed is not None:
+            init_uniform_(self.embed, generator=generator)
+        if self.onehot is not None:
+            init_uniform_(self.onehot, n_blocks=3, generator=generator)
+        self.dense.zero_()
+        views = self.views(self.dense)
+        for name, _, _, blocks in self._layout:
+            if blocks:
+                init_uniform_(views[name], n_blocks=blocks, generator=generator)
+
+    def zero_state(self, batch_size: int) -> list[torch.Tensor]:
+        """Zero session and user states for ``batch_size`` slots."""
+        device = self.out.device
+        return [torch.zeros(batch_size, self.session_size, device=device),
+                torch.zeros(batch_size, self.user_size, device=device)]
+
+    # -- the maths shared by training and inference ---------------------------------------
+
+    @staticmethod
+    def user_update(w: dict, last_session: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        """``GRU_usr(last session state, user state)`` (the paper's equation 3)."""
+        gi = torch.addmm(w["u_b"], last_session, w["u_wx"])
+        return gru_forward(gi, user, w["u_wrz"], w["u_wh"], need_cache=False)[0]
+
+    @staticmethod
+    def session_init(w: dict, user: torch.Tensor) -> torch.Tensor:
+        """``tanh(W_init c + b_init)`` (the paper's equation 4)."""
+        return torch.addmm(w["b_init"], user, w["w_init"]).tanh()
+
+    def session_step(self, w: dict, x: torch.Tensor | None, onehot_rows: torch.Tensor | None,
+                     hidden: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        """One session-GRU step (the paper's equation 5 with ``user_propagation="all"``)."""
+        gi = onehot_rows + w["b"] if x is None else torch.addmm(w["b"], x, w["wx"])
+        if self.user_propagation == "all":
+            # The reference feeds the user state to the reset and update gates only.
+            size = self.session_size
+            gi = torch.cat([gi[:, :size], gi[:, size:] + user @ w["w_user"]], dim=1)
+        return gru_forward(gi, hidden, w["wrz"], w["wh"], need_cache=False)[0]
+
+    # -- inference ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def advance(self, items: torch.Tensor, hidden: torch.Tensor, user: torch.Tensor,
+                w: dict) -> torch.Tensor:
+        """Feed one item per slot (no dropout); return the new session state."""
+        x = onehot_rows = None
+        if self.input_mode == "constrained":
+            x = self.out[:, :-1].index_select(0, items)
+        elif self.input_mode == "embedding":
+            x = self.embed.index_select(0, items)
+        else:
+            onehot_rows = self.onehot.index_select(0, items)
+        return self.session_step(w, x, onehot_rows, hidden, user)
+
+    @torch.no_grad()
+    def scoring_matrix(self) -> torch.Tensor:
+        """``[W_y | b_y]`` transposed and contiguous, for :meth:`score_all`."""
+        return self.out.t().contiguous()
+
+    @torch.no_grad()
+    def score_all(self, h: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every item for each row of ``h``."""
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(torch.cat([h, h.new_ones(len(h), 1)], dim=1), matrix)
+
+    # -- training -------------------------------------------------------------------------
+
+    def start_training(self, optimizer: AdagradMomentum, batch_size: int,
+                       dropout: tuple[float, float, float],
+                       generator: torch.Generator) -> HRNNTraining:
+        """Pack the item tables with their optimiser state and prepare dropout masks.
+
+        ``dropout`` is (user-GRU output, session-GRU output, init vector), the paper's
+        order.
+        """
+        tables = {"out": PackedTable(self.out, optimizer)}
+        if self.embed is not None:
+            tables["embed"] = PackedTable(self.embed, optimizer)
+        if self.onehot is not None:
+            tables["onehot"] = PackedTable(self.onehot, optimizer)
+        device = self.out.device
+
+        def masks(p, width):
+            return (DropoutMasks(p, batch_size, width, device=device, generator=generator)
+                    if p > 0 else None)
+
+        return HRNNTraining(optimizer, tables, torch.zeros_like(self.dense),
+                            masks(dropout[0], self.user_size),
+                            masks(dropout[1], self.session_size),
+                            masks(dropout[2], self.session_size))
+
+    def train_step(self, items: torch.Tensor, targets: torch.Tensor,
+                   samples: torch.Tensor | None, state: list[torch.Tensor],
+                   start_rows: torch.Tensor, config: StepConfig, training: HRNNTraining,
+                   score_shift: torch.Tensor | None = None) -> torch.Tensor:
+        """One sampled training step; updates ``state`` and the parameters in place.
+
+        Parameters
+        ----------
+        items, targets : LongTensor (B,)
+            Input and next items of the B active slots.
+        samples : LongTensor (S,) or None
+            Extra negatives shared by the batch.
+        state : [session state (B, H_s), user state (B, H_u)]
+            Already zeroed where a user starts; replaced by the new states.
+        start_rows : LongTensor
+            Slots whose (non-first) session starts here: the user state is updated from
+            the carried session state, and the session state re-initialised from it.
+        score_shift : Tensor (B + S,) or None
+            Added to the column scores before the loss (logQ correction).
+
+        Returns
+        -------
+        Tensor
+            The loss summed over the batch (0-d, not synchronised).
+        """
+        n = items.shape[0]
+        size = self.session_size
+        columns = targets if samples is None else torch.cat([targets, samples])
+        constrained = self.input_mode == "constrained"
+        out_table = training.tables["out"]
+        touched = torch.cat([items, columns]) if constrained else columns
+        distinct, inverse = unique_rows(touched, self.n_items)
+        packed = out_table.gather(distinct)
+        column_of = inverse[n:] if constrained else inverse
+        out_rows = packed[0].detach().requires_grad_(True)
+        in_table = in_rows = in_inverse = in_packed = in_leaf = None
+        if not constrained:
+            in_table = training.tables["embed" if self.input_mode == "embedding" else "onehot"]
+            in_rows, in_inverse = unique_rows(items, self.n_items)
+            in_packed = in_table.gather(in_rows)
+            in_leaf = in_packed[0].detach().requires_grad_(True)
+        # One leaf per weight (views of the flat buffer): a leaf that is the whole buffer
+        # would make autograd build a buffer-sized gradient for every view it feeds.
+        w = {name: view.detach().requires_grad_(True)
+             for name, view in self.views(self.dense).items()}
+
+        with torch.enable_grad():
+            hidden, user = state
+            if len(start_rows):
+                # Where a session starts: user update from the last session state, then
+                # the new session state from the user state (each with its dropout).
+                new_user = self.user_update(w, hidden.index_select(0, start_rows),
+                                            user.index_select(0, start_rows))
+                if training.user_masks is not None:
+                    new_user = new_user * training.user_masks.next(len(start_rows))
+                init = self.session_init(w, new_user)
+                if training.init_masks is not None:
+                    init = init * training.init_masks.next(len(start_rows))
+                user = user.index_put((start_rows,), new_user)
+                hidden = hidden.index_put((start_rows,), init)
+            x = onehot_rows = None
+            if constrained:
+                x = out_rows[:, :size].index_select(0, inverse[:n])
+            elif self.input_mode == "embedding":
+                x = in_leaf.index_select(0, in_inverse)
+            else:
+                onehot_rows = in_leaf.index_select(0, in_inverse)
+            h = self.session_step(w, x, onehot_rows, hidden, user)
+            if training.session_masks is not None:
+                h = h * training.session_masks.next(n)
+            scores = torch.addmm(out_rows[:, size], h, out_rows[:, :size].t())
+            loss, d_scores, d_target = self._loss(scores, columns, column_of, n, config,
+                                                  score_shift)
+            torch.autograd.backward(d_target, d_scores)
+
+        grads = self.views(training.grad_flat)
+        for name, leaf in w.items():
+            if leaf.grad is None:  # e.g. the user GRU in a step where no session starts
+                grads[name].zero_()
+            else:
+                grads[name].copy_(leaf.grad)
+        training.optimizer.dense_step(self.dense, training.grad_flat)
+        keep_bias = None
+        if constrained:
+            # Rows touched only as inputs have no bias gradient: leave their bias alone.
+            keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=items.device)
+            keep_bias.index_fill_(0, column_of, False)
+        else:
+            in_table.step(in_rows, in_packed, in_leaf.grad)
+        out_table.step(distinct, packed, out_rows.grad, keep_bias)
+        state[0], state[1] = h.detach(), user.detach()
+        return loss
+
+    @staticmethod
+    def _loss(scores, columns, column_of, n, config, score_shift):
+        """Loss (sum over rows) and the gradient to feed back, over the distinct scores."""
+        if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
+            return scores.new_zeros(()), torch.zeros_like(scores), scores
+        if config.loss == "cross-entropy" and config.activation == "linear":
+            weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
+                      else score_shift.exp())
+            log_weight = torch.zeros(scores.shape[1], device=scores.device)
+            log_weight.index_add_(0, column_of, weight).log_()
+            target_cols = column_of[:n]
+            loss, grad = cross_entropy_distinct(scores.detach().clone(), target_cols,
+                                                log_weight)
+            constant = log_weight.index_select(0, target_cols).sum()
+            if score_shift is not None:
+                constant = constant - score_shift[:n].sum()
+            return loss + constant, grad, scores
+        col_scores = scores.index_select(1, column_of)
+        if score_shift is not None:
+            col_scores = col_scores + score_shift
+        loss, grad = loss_and_grad(col_scores.detach().clone(), config.loss,
+                                   bpreg=config.bpreg, activation=config.activation,
+                                   elu_param=config.elu_param)
+        return loss, grad, col_scores
