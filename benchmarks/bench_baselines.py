@@ -31,7 +31,7 @@ from sessionrec.evaluation import evaluate  # noqa: E402
 from sessionrec.model_selection import LastSessionSplit, train_test_split  # noqa: E402
 from sessionrec.preprocessing import SessionLengthFilter, SessionSplitter  # noqa: E402
 
-NEURAL = {"GRU4RecRecommender"}
+NEURAL = {"GRU4RecRecommender", "HRNNRecommender"}
 
 
 def peak_rss_mb() -> float:
@@ -79,7 +79,8 @@ def main() -> None:
         ml_train, ml_test = train_test_split(events, splitter=LastSessionSplit())
         print(f"\n2. models with users on ml-latest-small (30-minute sessions of >= 2 events, "
               f"last session of each user to test), device {args.device}")
-        for cls in [c for c in sessionrec.all_estimators() if needs_users(c)] + [
+        for cls in [c for c in sessionrec.all_estimators()
+                    if needs_users(c) and c.__name__ not in NEURAL] + [
                 sessionrec.ItemKNNRecommender]:
             bench_row(cls(device=args.device), ml_train, ml_test)
 
