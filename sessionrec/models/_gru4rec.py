@@ -11,19 +11,13 @@ from .._base import SessionRecommender, rows_per_block
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
 from .._validation import (
-    check_bool,
-    check_choice,
-    check_int,
     check_int_tuple,
     check_real,
-    torch_generator,
 )
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
-from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._network import GRU4RecNetwork, StepConfig
-from ..nn._optim import AdagradMomentum
-from ..nn._sampling import NegativeSampler
 from ..nn._trainer import train_parallel
+from ._recurrent import SampledTrainingMixin
 
 __all__ = ["GRU4RecRecommender"]
 
@@ -31,7 +25,7 @@ __all__ = ["GRU4RecRecommender"]
 _EVAL_BATCH = (64, 8192)
 
 
-class GRU4RecRecommender(SessionRecommender):
+class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     """GRU4Rec: a GRU over the session's items, trained with sampled ranking losses.
 
     The model of Hidasi et al. (ICLR 2016) with the improvements of the official
@@ -196,29 +190,14 @@ class GRU4RecRecommender(SessionRecommender):
 
     def _validate_params(self) -> None:
         check_int_tuple("layers", self.layers)
-        check_choice("loss", self.loss, LOSSES)
-        check_int("batch_size", self.batch_size, min_value=1)
-        for name in ("dropout_p_embed", "dropout_p_hidden", "momentum"):
+        for name in ("dropout_p_embed", "dropout_p_hidden"):
             check_real(name, getattr(self, name), min_value=0.0, max_value=1.0,
                        max_inclusive=False)
-        check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
-        check_int("n_sample", self.n_sample, min_value=0)
-        check_real("sample_alpha", self.sample_alpha, min_value=0.0, max_value=1.0)
-        check_int("embedding", self.embedding, min_value=0)
-        check_bool("constrained_embedding", self.constrained_embedding)
-        check_real("bpreg", self.bpreg, min_value=0.0)
-        check_real("elu_param", self.elu_param, min_value=0.0)
-        check_real("logq", self.logq, min_value=0.0)
-        check_choice("final_activation", self.final_activation, ("auto",) + FINAL_ACTIVATIONS)
-        check_int("n_epochs", self.n_epochs, min_value=1)
-        check_int("sample_store_size", self.sample_store_size, min_value=1)
+        self._validate_training_params()
 
     def _step_config(self) -> StepConfig:
-        activation = self.final_activation
-        if activation == "auto":
-            activation = "elu" if self.loss == "bpr-max" and self.elu_param > 0 else "linear"
-        return StepConfig(loss=self.loss, activation=activation, bpreg=float(self.bpreg),
-                          elu_param=float(self.elu_param),
+        return StepConfig(loss=self.loss, activation=self._activation(),
+                          bpreg=float(self.bpreg), elu_param=float(self.elu_param),
                           dropout_p_embed=float(self.dropout_p_embed),
                           dropout_p_hidden=float(self.dropout_p_hidden))
 
@@ -231,45 +210,24 @@ class GRU4RecRecommender(SessionRecommender):
 
     def _fit(self, events: SessionEvents) -> None:
         device = self.device_
-        _, generator = torch_generator(self.random_state, device)
-        init_generator = torch.Generator().manual_seed(int(generator.initial_seed()))
-        network = self._build_network()
-        network.reset_parameters(init_generator)  # on the CPU: same weights on any device
-        network.to(device)
-
+        network, generator = self._initialised(self._build_network())
         schedule = session_parallel_schedule(events, int(self.batch_size))
         items = torch.as_tensor(events.items, device=device)
         positions = torch.as_tensor(schedule.positions, device=device)
         inputs, targets = items[positions], items[positions + 1]
         keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
                                device=device).unsqueeze(1)
-        support = self.item_index_.support
-        sampler = None
-        if self.n_sample > 0:
-            sampler = NegativeSampler(support, float(self.sample_alpha), int(self.n_sample),
-                                      int(self.sample_store_size), device, generator)
-        shift_batch = shift_sample = None
-        if self.loss == "cross-entropy" and self.logq > 0:
-            # logQ correction: in-batch targets occur by support, samples by support^alpha.
-            log_support = torch.log(torch.as_tensor(support, dtype=torch.float32,
-                                                    device=device))
-            shift_batch = -float(self.logq) * log_support
-            shift_sample = shift_batch * float(self.sample_alpha)
+        sampler, score_shift = self._negatives(generator)
         config = self._step_config()
-        optimizer = AdagradMomentum(float(self.learning_rate), float(self.momentum))
         batch_size = int(self.batch_size)
-        training = network.start_training(optimizer, config, batch_size, generator)
+        training = network.start_training(self._optimizer(), config, batch_size, generator)
 
         def run(batch_items, batch_targets, samples, keep_rows, hidden, state, inplace):
             for h in hidden:
                 h.mul_(keep_rows)  # reset the slots whose session starts here
-            shift = None
-            if shift_batch is not None:
-                shift = shift_batch[batch_targets]
-                if samples is not None:
-                    shift = torch.cat([shift, shift_sample[samples]])
             return network.train_step(batch_items, batch_targets, samples, hidden, config,
-                                      state, shift, hidden_inplace=inplace)
+                                      state, score_shift(batch_targets, samples),
+                                      hidden_inplace=inplace)
 
         replay = _static_step(network, training, run, schedule, sampler, device)
 

@@ -9,19 +9,17 @@ import torch
 from .._base import SessionRecommender, rows_per_block
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents
-from .._validation import check_bool, check_choice, check_int, check_real, torch_generator
+from .._validation import check_choice, check_int, check_real
 from ..nn._hierarchical import HRNNNetwork
-from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._network import StepConfig
-from ..nn._optim import AdagradMomentum
-from ..nn._sampling import NegativeSampler
 from ..nn._trainer import train_parallel
 from ._gru4rec import _EVAL_BATCH
+from ._recurrent import SampledTrainingMixin
 
 __all__ = ["HRNNRecommender"]
 
 
-class HRNNRecommender(SessionRecommender):
+class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     """HRNN: a session GRU whose sessions start from a user GRU's state.
 
     The hierarchical RNN of Quadrana et al. (RecSys 2017). A session-level GRU works as in
@@ -177,22 +175,10 @@ class HRNNRecommender(SessionRecommender):
         check_int("session_size", self.session_size, min_value=1)
         check_int("user_size", self.user_size, min_value=1)
         check_choice("user_propagation", self.user_propagation, ("init", "all"))
-        check_choice("loss", self.loss, LOSSES)
-        check_int("batch_size", self.batch_size, min_value=1)
-        for name in ("dropout_p_user", "dropout_p_session", "dropout_p_init", "momentum"):
+        for name in ("dropout_p_user", "dropout_p_session", "dropout_p_init"):
             check_real(name, getattr(self, name), min_value=0.0, max_value=1.0,
                        max_inclusive=False)
-        check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
-        check_int("n_sample", self.n_sample, min_value=0)
-        check_real("sample_alpha", self.sample_alpha, min_value=0.0, max_value=1.0)
-        check_int("embedding", self.embedding, min_value=0)
-        check_bool("constrained_embedding", self.constrained_embedding)
-        check_real("bpreg", self.bpreg, min_value=0.0)
-        check_real("elu_param", self.elu_param, min_value=0.0)
-        check_real("logq", self.logq, min_value=0.0)
-        check_choice("final_activation", self.final_activation, ("auto",) + FINAL_ACTIVATIONS)
-        check_int("n_epochs", self.n_epochs, min_value=1)
-        check_int("sample_store_size", self.sample_store_size, min_value=1)
+        self._validate_training_params()
 
     def _build_network(self) -> HRNNNetwork:
         return HRNNNetwork(self.n_items_, int(self.session_size), int(self.user_size),
@@ -201,22 +187,14 @@ class HRNNRecommender(SessionRecommender):
                            user_propagation=self.user_propagation)
 
     def _step_config(self) -> StepConfig:
-        activation = self.final_activation
-        if activation == "auto":
-            activation = "elu" if self.loss == "bpr-max" and self.elu_param > 0 else "linear"
-        return StepConfig(loss=self.loss, activation=activation, bpreg=float(self.bpreg),
-                          elu_param=float(self.elu_param))
+        return StepConfig(loss=self.loss, activation=self._activation(),
+                          bpreg=float(self.bpreg), elu_param=float(self.elu_param))
 
     # -- training -------------------------------------------------------------------------
 
     def _fit(self, events: SessionEvents) -> None:
         device = self.device_
-        _, generator = torch_generator(self.random_state, device)
-        init_generator = torch.Generator().manual_seed(int(generator.initial_seed()))
-        network = self._build_network()
-        network.reset_parameters(init_generator)  # on the CPU: same weights on any device
-        network.to(device)
-
+        network, generator = self._initialised(self._build_network())
         schedule = user_parallel_schedule(events, int(self.batch_size))
         items = torch.as_tensor(events.items, device=device)
         positions = torch.as_tensor(schedule.positions, device=device)
@@ -224,21 +202,10 @@ class HRNNRecommender(SessionRecommender):
         user_start = torch.as_tensor(schedule.user_start, device=device)
         session_start = schedule.session_start & ~schedule.user_start
         keep = (~user_start).to(torch.float32).unsqueeze(1)
-        support = self.item_index_.support
-        sampler = None
-        if self.n_sample > 0:
-            sampler = NegativeSampler(support, float(self.sample_alpha), int(self.n_sample),
-                                      int(self.sample_store_size), device, generator)
-        shift_batch = shift_sample = None
-        if self.loss == "cross-entropy" and self.logq > 0:
-            log_support = torch.log(torch.as_tensor(support, dtype=torch.float32,
-                                                    device=device))
-            shift_batch = -float(self.logq) * log_support
-            shift_sample = shift_batch * float(self.sample_alpha)
+        sampler, score_shift = self._negatives(generator)
         config = self._step_config()
-        optimizer = AdagradMomentum(float(self.learning_rate), float(self.momentum))
         training = network.start_training(
-            optimizer, int(self.batch_size),
+            self._optimizer(), int(self.batch_size),
             (float(self.dropout_p_user), float(self.dropout_p_session),
              float(self.dropout_p_init)), generator)
 
@@ -247,11 +214,7 @@ class HRNNRecommender(SessionRecommender):
                 s.mul_(keep[start:stop])  # a new user: both states restart from zero
             samples = sampler.next() if sampler is not None else None
             batch_targets = targets[start:stop]
-            shift = None
-            if shift_batch is not None:
-                shift = shift_batch[batch_targets]
-                if samples is not None:
-                    shift = torch.cat([shift, shift_sample[samples]])
+            shift = score_shift(batch_targets, samples)
             # The slots whose session starts, from the host-side schedule (no device sync).
             start_rows = torch.as_tensor(np.flatnonzero(session_start[start:stop]),
                                          device=device)

@@ -1,0 +1,88 @@
+"""What the recurrent recommenders (GRU4Rec, HRNN) share beyond ``sessionrec.nn``.
+
+The hyperparameters of sampled training (loss, negatives, optimiser, epochs) have the same
+names, meanings and checks in every recurrent model; this mixin holds their validation
+and turns them into the training objects, so each model states only its architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._validation import check_bool, check_choice, check_int, check_real, torch_generator
+from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
+from ..nn._optim import AdagradMomentum
+from ..nn._sampling import NegativeSampler
+
+__all__ = ["SampledTrainingMixin"]
+
+
+class SampledTrainingMixin:
+    """Validation and set-up of the shared training hyperparameters.
+
+    Expects the attributes ``loss``, ``batch_size``, ``learning_rate``, ``momentum``,
+    ``n_sample``, ``sample_alpha``, ``embedding``, ``constrained_embedding``, ``bpreg``,
+    ``elu_param``, ``logq``, ``final_activation``, ``n_epochs``, ``sample_store_size``
+    and ``random_state``, and a fitted ``item_index_`` / ``device_``.
+    """
+
+    def _validate_training_params(self) -> None:
+        check_choice("loss", self.loss, LOSSES)
+        check_int("batch_size", self.batch_size, min_value=1)
+        check_real("momentum", self.momentum, min_value=0.0, max_value=1.0,
+                   max_inclusive=False)
+        check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
+        check_int("n_sample", self.n_sample, min_value=0)
+        check_real("sample_alpha", self.sample_alpha, min_value=0.0, max_value=1.0)
+        check_int("embedding", self.embedding, min_value=0)
+        check_bool("constrained_embedding", self.constrained_embedding)
+        check_real("bpreg", self.bpreg, min_value=0.0)
+        check_real("elu_param", self.elu_param, min_value=0.0)
+        check_real("logq", self.logq, min_value=0.0)
+        check_choice("final_activation", self.final_activation, ("auto",) + FINAL_ACTIVATIONS)
+        check_int("n_epochs", self.n_epochs, min_value=1)
+        check_int("sample_store_size", self.sample_store_size, min_value=1)
+
+    def _activation(self) -> str:
+        """The final activation inside the loss: ``"auto"`` is ELU for bpr-max (official)."""
+        if self.final_activation != "auto":
+            return self.final_activation
+        return "elu" if self.loss == "bpr-max" and self.elu_param > 0 else "linear"
+
+    def _initialised(self, network: torch.nn.Module):
+        """``network`` initialised on the CPU (the same weights on any device), moved to
+        the device, and the generator of the run's sampling and dropout."""
+        device = self.device_
+        _, generator = torch_generator(self.random_state, device)
+        init_generator = torch.Generator().manual_seed(int(generator.initial_seed()))
+        network.reset_parameters(init_generator)
+        network.to(device)
+        return network, generator
+
+    def _optimizer(self) -> AdagradMomentum:
+        return AdagradMomentum(float(self.learning_rate), float(self.momentum))
+
+    def _negatives(self, generator: torch.Generator):
+        """The negative sampler (None for in-batch only) and the logQ shift function.
+
+        The shift function maps ``(targets, samples)`` to the per-column score shift of
+        the logQ correction, or None: in-batch targets occur by support, samples by
+        support^alpha.
+        """
+        device, support = self.device_, self.item_index_.support
+        sampler = None
+        if self.n_sample > 0:
+            sampler = NegativeSampler(support, float(self.sample_alpha), int(self.n_sample),
+                                      int(self.sample_store_size), device, generator)
+        if not (self.loss == "cross-entropy" and self.logq > 0):
+            return sampler, lambda targets, samples: None
+        log_support = torch.log(torch.as_tensor(support, dtype=torch.float32, device=device))
+        shift_batch = -float(self.logq) * log_support
+        shift_sample = shift_batch * float(self.sample_alpha)
+
+        def shift(targets, samples):
+            if samples is None:
+                return shift_batch[targets]
+            return torch.cat([shift_batch[targets], shift_sample[samples]])
+
+        return sampler, shift
