@@ -228,7 +228,8 @@ def user_stream_order(events: SessionEvents) -> tuple[np.ndarray, np.ndarray]:
 
 
 def user_parallel_schedule(events: SessionEvents, batch_size: int, *,
-                           include_last: bool = False) -> ParallelSchedule:
+                           include_last: bool = False,
+                           longest_first: bool = False) -> ParallelSchedule:
     """User-parallel mini-batches of the HRNN paper.
 
     Each slot walks one user's sessions in order; ``session_start`` marks where the
@@ -236,6 +237,9 @@ def user_parallel_schedule(events: SessionEvents, batch_size: int, *,
     reset as well. With the default ``include_last=False`` the steps are (input, target)
     pairs, so sessions with a single event add no step (their user still gets the
     others); with ``include_last=True`` every event is an input (a forward pass).
+    Users are taken in the order of their first session, or with ``longest_first=True``
+    by decreasing number of steps (stable for ties): long streams then end together with
+    the rest instead of leaving a tail of narrow steps.
 
     Examples
     --------
@@ -249,6 +253,14 @@ def user_parallel_schedule(events: SessionEvents, batch_size: int, *,
     ([0, 2, 4], [True, True, True], [True, True, False])
     """
     sessions, user_offsets = user_stream_order(events)
+    if longest_first:
+        lengths = events.offsets[sessions + 1] - events.offsets[sessions]
+        steps = lengths if include_last else np.maximum(lengths - 1, 0)
+        per_user = np.add.reduceat(steps, user_offsets[:-1]) if len(sessions) else steps
+        order = np.argsort(-per_user, kind="stable")
+        counts = np.diff(user_offsets)[order]
+        sessions = sessions[ragged_arange(user_offsets[:-1][order], counts)]
+        user_offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
     flat, n = _pair_inputs(events.offsets, sessions, include_last=include_last)
     # Step-space offsets of each session, then of each user (a run of sessions).
     session_step_offsets = np.zeros(len(n) + 1, dtype=np.int64)

@@ -89,10 +89,20 @@ def test_bootstrapping_earlier_sessions_in_the_frame_changes_the_state(fitted):
     assert not np.allclose(with_history.loc[session].to_numpy(), alone.loc[session].to_numpy())
 
 
-def test_user_parallel_schedule_resets_exactly_at_user_changes():
+@pytest.mark.parametrize("longest_first", [False, True])
+def test_user_parallel_schedule_resets_exactly_at_user_changes(longest_first):
     events = make_sessions(n_sessions=60, n_items=30, n_users=7, random_state=3)
     ev, _ = to_session_events(events, user_key="UserId")
-    schedule = user_parallel_schedule(ev, batch_size=3)
+    schedule = user_parallel_schedule(ev, batch_size=3, longest_first=longest_first)
+    if longest_first:  # users by decreasing number of steps, each user's sessions in order
+        user_of = ev.users[ev.session_of_event[schedule.positions]]
+        steps = np.bincount(user_of, minlength=7)
+        first_step = {}
+        for t in range(schedule.n_steps):
+            for e in range(schedule.step_offsets[t], schedule.step_offsets[t + 1]):
+                first_step.setdefault(user_of[e], t)
+        by_start = sorted(first_step, key=lambda u: (first_step[u], -steps[u]))
+        assert [steps[u] for u in by_start][:3] == sorted(steps, reverse=True)[:3]
     user_of = ev.users[ev.session_of_event[schedule.positions]]
     session_of = ev.session_of_event[schedule.positions]
     # Follow every slot: a user starts exactly where the slot's user changes, and a
@@ -127,7 +137,7 @@ def test_training_resets_states_at_user_starts(monkeypatch):
     HRNNRecommender(session_size=8, user_size=4, n_epochs=1, batch_size=3, device="cpu",
                     random_state=0).fit(events)
     ev, _ = to_session_events(events, user_key="UserId")
-    schedule = user_parallel_schedule(ev, batch_size=3)
+    schedule = user_parallel_schedule(ev, batch_size=3, longest_first=True)
     for t, (hidden, user) in enumerate(seen):
         lo, hi = schedule.step_offsets[t], schedule.step_offsets[t + 1]
         starts = torch.as_tensor(schedule.user_start[lo:hi])
