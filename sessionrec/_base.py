@@ -461,9 +461,7 @@ class SessionRecommender(BaseEstimator):
                     f"save() stores only plain parameter values; {name}={value!r} is not "
                     "one. Set it to a plain value (e.g. an int random_state) or use joblib."
                 )
-        labels = self.item_index_.labels.tolist()
-        if not all(isinstance(v, (int, float, str)) for v in labels):
-            raise TypeError("save() needs int, float or str item labels; use joblib instead.")
+        labels = plain_labels(self.item_index_.labels, "item")
         state = self._get_state()
         payload = {
             "format": _SAVE_FORMAT, "format_version": _SAVE_VERSION,
@@ -513,6 +511,15 @@ class SessionRecommender(BaseEstimator):
         est._set_state(payload["state"])
         est._to_device(resolved)
         return est
+
+
+def plain_labels(labels, what: str) -> list:
+    """``labels`` as a list for :meth:`SessionRecommender.save`, which stores plain values
+    only (``torch.load(weights_only=True)``); ``what`` names them in the error."""
+    labels = list(labels.tolist())
+    if not all(isinstance(v, (int, float, str)) for v in labels):
+        raise TypeError(f"save() needs int, float or str {what} labels; use joblib instead.")
+    return labels
 
 
 def _is_plain(value) -> bool:

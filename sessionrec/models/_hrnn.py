@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._base import SessionRecommender, rows_per_block
+from .._base import SessionRecommender, plain_labels, rows_per_block
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents
 from .._validation import check_choice, check_int, check_real
@@ -349,9 +349,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     # -- persistence ----------------------------------------------------------------------
 
     def _get_state(self) -> dict:
-        labels = self.user_labels_.tolist()
-        if not all(isinstance(v, (int, float, str)) for v in labels):
-            raise TypeError("save() needs int, float or str user labels; use joblib instead.")
+        labels = plain_labels(self.user_labels_, "user")
         return {"network": dict(self.network_.state_dict()), "history": self.history_,
                 "user_states": self.user_states_, "user_labels": labels}
 

@@ -338,8 +338,12 @@ class SKNNRecommender(SessionRecommender):
         starts = events.session_starts[positions]
         blocks = self._blocks(positions, extra_cost=positions - starts + 1)
         for block, scores in self._map_blocks(
-                lambda block: self._scores(self._prefix_sets(events, block)), blocks):
+                lambda block: self._block_scores(events, block), blocks):
             yield block, torch.as_tensor(scores, device=self.device_)
+
+    def _block_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
+        """Scores of all items after each of ``positions`` (numpy, in a worker thread)."""
+        return self._scores(self._prefix_sets(events, positions))
 
     def _empty_history_scores(self, events, sessions):
         return popularity_scores(self)
@@ -439,15 +443,7 @@ class VSKNNRecommender(SKNNRecommender):
         check_choice("position_weighting", self.position_weighting, _POSITION_WEIGHTS)
         check_choice("score_weighting", self.score_weighting, _SCORE_WEIGHTS)
 
-    def _iter_scores(self, events, score_after):
-        positions = np.flatnonzero(score_after)
-        starts = events.session_starts[positions]
-        blocks = self._blocks(positions, extra_cost=positions - starts + 1)
-        for block, scores in self._map_blocks(
-                lambda block: self._weighted_scores(events, block), blocks):
-            yield block, torch.as_tensor(scores, device=self.device_)
-
-    def _weighted_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
+    def _block_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         n_rows, n_sessions = len(positions), self.session_items_.shape[0]
         rows, items, count, lengths = self._prefix_entries(events, positions)
         weight = _POSITION_WEIGHTS[self.position_weighting](count.astype(np.float64),
@@ -558,15 +554,7 @@ class STANRecommender(SKNNRecommender):
         last_event = events.offsets[1:] - 1
         self._end_seconds_ = events.seconds[np.maximum(last_event, 0)]
 
-    def _iter_scores(self, events, score_after):
-        positions = np.flatnonzero(score_after)
-        starts = events.session_starts[positions]
-        blocks = self._blocks(positions, extra_cost=positions - starts + 1)
-        for block, scores in self._map_blocks(
-                lambda block: self._stan_scores(events, block), blocks):
-            yield block, torch.as_tensor(scores, device=self.device_)
-
-    def _stan_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
+    def _block_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         n_rows = len(positions)
         rows, items, count, lengths = self._prefix_entries(events, positions)
         weight = np.exp((count - lengths[rows]) / float(self.lambda_spw))

@@ -14,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .._base import SessionRecommender
+from .._base import SessionRecommender, plain_labels
 from .._events import SessionEvents, ragged_arange
 from ._item_matrix import csr_from_state, csr_state
 
@@ -380,9 +380,7 @@ class PersonalPopularityRecommender(SessionRecommender):
         return scores.add_(self.tie_break_)
 
     def _get_state(self):
-        labels = self.user_labels_.tolist()
-        if not all(isinstance(v, (int, float, str)) for v in labels):
-            raise TypeError("save() needs int, float or str user labels; use joblib instead.")
+        labels = plain_labels(self.user_labels_, "user")
         return {"tie_break": self.tie_break_, **csr_state(self.user_items_, "user_"),
                 "user_labels": labels}
 
