@@ -16,6 +16,10 @@ FAST_PARAMS: dict[str, dict] = {
                            "random_state": 0},
     "HRNNRecommender": {"session_size": 16, "user_size": 8, "n_epochs": 2, "batch_size": 8,
                         "random_state": 0},
+    # The shared suite fits without item features; tests/test_prnn.py runs the same
+    # checks (pickle, save, GridSearchCV, bad input) on the feature architectures.
+    "ParallelRNNRecommender": {"architecture": "id", "hidden_size": 16, "n_epochs": 2,
+                               "batch_size": 16, "random_state": 0},
     "ItemKNNRecommender": {},
     "MarkovRecommender": {},
     "SequentialRulesRecommender": {},

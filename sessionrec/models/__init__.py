@@ -14,6 +14,7 @@ from ._popularity import (
     PopularityRecommender,
     SessionPopularityRecommender,
 )
+from ._prnn import ParallelRNNRecommender
 from ._rules import MarkovRecommender, SequentialRulesRecommender
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "HRNNRecommender",
     "ItemKNNRecommender",
     "MarkovRecommender",
+    "ParallelRNNRecommender",
     "SequentialRulesRecommender",
     "SKNNRecommender",
     "STANRecommender",

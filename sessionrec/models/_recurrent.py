@@ -34,8 +34,9 @@ class SampledTrainingMixin:
         check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
         check_int("n_sample", self.n_sample, min_value=0)
         check_real("sample_alpha", self.sample_alpha, min_value=0.0, max_value=1.0)
-        check_int("embedding", self.embedding, min_value=0)
-        check_bool("constrained_embedding", self.constrained_embedding)
+        if hasattr(self, "embedding"):  # models with a choice of item input
+            check_int("embedding", self.embedding, min_value=0)
+            check_bool("constrained_embedding", self.constrained_embedding)
         check_real("bpreg", self.bpreg, min_value=0.0)
         check_real("elu_param", self.elu_param, min_value=0.0)
         check_real("logq", self.logq, min_value=0.0)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._layers import DropoutMasks, gru_forward, init_uniform_
-from ._losses import cross_entropy_distinct, loss_and_grad
+from ._losses import sampled_loss
 from ._network import StepConfig
 from ._optim import AdagradMomentum, PackedTable, unique_rows
 
@@ -267,7 +267,7 @@ class HRNNNetwork(nn.Module):
             if training.session_masks is not None:
                 h = h * training.session_masks.next(n)
             scores = torch.addmm(out_rows[:, size], h, out_rows[:, :size].t())
-            loss, d_scores, d_target = self._loss(scores, columns, column_of, n, config,
+            loss, d_scores, d_target = sampled_loss(scores, columns, column_of, n, config,
                                                   score_shift)
             torch.autograd.backward(d_target, d_scores)
 
@@ -288,28 +288,3 @@ class HRNNNetwork(nn.Module):
         out_table.step(distinct, packed, out_rows.grad, keep_bias)
         state[0], state[1] = h.detach(), user.detach()
         return loss
-
-    @staticmethod
-    def _loss(scores, columns, column_of, n, config, score_shift):
-        """Loss (sum over rows) and the gradient to feed back, over the distinct scores."""
-        if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
-            return scores.new_zeros(()), torch.zeros_like(scores), scores
-        if config.loss == "cross-entropy" and config.activation == "linear":
-            weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
-                      else score_shift.exp())
-            log_weight = torch.zeros(scores.shape[1], device=scores.device)
-            log_weight.index_add_(0, column_of, weight).log_()
-            target_cols = column_of[:n]
-            loss, grad = cross_entropy_distinct(scores.detach().clone(), target_cols,
-                                                log_weight)
-            constant = log_weight.index_select(0, target_cols).sum()
-            if score_shift is not None:
-                constant = constant - score_shift[:n].sum()
-            return loss + constant, grad, scores
-        col_scores = scores.index_select(1, column_of)
-        if score_shift is not None:
-            col_scores = col_scores + score_shift
-        loss, grad = loss_and_grad(col_scores.detach().clone(), config.loss,
-                                   bpreg=config.bpreg, activation=config.activation,
-                                   elu_param=config.elu_param)
-        return loss, grad, col_scores

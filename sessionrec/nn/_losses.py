@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LOSSES", "FINAL_ACTIVATIONS", "loss_and_grad", "cross_entropy_distinct"]
+__all__ = ["LOSSES", "FINAL_ACTIVATIONS", "loss_and_grad", "cross_entropy_distinct",
+           "sampled_loss"]
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")
 FINAL_ACTIVATIONS = ("linear", "tanh", "elu")
@@ -129,3 +130,42 @@ def loss_and_grad(scores: torch.Tensor, loss: str, *, bpreg: float = 1.0,
         total = per_row.sum()
         (grad,) = torch.autograd.grad(total, leaf)
     return total.detach(), grad.mul_(1.0 / n_rows)
+
+
+def sampled_loss(scores, columns, column_of, n, config, score_shift):
+    """Loss of a step whose scores are computed over *distinct* columns, for autograd.
+
+    ``scores`` (n x D) holds the scores of the D distinct items among ``columns`` (the n
+    targets, then the samples); ``column_of`` maps each column to its distinct item.
+    ``config`` gives ``loss``, ``activation``, ``bpreg`` and ``elu_param``;
+    ``score_shift`` (len(columns),) or None is the logQ shift.
+
+    Returns
+    -------
+    loss : Tensor
+        The loss summed over rows (0-d).
+    grad, output : Tensor
+        Call ``torch.autograd.backward(output, grad)`` to back-propagate the gradient of
+        the mean loss.
+    """
+    if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
+        return scores.new_zeros(()), torch.zeros_like(scores), scores
+    if config.loss == "cross-entropy" and config.activation == "linear":
+        weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
+                  else score_shift.exp())
+        log_weight = torch.zeros(scores.shape[1], device=scores.device)
+        log_weight.index_add_(0, column_of, weight).log_()
+        target_cols = column_of[:n]
+        loss, grad = cross_entropy_distinct(scores.detach().clone(), target_cols,
+                                            log_weight)
+        constant = log_weight.index_select(0, target_cols).sum()
+        if score_shift is not None:
+            constant = constant - score_shift[:n].sum()
+        return loss + constant, grad, scores
+    col_scores = scores.index_select(1, column_of)
+    if score_shift is not None:
+        col_scores = col_scores + score_shift
+    loss, grad = loss_and_grad(col_scores.detach().clone(), config.loss,
+                               bpreg=config.bpreg, activation=config.activation,
+                               elu_param=config.elu_param)
+    return loss, grad, col_scores

@@ -1,0 +1,470 @@
+"""p-RNN: parallel GRU subnets over item IDs and item features (Hidasi et al., RecSys 2016)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .._base import SessionRecommender, rows_per_block
+from .._batching import session_parallel_schedule
+from .._events import SessionEvents
+from .._validation import check_choice, check_int, check_real
+from ..nn._network import StepConfig
+from ..nn._parallel import ParallelNetwork, SubnetSpec
+from ..nn._trainer import train_parallel
+from ..preprocessing._features import ItemFeatures
+from ._gru4rec import _EVAL_BATCH
+from ._recurrent import SampledTrainingMixin
+
+__all__ = ["ParallelRNNRecommender"]
+
+ARCHITECTURES = ("id", "feature", "concat", "parallel", "shared_w", "interaction")
+TRAININGS = ("simultaneous", "alternating", "residual", "interleaving")
+_HEAD = {"id": "sum", "feature": "sum", "concat": "sum", "parallel": "sum",
+         "shared_w": "shared", "interaction": "interaction"}
+
+
+def _as_item_features(value, what: str) -> ItemFeatures:
+    """One feature set given as ItemFeatures, a DataFrame or a (labels, matrix) pair."""
+    if isinstance(value, ItemFeatures):
+        features = value
+    elif isinstance(value, pd.DataFrame):
+        non_numeric = [c for c in value.columns
+                       if not pd.api.types.is_numeric_dtype(value[c])
+                       or pd.api.types.is_bool_dtype(value[c])]
+        if non_numeric:
+            raise TypeError(f"{what} must have numeric columns only; "
+                            f"{non_numeric[:3]} are not numeric.")
+        features = ItemFeatures(value.index, value.to_numpy(dtype=np.float32))
+    elif isinstance(value, tuple) and len(value) == 2:
+        labels, matrix = value
+        if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray)):
+            raise TypeError(f"{what}: the matrix of a (labels, matrix) pair must be a "
+                            f"numpy array or a scipy sparse matrix; got {type(matrix)}.")
+        try:
+            features = ItemFeatures(pd.Index(labels), matrix)
+        except ValueError as error:
+            raise ValueError(f"{what}: {error}") from None
+    else:
+        raise TypeError(f"{what} must be an ItemFeatures, a DataFrame indexed by item label "
+                        f"or a (labels, matrix) pair; got {type(value).__name__}.")
+    if features.n_features == 0:
+        raise ValueError(f"{what} has no feature columns.")
+    values = features.matrix.data if features.is_sparse else features.matrix
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what} contains NaN or infinite values.")
+    return features
+
+
+def _feature_sets(item_features) -> dict[str, ItemFeatures]:
+    """``item_features`` as an ordered {name: ItemFeatures}."""
+    if item_features is None:
+        return {}
+    if not isinstance(item_features, Mapping):
+        return {"features": _as_item_features(item_features, "item_features")}
+    if not item_features:
+        raise ValueError("item_features is an empty mapping; pass None for no features.")
+    found = {}
+    for name, value in item_features.items():
+        if not isinstance(name, str) or not name or name in ("id", "features", "concat"):
+            raise ValueError(f"item_features keys must be non-empty strings other than "
+                             f"'id', 'features' and 'concat'; got {name!r}.")
+        found[name] = _as_item_features(value, f"item_features[{name!r}]")
+    return found
+
+
+class ParallelRNNRecommender(SampledTrainingMixin, SessionRecommender):
+    """p-RNN: session GRUs over item IDs and item features, merged to score items.
+
+    The parallel RNNs of Hidasi et al. (RecSys 2016). Items often come with text and
+    images; a p-RNN reads each representation of the clicked item with its own GRU
+    *subnet* (the ID's one-hot vector, and each feature set passed to :meth:`fit`) and
+    merges the subnets' hidden states to score every item. Each subnet is GRU4Rec's GRU:
+    session-parallel mini-batches with hidden-state resets, no back-propagation through
+    time, sampled scores (in-batch negatives plus ``n_sample`` drawn by
+    support^``sample_alpha``), the same losses, Adagrad with momentum, and sparse row
+    updates of the ID input and output tables and of the input weights of sparse
+    features.
+
+    Architectures (``architecture``):
+
+    * ``"id"``: one GRU over the one-hot ID (the session-only RNN of GRU4Rec).
+    * ``"feature"``: one GRU over the item features (all feature sets).
+    * ``"concat"``: one GRU whose input is the ID and every feature set concatenated.
+    * ``"parallel"``: one GRU per representation (ID first, then each feature set); the
+      scores are computed from the concatenated hidden states (each subnet has its own
+      output weights and bias, and the scores add up).
+    * ``"shared_w"``: the weighted sum of the subnets' hidden states (``subnet_weights``)
+      times one shared output matrix.
+    * ``"interaction"``: a feature subnet's hidden state is multiplied element-wise by
+      the ID subnet's before its output weights (the ID subnet keeps its own scores).
+
+    Training strategies (``training``), for the architectures with several subnets (for
+    ``"id"``, ``"feature"`` and ``"concat"`` all four are plain training):
+
+    * ``"simultaneous"``: every parameter is trained on the merged scores, ``n_epochs``
+      epochs.
+    * ``"alternating"``: one subnet per epoch (ID, then each feature subnet, and again),
+      the others frozen but in the forward pass; ``n_epochs`` epochs in all.
+    * ``"residual"``: the subnets one after another, ``subnet_epochs`` epochs each; subnet
+      ``k`` is trained on the merged scores of subnets ``0..k`` with ``0..k-1`` frozen, so
+      it learns the residual of the ensemble before it. Later subnets are not in the
+      forward pass until their turn.
+    * ``"interleaving"``: alternation per mini-batch: for each mini-batch, subnet 0 is
+      trained on its own scores, then subnet 1 on the merged scores of 0 and 1 with 0
+      frozen, and so on; ``n_epochs`` epochs.
+
+    Frozen parameters get no gradient and no optimiser step (their accumulators and
+    momenta do not move either). With ``"shared_w"`` the shared output matrix belongs to
+    every subnet: it is trained whenever any subnet is.
+
+    Parameters
+    ----------
+    architecture : {"parallel", "id", "feature", "concat", "shared_w", "interaction"}, \
+default="parallel"
+        How the representations are combined (above).
+    training : {"residual", "simultaneous", "alternating", "interleaving"}, \
+default="residual"
+        Training strategy (above); the paper's best with ``"parallel"`` is residual.
+    hidden_size : int or dict, default=100
+        Hidden units per subnet (the paper's 100 + 100), or a dict from subnet name to
+        size. Subnet names: ``"id"`` and the feature-set names for the parallel
+        architectures, ``"id"``, ``"features"`` or ``"concat"`` for the single-GRU ones.
+        ``"shared_w"`` and ``"interaction"`` need equal sizes.
+    subnet_weights : dict or None, default=None
+        Weight of each subnet's hidden state for ``"shared_w"`` (by subnet name); None
+        gives every subnet weight 1 (the paper found equal weights best).
+    subnet_epochs : int or None, default=None
+        Epochs per subnet for ``training="residual"``; None means ``n_epochs``.
+    loss : {"top1", "cross-entropy", "bpr-max", "top1-max", "bpr"}, default="top1"
+        Training loss (the paper: TOP1). Definitions as in :class:`GRU4RecRecommender`.
+    batch_size : int, default=50
+        Parallel session slots (the GRU4Rec paper's setting).
+    dropout_p_hidden : float in [0, 1), default=0.0
+        Dropout on each subnet's output (the carried hidden state, as in GRU4Rec).
+    learning_rate : float, default=0.05
+        Adagrad learning rate.
+    momentum : float in [0, 1), default=0.0
+    n_sample : int, default=0
+        Extra negatives per mini-batch; 0 = in-batch negatives only (the paper).
+    sample_alpha : float in [0, 1], default=0.75
+    bpreg, elu_param, logq, final_activation
+        As in :class:`GRU4RecRecommender`.
+    n_epochs : int, default=10
+    sample_store_size : int, default=10_000_000
+    session_key, item_key, time_key : str
+        Column names.
+    device : str, default="auto"
+    random_state : int or None, default=None
+        Seed; with an int, CPU training is repeatable bit for bit.
+    verbose : bool or int, default=False
+        Log one line per epoch.
+
+    Attributes
+    ----------
+    network_ : ParallelNetwork
+    history_ : list of dict
+        Per epoch: ``loss``, ``seconds``, ``events_per_s``, ``batches_per_s`` and
+        ``trained`` (the names of the subnets trained in that epoch).
+    subnet_names_ : list of str
+    feature_names_ : list of str
+        The feature sets, in the order of their subnets.
+    feature_coverage_ : dict
+        Per feature set, the share of training items that had features.
+
+    Notes
+    -----
+    Item features (``fit(X, item_features=...)``): one feature set, or a dict of named
+    sets, each an :class:`~sessionrec.preprocessing.ItemFeatures` (e.g. from
+    :class:`~sessionrec.preprocessing.TfidfItemFeatures`), a DataFrame indexed by item
+    label, or a ``(labels, matrix)`` pair where the matrix is a numpy array or a scipy
+    sparse matrix. Sparse sets stay sparse: a step reads the non-zeros of the clicked
+    items' rows and updates only the input-weight rows at those columns. Features of items
+    not in the training events are ignored. **Items without features** get a zero feature
+    vector: their feature subnet input is the GRU's bias alone, and their prediction
+    rests on the ID subnet; ``feature_coverage_`` reports how many items had features.
+    The features are kept with the fitted model, so prediction needs only events.
+
+    Choices where the paper is silent:
+
+    * In interleaving, the frozen earlier subnets' states are those computed at the start
+      of the mini-batch (each subnet's state advances once per mini-batch).
+    * Each subnet of the parallel architecture has its own output bias (a single shared
+      bias would tie the subnets' residual training together).
+    * The ID input is the one-hot representation (an ``n_items x 3H`` table), as in the
+      paper; features enter linearly, without an embedding layer (the paper found one
+      worse).
+
+    References
+    ----------
+    Hidasi, Quadrana, Karatzoglou, Tikk. Parallel recurrent neural network architectures
+    for feature-rich session-based recommendations. RecSys 2016.
+
+    Examples
+    --------
+    >>> from sessionrec import ParallelRNNRecommender
+    >>> from sessionrec.datasets import make_sessions
+    >>> events, features = make_sessions(n_sessions=200, n_items=50, random_state=0,
+    ...                                  return_item_features=True)
+    >>> model = ParallelRNNRecommender(hidden_size=16, n_epochs=1, device="cpu",
+    ...                                random_state=0)
+    >>> model = model.fit(events, item_features={"topic": features})
+    >>> model.subnet_names_
+    ['id', 'topic']
+    >>> model.predict_next(events[events["SessionId"] == 0], k=3).shape
+    (1, 3)
+    """
+
+    def __init__(self, *, architecture="parallel", training="residual", hidden_size=100,
+                 subnet_weights=None, subnet_epochs=None, loss="top1", batch_size=50,
+                 dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0, n_sample=0,
+                 sample_alpha=0.75, bpreg=1.0, elu_param=0.5, logq=0.0,
+                 final_activation="auto", n_epochs=10, sample_store_size=10_000_000,
+                 session_key="SessionId", item_key="ItemId", time_key="Time",
+                 device="auto", random_state=None, verbose=False):
+        self.architecture = architecture
+        self.training = training
+        self.hidden_size = hidden_size
+        self.subnet_weights = subnet_weights
+        self.subnet_epochs = subnet_epochs
+        self.loss = loss
+        self.batch_size = batch_size
+        self.dropout_p_hidden = dropout_p_hidden
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.n_sample = n_sample
+        self.sample_alpha = sample_alpha
+        self.bpreg = bpreg
+        self.elu_param = elu_param
+        self.logq = logq
+        self.final_activation = final_activation
+        self.n_epochs = n_epochs
+        self.sample_store_size = sample_store_size
+        self.session_key = session_key
+        self.item_key = item_key
+        self.time_key = time_key
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- parameters -----------------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        check_choice("training", self.training, TRAININGS)
+        if isinstance(self.hidden_size, Mapping):
+            for name, size in self.hidden_size.items():
+                check_int(f"hidden_size[{name!r}]", size, min_value=1)
+        else:
+            check_int("hidden_size", self.hidden_size, min_value=1)
+        if self.subnet_weights is not None:
+            if not isinstance(self.subnet_weights, Mapping):
+                raise TypeError("subnet_weights must be None or a dict from subnet name to "
+                                f"weight; got {self.subnet_weights!r}.")
+            for name, weight in self.subnet_weights.items():
+                check_real(f"subnet_weights[{name!r}]", weight)
+        if self.subnet_epochs is not None:
+            check_int("subnet_epochs", self.subnet_epochs, min_value=1)
+        check_real("dropout_p_hidden", self.dropout_p_hidden, min_value=0.0, max_value=1.0,
+                   max_inclusive=False)
+        self._validate_training_params()
+
+    def _subnets(self, feature_names: list[str]) -> list[tuple[str, bool, tuple[int, ...]]]:
+        """(name, uses the ID, feature-set indices) of each subnet."""
+        every = tuple(range(len(feature_names)))
+        if self.architecture == "id":
+            return [("id", True, ())]
+        if self.architecture == "feature":
+            return [("features", False, every)]
+        if self.architecture == "concat":
+            return [("concat", True, every)]
+        return [("id", True, ())] + [(name, False, (j,)) for j, name in
+                                     enumerate(feature_names)]
+
+    def _sized(self, names: list[str], value, what: str, default) -> list:
+        if not isinstance(value, Mapping):
+            return [value if value is not None else default] * len(names)
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"{what} names unknown subnets {unknown}; the subnets are "
+                             f"{names}.")
+        if default is None:
+            missing = [n for n in names if n not in value]
+            if missing:
+                raise ValueError(f"{what} gives no value for subnets {missing}.")
+        return [value.get(n, default) for n in names]
+
+    def _build_network(self, features: list, feature_names: list[str]) -> ParallelNetwork:
+        layout = self._subnets(feature_names)
+        names = [name for name, _, _ in layout]
+        sizes = self._sized(names, self.hidden_size, "hidden_size", None)
+        weights = self._sized(names, self.subnet_weights, "subnet_weights", 1.0)
+        specs = [SubnetSpec(name, int(size), uses_id, feats)
+                 for (name, uses_id, feats), size in zip(layout, sizes, strict=True)]
+        head = _HEAD[self.architecture]
+        if head != "sum" and len({s.hidden for s in specs}) > 1:
+            raise ValueError(f"architecture={self.architecture!r} needs equal hidden sizes "
+                             f"for all subnets; got hidden_size={self.hidden_size!r}.")
+        return ParallelNetwork(self.n_items_, specs, head, features, weights)
+
+    def _step_config(self) -> StepConfig:
+        return StepConfig(loss=self.loss, activation=self._activation(),
+                          bpreg=float(self.bpreg), elu_param=float(self.elu_param))
+
+    def _phases(self, n_subnets: int) -> list[tuple[int, list]]:
+        """(epochs, updates of every step) for each call of the training loop."""
+        every = tuple(range(n_subnets))
+        epochs = int(self.n_epochs)
+        if n_subnets == 1 or self.training == "simultaneous":
+            if n_subnets == 1 and self.training == "residual" and self.subnet_epochs:
+                epochs = int(self.subnet_epochs)
+            return [(epochs, [(every, every)])]
+        if self.training == "alternating":
+            return [(1, [((e % n_subnets,), every)]) for e in range(epochs)]
+        if self.training == "residual":
+            per = int(self.subnet_epochs or epochs)
+            return [(per, [((k,), tuple(range(k + 1)))]) for k in range(n_subnets)]
+        return [(epochs, [((k,), tuple(range(k + 1))) for k in range(n_subnets)])]
+
+    # -- training -------------------------------------------------------------------------
+
+    def _fit(self, events: SessionEvents, item_features=None) -> None:
+        sets = _feature_sets(item_features)
+        if self.architecture != "id" and not sets:
+            raise ValueError(f"architecture={self.architecture!r} needs item features: pass "
+                             "fit(X, item_features=...).")
+        if self.architecture == "id":
+            sets = {}
+        labels = self.item_index_.labels
+        features, coverage = [], {}
+        for name, item_set in sets.items():
+            matrix, known = item_set.align(labels)
+            if not known.any():
+                raise ValueError(f"item_features[{name!r}] has no row for any training "
+                                 f"item; check that its index holds item labels like "
+                                 f"{list(labels[:3])}.")
+            features.append(matrix)
+            coverage[name] = float(known.mean())
+        feature_names = list(sets)
+        device = self.device_
+        network, generator = self._initialised(self._build_network(features, feature_names))
+        schedule = session_parallel_schedule(events, int(self.batch_size))
+        items = torch.as_tensor(events.items, device=device)
+        positions = torch.as_tensor(schedule.positions, device=device)
+        inputs, targets = items[positions], items[positions + 1]
+        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
+                               device=device).unsqueeze(1)
+        sampler, score_shift = self._negatives(generator)
+        config = self._step_config()
+        training = network.start_training(self._optimizer(), int(self.batch_size),
+                                          float(self.dropout_p_hidden), generator)
+        names = [s.name for s in network.subnets]
+        advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
+                  f"{self.momentum}).")
+        history = []
+        try:
+            for epochs, updates in self._phases(len(names)):
+                def step(start: int, stop: int, state: list, updates=updates) -> torch.Tensor:
+                    for h in state:
+                        h.mul_(keep[start:stop])  # reset the slots whose session starts
+                    samples = sampler.next() if sampler is not None else None
+                    batch_targets = targets[start:stop]
+                    return network.train_step(inputs[start:stop], batch_targets, samples,
+                                              state, updates, config, training,
+                                              score_shift(batch_targets, samples))
+
+                trained = sorted({names[i] for group, _ in updates for i in group},
+                                 key=names.index)
+                records = train_parallel(
+                    step, schedule, network.zero_state, n_epochs=epochs, device=device,
+                    advice=advice, log=self._log if self.verbose else None,
+                    name=f"p-RNN [{'+'.join(trained)}]")
+                for record in records:
+                    record.update(epoch=len(history) + 1, trained=trained)
+                    history.append(record)
+        finally:
+            training.finish()
+        self.history_ = history
+        self.network_ = network
+        self.subnet_names_ = names
+        self.feature_names_ = feature_names
+        self.feature_coverage_ = coverage
+
+    # -- prediction -----------------------------------------------------------------------
+
+    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
+        network = self.network_
+        device = self.device_
+        batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
+        include_last = bool(score_after[events.is_last].any())
+        schedule = session_parallel_schedule(events, batch, include_last=include_last,
+                                             longest_first=True)
+        if schedule.n_steps == 0:
+            return
+        items = torch.as_tensor(events.items, device=device)
+        inputs = items[torch.as_tensor(schedule.positions, device=device)]
+        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
+                               device=device).unsqueeze(1)
+        scored = score_after[schedule.positions]
+        bounds = schedule.step_offsets.tolist()
+        matrix = network.scoring_matrix()
+        hidden = network.zero_state(int(schedule.widths()[0]))
+        for t in range(schedule.n_steps):
+            start, stop = bounds[t], bounds[t + 1]
+            if t in schedule.shrink:
+                rows = torch.as_tensor(schedule.shrink[t], device=device)
+                hidden = [h.index_select(0, rows) for h in hidden]
+            hidden = network.advance(inputs[start:stop],
+                                     [h * keep[start:stop] for h in hidden])
+            selected = scored[start:stop]
+            if not selected.any():
+                continue
+            top = hidden
+            if not selected.all():
+                rows = torch.as_tensor(np.flatnonzero(selected), device=device)
+                top = [h.index_select(0, rows) for h in hidden]
+            yield schedule.positions[start:stop][selected], network.score_all(top, matrix)
+
+    def _empty_history_scores(self, events, sessions) -> torch.Tensor:
+        # No event yet: zero states, so the scores are the output biases.
+        return self.network_.score_all(self.network_.zero_state(1))[0]
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def _get_state(self) -> dict:
+        network = self.network_
+        specs = [{"name": s.name, "hidden": s.hidden, "uses_id": s.uses_id,
+                  "features": list(s.features)} for s in network.subnets]
+        return {"network": dict(network.state_dict()), "history": self.history_,
+                "subnets": specs, "head": network.head,
+                "subnet_weights": list(network.subnet_weights),
+                "feature_dims": list(network.feature_dims),
+                "feature_sparse": list(network.feature_sparse),
+                "feature_names": list(self.feature_names_),
+                "feature_coverage": dict(self.feature_coverage_)}
+
+    def _set_state(self, state: dict) -> None:
+        weights = state["network"]
+        features = []
+        for j, (dim, sparse) in enumerate(zip(state["feature_dims"], state["feature_sparse"],
+                                              strict=True)):
+            if sparse:
+                features.append(sp.csr_matrix(
+                    (weights[f"f{j}_val"].numpy(), weights[f"f{j}_col"].numpy(),
+                     weights[f"f{j}_crow"].numpy()), shape=(self.n_items_, dim)))
+            else:
+                features.append(weights[f"f{j}_dense"].numpy())
+        specs = [SubnetSpec(s["name"], int(s["hidden"]), bool(s["uses_id"]),
+                            tuple(s["features"])) for s in state["subnets"]]
+        network = ParallelNetwork(self.n_items_, specs, state["head"], features,
+                                  state["subnet_weights"])
+        network.load_state_dict(weights)
+        self.network_ = network
+        self.history_ = state["history"]
+        self.subnet_names_ = [s.name for s in specs]
+        self.feature_names_ = list(state["feature_names"])
+        self.feature_coverage_ = dict(state["feature_coverage"])

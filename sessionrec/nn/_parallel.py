@@ -1,0 +1,435 @@
+"""The p-RNN network: GRU subnets over item IDs and item features, merged for scoring.
+
+Hidasi, Quadrana, Karatzoglou, Tikk (RecSys 2016). Each *subnet* is a one-layer GRU in
+the formulation of GRU4Rec whose input is some of the item's representations: its one-hot
+ID (a row of an ``n_items x 3H`` input table, the paper's one-hot input), dense feature
+vectors (``x W``, one device-side row lookup of the feature matrix) and sparse feature
+vectors (``x W`` as a weighted sum of the rows of ``W`` at the row's non-zero columns:
+the features are never densified, and only the touched rows of ``W`` are updated).
+
+The subnets' hidden states are merged by a *head* into item scores:
+
+* ``"sum"``: each subnet has its own output matrix and bias; the scores are the sum of
+  the subnets' scores (the paper's parallel architecture: concatenated hidden states
+  times the stacked output matrices, its footnote 3);
+* ``"interaction"``: as ``"sum"``, but a feature subnet's state is multiplied element-wise
+  by the ID subnet's (subnet 0) before its output matrix;
+* ``"shared"``: one output matrix for the weighted sum of the subnets' hidden states.
+
+Training steps are differentiated by autograd over one step (no back-propagation
+through time, as in GRU4Rec). A step is a list of *updates*, each naming the subnets it
+trains and the subnets whose scores enter its loss (the others being frozen but in the
+forward pass); this is how the training strategies are expressed (see
+:class:`~sessionrec.ParallelRNNRecommender`). Parameters of subnets an update does not
+train get no gradient and no optimiser step, so their values, accumulators and momenta
+stay exactly as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._layers import DropoutMasks, gru_forward, init_uniform_
+from ._losses import sampled_loss
+from ._optim import AdagradMomentum, PackedTable, unique_rows
+
+__all__ = ["ParallelNetwork", "ParallelTraining", "SubnetSpec"]
+
+HEADS = ("sum", "interaction", "shared")
+
+
+@dataclass(frozen=True)
+class SubnetSpec:
+    """One GRU subnet: its name, hidden size, and which representations it reads."""
+
+    name: str
+    hidden: int
+    uses_id: bool
+    features: tuple[int, ...]  # indices into the network's feature sets
+
+
+@dataclass
+class ParallelTraining:
+    """What a training run keeps between steps (see :meth:`ParallelNetwork.start_training`)."""
+
+    optimizer: AdagradMomentum
+    tables: dict
+    grad_flat: list
+    masks: list
+
+    def finish(self) -> None:
+        """Give the tables their own storage again (drops the optimiser state)."""
+        for table in self.tables.values():
+            table.release()
+
+
+class _Batch:
+    """Per-step lookups shared by the subnets: distinct ID rows, sparse feature rows."""
+
+    def __init__(self, network: ParallelNetwork, items: torch.Tensor):
+        self.network = network
+        self.items = items
+        self._id = None
+        self._sparse = {}
+
+    def id_rows(self):
+        if self._id is None:
+            self._id = unique_rows(self.items, self.network.n_items)
+        return self._id
+
+    def sparse(self, j: int, distinct: bool):
+        """(columns, values, offsets) of the items' rows of sparse feature set ``j``;
+        with ``distinct`` the columns are positions into ``distinct columns``, also
+        returned."""
+        key = (j, distinct)
+        if key not in self._sparse:
+            self._sparse[key] = self.network.sparse_rows(j, self.items, distinct)
+        return self._sparse[key]
+
+
+class ParallelNetwork(nn.Module):
+    """Parameters of a p-RNN and the maths of its steps.
+
+    Parameters
+    ----------
+    n_items : int
+    subnets : list of SubnetSpec
+        Subnet 0 is the ID subnet of the ``"interaction"`` head.
+    head : {"sum", "interaction", "shared"}
+    features : list of ndarray or scipy.sparse matrix, each (n_items, d_j), float32
+        The feature sets, rows in item-code order.
+    subnet_weights : sequence of float or None
+        Weights of the subnets' states for the ``"shared"`` head (None: all 1).
+    """
+
+    def __init__(self, n_items: int, subnets: list[SubnetSpec], head: str, features: list,
+                 subnet_weights=None):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}; got {head!r}.")
+        self.n_items = int(n_items)
+        self.subnets = list(subnets)
+        self.head = head
+        self.feature_dims = [int(f.shape[1]) for f in features]
+        self.feature_sparse = [bool(sp.issparse(f)) for f in features]
+        if head in ("interaction", "shared"):
+            sizes = {s.hidden for s in self.subnets}
+            if len(sizes) > 1:
+                raise ValueError(f"the {head!r} head needs subnets of equal hidden size; got "
+                                 f"{[s.hidden for s in self.subnets]}.")
+        weights = [1.0] * len(self.subnets) if subnet_weights is None else subnet_weights
+        self.subnet_weights = [float(w) for w in weights]
+        # Feature data, as buffers: saved with the network and moved with it.
+        for j, f in enumerate(features):
+            if sp.issparse(f):
+                f = sp.csr_matrix(f, dtype=np.float32)
+                f.sort_indices()
+                self.register_buffer(f"f{j}_crow", torch.as_tensor(f.indptr.astype(np.int64)))
+                self.register_buffer(f"f{j}_col", torch.as_tensor(f.indices.astype(np.int64)))
+                self.register_buffer(f"f{j}_val", torch.as_tensor(f.data))
+            else:
+                self.register_buffer(f"f{j}_dense", torch.as_tensor(
+                    np.ascontiguousarray(f, dtype=np.float32)))
+        self._layouts = []
+        for i, spec in enumerate(self.subnets):
+            h = spec.hidden
+            layout = [(f"wx{j}", self.feature_dims[j], 3 * h, 3) for j in spec.features
+                      if not self.feature_sparse[j]]
+            layout += [("wrz", h, 2 * h, 2), ("wh", h, h, 1), ("b", 1, 3 * h, 0)]
+            self._layouts.append(layout)
+            self.register_parameter(f"s{i}_dense", nn.Parameter(
+                torch.zeros(sum(r * c for _, r, c, _ in layout)), requires_grad=False))
+            if spec.uses_id:
+                self.register_parameter(f"s{i}_onehot", nn.Parameter(
+                    torch.zeros(n_items, 3 * h), requires_grad=False))
+            for j in spec.features:
+                if self.feature_sparse[j]:
+                    self.register_parameter(f"s{i}_sparse{j}", nn.Parameter(
+                        torch.zeros(self.feature_dims[j], 3 * h), requires_grad=False))
+            if head != "shared":
+                self.register_parameter(f"s{i}_out", nn.Parameter(
+                    torch.zeros(n_items, h + 1), requires_grad=False))
+        if head == "shared":
+            self.shared_out = nn.Parameter(torch.zeros(n_items, self.subnets[0].hidden + 1),
+                                           requires_grad=False)
+
+    # -- parameters -----------------------------------------------------------------------
+
+    def views(self, i: int, flat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Named weights of subnet ``i`` as views into its flat buffer (biases 1-d)."""
+        flat = getattr(self, f"s{i}_dense") if flat is None else flat
+        found, offset = {}, 0
+        for name, rows, cols, _ in self._layouts[i]:
+            block = flat[offset:offset + rows * cols]
+            found[name] = block if rows == 1 else block.view(rows, cols)
+            offset += rows * cols
+        return found
+
+    def out_table_name(self, i: int) -> str:
+        return "shared_out" if self.head == "shared" else f"s{i}_out"
+
+    def table_names(self, i: int) -> list[str]:
+        """The row-updated tables owned by subnet ``i`` (not the shared output)."""
+        spec = self.subnets[i]
+        names = [f"s{i}_onehot"] if spec.uses_id else []
+        names += [f"s{i}_sparse{j}" for j in spec.features if self.feature_sparse[j]]
+        if self.head != "shared":
+            names.append(f"s{i}_out")
+        return names
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GRU4Rec's initialisation: per-gate-block uniform weights, zero biases."""
+        for i in range(len(self.subnets)):
+            dense = getattr(self, f"s{i}_dense")
+            dense.zero_()
+            views = self.views(i)
+            for name, _, _, blocks in self._layouts[i]:
+                if blocks:
+                    init_uniform_(views[name], n_blocks=blocks, generator=generator)
+            for name in self.table_names(i):
+                table = getattr(self, name)
+                table.zero_()
+                if name.endswith("_out"):
+                    init_uniform_(table[:, :-1], generator=generator)
+                else:
+                    init_uniform_(table, n_blocks=3, generator=generator)
+        if self.head == "shared":
+            self.shared_out.zero_()
+            init_uniform_(self.shared_out[:, :-1], generator=generator)
+
+    def zero_state(self, batch_size: int) -> list[torch.Tensor]:
+        """Zero hidden states of every subnet for ``batch_size`` slots."""
+        device = self.s0_dense.device
+        return [torch.zeros(batch_size, s.hidden, device=device) for s in self.subnets]
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def sparse_rows(self, j: int, items: torch.Tensor, distinct: bool):
+        """Non-zeros of the rows ``items`` of sparse feature set ``j``, for embedding_bag.
+
+        Returns ``(columns, values, offsets, distinct_columns)``; with ``distinct`` the
+        columns are positions into ``distinct_columns`` (the distinct feature columns
+        touched, whose weight rows a training step gathers), else feature indices and
+        ``distinct_columns`` is None.
+        """
+        crow = getattr(self, f"f{j}_crow")
+        starts = crow.index_select(0, items)
+        lengths = crow.index_select(0, items + 1) - starts
+        offsets = torch.cumsum(lengths, 0) - lengths
+        total = int(lengths.sum())  # the size of the gather (a sync on a GPU)
+        position = (torch.repeat_interleave(starts - offsets, lengths, output_size=total)
+                    + torch.arange(total, device=items.device))
+        columns = getattr(self, f"f{j}_col").index_select(0, position)
+        values = getattr(self, f"f{j}_val").index_select(0, position)
+        found = None
+        if distinct:
+            found, columns = unique_rows(columns, self.feature_dims[j])
+        return columns, values, offsets, found
+
+    @staticmethod
+    def _bag(weight: torch.Tensor, columns, values, offsets, n: int) -> torch.Tensor:
+        """``sum_k values_k * weight[columns_k]`` per bag; zero rows for empty bags."""
+        if len(columns) == 0:
+            return weight.new_zeros(n, weight.shape[1])
+        return F.embedding_bag(columns, weight, offsets, mode="sum",
+                               per_sample_weights=values)
+
+    def gate_inputs(self, i: int, w: dict, batch: _Batch, tables: dict | None = None
+                    ) -> torch.Tensor:
+        """``x W + b`` of subnet ``i`` for the batch's items (B, 3H).
+
+        ``tables`` maps a table name to ``(gathered rows, inverse)`` for a training step
+        (leaves of the distinct rows); without it the full tables are read.
+        """
+        spec, items = self.subnets[i], batch.items
+        gi = w["b"].expand(len(items), -1)
+        if spec.uses_id:
+            name = f"s{i}_onehot"
+            if tables is not None and name in tables:
+                rows, inverse = tables[name]
+                gi = gi + rows.index_select(0, inverse)
+            else:
+                gi = gi + getattr(self, name).index_select(0, items)
+        for j in spec.features:
+            if self.feature_sparse[j]:
+                name = f"s{i}_sparse{j}"
+                if tables is not None and name in tables:
+                    rows, _ = tables[name]
+                    columns, values, offsets, _ = batch.sparse(j, True)
+                    gi = gi + self._bag(rows, columns, values, offsets, len(items))
+                else:
+                    columns, values, offsets, _ = batch.sparse(j, False)
+                    gi = gi + self._bag(getattr(self, name), columns, values, offsets,
+                                        len(items))
+            else:
+                x = getattr(self, f"f{j}_dense").index_select(0, items)
+                gi = torch.addmm(gi, x, w[f"wx{j}"])
+        return gi
+
+    def subnet_step(self, i: int, w: dict, batch: _Batch, hidden: torch.Tensor,
+                    tables: dict | None = None) -> torch.Tensor:
+        gi = self.gate_inputs(i, w, batch, tables)
+        return gru_forward(gi, hidden, w["wrz"], w["wh"], need_cache=False)[0]
+
+    # -- inference ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def advance(self, items: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Feed one item per slot to every subnet (no dropout); return the new states."""
+        batch = _Batch(self, items)
+        return [self.subnet_step(i, self.views(i), batch, h) for i, h in enumerate(hidden)]
+
+    def _tops(self, hidden: list[torch.Tensor], included) -> list[tuple[str, torch.Tensor]]:
+        """(output table, vector) pairs whose scores sum to the merged scores."""
+        if self.head == "shared":
+            top = sum(self.subnet_weights[i] * hidden[i] for i in included)
+            return [("shared_out", top)]
+        tops = []
+        for i in included:
+            top = hidden[i]
+            if self.head == "interaction" and i > 0:
+                top = top * hidden[0]
+            tops.append((f"s{i}_out", top))
+        return tops
+
+    @torch.no_grad()
+    def scoring_matrix(self) -> torch.Tensor:
+        """The output tables (weights and bias) stacked and transposed, for :meth:`score_all`."""
+        names = (["shared_out"] if self.head == "shared"
+                 else [f"s{i}_out" for i in range(len(self.subnets))])
+        return torch.cat([getattr(self, n) for n in names], dim=1).t().contiguous()
+
+    @torch.no_grad()
+    def score_all(self, hidden: list[torch.Tensor], matrix: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """Merged scores of every item for each slot (one matrix product)."""
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        parts = []
+        for _, top in self._tops(hidden, range(len(self.subnets))):
+            parts += [top, top.new_ones(len(top), 1)]
+        return torch.mm(torch.cat(parts, dim=1), matrix)
+
+    # -- training -------------------------------------------------------------------------
+
+    def start_training(self, optimizer: AdagradMomentum, batch_size: int, dropout: float,
+                       generator: torch.Generator) -> ParallelTraining:
+        """Pack the row-updated tables with their optimiser state; prepare dropout masks."""
+        names = [n for i in range(len(self.subnets)) for n in self.table_names(i)]
+        if self.head == "shared":
+            names.append("shared_out")
+        tables = {n: PackedTable(getattr(self, n), optimizer) for n in names}
+        device = self.s0_dense.device
+        masks = [DropoutMasks(dropout, batch_size, s.hidden, device=device,
+                              generator=generator) if dropout > 0 else None
+                 for s in self.subnets]
+        grads = [torch.zeros_like(getattr(self, f"s{i}_dense"))
+                 for i in range(len(self.subnets))]
+        return ParallelTraining(optimizer, tables, grads, masks)
+
+    def train_step(self, items: torch.Tensor, targets: torch.Tensor,
+                   samples: torch.Tensor | None, state: list[torch.Tensor],
+                   updates: list[tuple[tuple[int, ...], tuple[int, ...]]], config,
+                   training: ParallelTraining, score_shift: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """One sampled training step; updates ``state`` and the trained parameters.
+
+        Parameters
+        ----------
+        items, targets : LongTensor (B,)
+        samples : LongTensor (S,) or None
+            Extra negatives shared by the batch.
+        state : list of Tensor (B, H_i)
+            Hidden states of the subnets, replaced by the new ones.
+        updates : list of (trained, included)
+            Done in order; each computes the loss of the merged scores of the ``included``
+            subnets and steps the parameters of the ``trained`` ones (and, with the
+            ``"shared"`` head, the shared output). A subnet's new state is computed once
+            per step, by the first update that includes it.
+        score_shift : Tensor (B + S,) or None
+            Added to the column scores before the loss (logQ correction).
+
+        Returns
+        -------
+        Tensor
+            The summed loss of the last update (0-d, not synchronised).
+        """
+        n = items.shape[0]
+        columns = targets if samples is None else torch.cat([targets, samples])
+        distinct, column_of = unique_rows(columns, self.n_items)
+        batch = _Batch(self, items)
+        new_state: dict[int, torch.Tensor] = {}
+        loss = None
+        for trained, included in updates:
+            packed, leaves = {}, {}
+            weights = {}
+            for i in trained:
+                weights[i] = {name: view.detach().requires_grad_(True)
+                              for name, view in self.views(i).items()}
+                for name in self.table_names(i):
+                    rows = (batch.sparse(int(name.rsplit("sparse", 1)[1]), True)[3]
+                            if "_sparse" in name else
+                            batch.id_rows()[0] if name.endswith("_onehot") else distinct)
+                    packed[name] = (rows, training.tables[name].gather(rows))
+                    leaves[name] = packed[name][1][0].detach().requires_grad_(True)
+            if self.head == "shared":
+                rows = training.tables["shared_out"].gather(distinct)
+                packed["shared_out"] = (distinct, rows)
+                leaves["shared_out"] = rows[0].detach().requires_grad_(True)
+            with torch.enable_grad():
+                hidden = {}
+                for i in included:
+                    if i in trained:
+                        tables = {}
+                        for name in self.table_names(i):
+                            if name.endswith("_onehot"):
+                                tables[name] = (leaves[name], batch.id_rows()[1])
+                            elif "_sparse" in name:
+                                tables[name] = (leaves[name], None)
+                        h = self.subnet_step(i, weights[i], batch, state[i], tables)
+                        if training.masks[i] is not None:
+                            h = h * training.masks[i].next(n)
+                        hidden[i] = h
+                    else:
+                        if i not in new_state:
+                            with torch.no_grad():
+                                h = self.subnet_step(i, self.views(i), batch, state[i])
+                                if training.masks[i] is not None:
+                                    h = h * training.masks[i].next(n)
+                            new_state[i] = h
+                        hidden[i] = new_state[i]
+                scores = None
+                for name, top in self._tops(hidden, included):
+                    rows = (leaves[name] if name in leaves
+                            else getattr(self, name).index_select(0, distinct))
+                    size = rows.shape[1] - 1
+                    part = torch.addmm(rows[:, size], top, rows[:, :size].t())
+                    scores = part if scores is None else scores + part
+                loss, d_scores, d_output = sampled_loss(scores, columns, column_of, n,
+                                                        config, score_shift)
+                if d_output.requires_grad:
+                    torch.autograd.backward(d_output, d_scores)
+            for i in trained:
+                grads = self.views(i, training.grad_flat[i])
+                for name, leaf in weights[i].items():
+                    if leaf.grad is None:
+                        grads[name].zero_()
+                    else:
+                        grads[name].copy_(leaf.grad)
+                training.optimizer.dense_step(getattr(self, f"s{i}_dense"),
+                                              training.grad_flat[i])
+                new_state[i] = hidden[i].detach()
+            for name, leaf in leaves.items():
+                rows, gathered = packed[name]
+                grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+                training.tables[name].step(rows, gathered, grad)
+        for i, h in new_state.items():
+            state[i] = h
+        return loss

@@ -1,0 +1,337 @@
+"""ParallelRNNRecommender (p-RNN): architectures, training strategies, item features."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from sessionrec import ParallelRNNRecommender
+from sessionrec.datasets import make_sessions
+from sessionrec.evaluation import evaluate
+from sessionrec.metrics import MRRAtK
+from sessionrec.model_selection import SessionKFold, TimeSplit, train_test_split
+from sessionrec.nn._layers import init_uniform_  # noqa: F401  (the initialisation used)
+from sessionrec.nn._network import StepConfig
+from sessionrec.nn._optim import AdagradMomentum
+from sessionrec.nn._parallel import ParallelNetwork, SubnetSpec
+from sessionrec.preprocessing import ItemFeatures
+
+FAST = dict(hidden_size=8, n_epochs=2, batch_size=8, device="cpu", random_state=0)
+ARCHITECTURES = ("id", "feature", "concat", "parallel", "shared_w", "interaction")
+TRAININGS = ("simultaneous", "alternating", "residual", "interleaving")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    events, features = make_sessions(n_sessions=300, n_items=60, random_state=1,
+                                     return_item_features=True)
+    train, test = train_test_split(events, splitter=TimeSplit(3))
+    return train, test, features
+
+
+def _sparse_features(features: pd.DataFrame, n_columns: int = 50) -> ItemFeatures:
+    """The planted features spread over a wider sparse matrix (with explicit zeros gone)."""
+    dense = features.to_numpy(dtype=np.float32)
+    wide = np.zeros((len(dense), n_columns), dtype=np.float32)
+    wide[:, : dense.shape[1]] = np.where(np.abs(dense) > 0.5, dense, 0.0)
+    return ItemFeatures(features.index, sp.csr_matrix(wide))
+
+
+def _sets(features):
+    return {"topic": features, "text": _sparse_features(features)}
+
+
+# -- every architecture and strategy through the estimator API -------------------------
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("training", TRAININGS)
+def test_every_architecture_and_strategy_fits_and_ranks(planted, architecture, training):
+    train, test, features = planted
+    model = ParallelRNNRecommender(architecture=architecture, training=training, **FAST)
+    model.fit(train, item_features=None if architecture == "id" else _sets(features))
+    ranks = model.rank_next_items(test)
+    assert ranks.notna().any()
+    assert ((ranks[ranks.notna()] >= 1) & (ranks[ranks.notna()] <= model.n_items_)).all()
+    top = model.predict_next(test, k=5)
+    assert top.shape == (test["SessionId"].nunique(), 5)
+    assert np.isfinite(model.score(test))
+    expected = {"id": ["id"], "feature": ["features"], "concat": ["concat"]}.get(
+        architecture, ["id", "topic", "text"])
+    assert model.subnet_names_ == expected
+    if architecture in ("parallel", "shared_w", "interaction") and training == "residual":
+        assert [r["trained"] for r in model.history_] == [["id"]] * 2 + [["topic"]] * 2 + [
+            ["text"]] * 2
+    if architecture in ("parallel",) and training == "alternating":
+        assert [r["trained"] for r in model.history_] == [["id"], ["topic"]]
+
+
+def test_training_is_repeatable_and_seed_dependent(planted):
+    train, test, features = planted
+    params = dict(FAST, training="interleaving")
+    a = ParallelRNNRecommender(**params).fit(train, item_features=_sets(features))
+    b = ParallelRNNRecommender(**params).fit(train, item_features=_sets(features))
+    c = ParallelRNNRecommender(**dict(params, random_state=1)).fit(
+        train, item_features=_sets(features))
+    pd.testing.assert_series_equal(a.rank_next_items(test), b.rank_next_items(test))
+    assert not torch.equal(a.network_.scoring_matrix(), c.network_.scoring_matrix())
+
+
+# -- frozen parameters ----------------------------------------------------------------
+
+
+def _network(features, head="sum", hidden=6):
+    specs = [SubnetSpec("id", hidden, True, ())] + [
+        SubnetSpec(f"f{j}", hidden, False, (j,)) for j in range(len(features))]
+    network = ParallelNetwork(40, specs, head, features)
+    network.reset_parameters(torch.Generator().manual_seed(0))
+    return network
+
+
+def _trainables(network):
+    return {name: p.detach().clone() for name, p in network.named_parameters()}
+
+
+def _step(network, training, updates, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(0, 40, (8,), generator=g)
+    targets = torch.randint(0, 40, (8,), generator=g)
+    state = network.zero_state(8)
+    network.train_step(items, targets, None, state, updates, StepConfig(loss="top1"),
+                       training)
+    return items
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+@pytest.mark.parametrize("head", ["sum", "interaction", "shared"])
+def test_frozen_subnets_get_no_update(head, momentum):
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(40, 5)).astype(np.float32)
+    sparse = sp.random(40, 30, density=0.1, format="csr", random_state=0, dtype=np.float32)
+    network = _network([dense, sparse], head=head)
+    training = network.start_training(AdagradMomentum(0.1, momentum), 8, 0.0,
+                                      torch.Generator().manual_seed(0))
+    for trained in [(0,), (1,), (2,)]:
+        before = _trainables(network)
+        for seed in range(3):  # several steps, so momentum would show
+            _step(network, training, [(trained, (0, 1, 2))], seed)
+        after = _trainables(network)
+        for name, value in after.items():
+            owner = None if name == "shared_out" else int(name[1])
+            if owner is None:  # the shared output belongs to every subnet
+                assert not torch.equal(value, before[name])
+            elif owner in trained:
+                assert not torch.equal(value, before[name]), name
+            else:
+                assert torch.equal(value, before[name]), name
+    training.finish()
+
+
+def test_interleaving_trains_each_subnet_on_the_residual():
+    dense = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
+    network = _network([dense])
+    training = network.start_training(AdagradMomentum(0.1, 0.0), 8, 0.0,
+                                      torch.Generator().manual_seed(0))
+    before = _trainables(network)
+    _step(network, training, [((0,), (0,)), ((1,), (0, 1))])
+    after = _trainables(network)
+    assert all(not torch.equal(after[n], before[n]) for n in ("s0_dense", "s1_dense"))
+    training.finish()
+
+
+def test_residual_training_first_phase_is_the_id_only_model(planted):
+    """Subnet 0 of a residual p-RNN trains exactly as the ID-only network."""
+    train, test, features = planted
+    id_only = ParallelRNNRecommender(architecture="id", **FAST).fit(train)
+    residual = ParallelRNNRecommender(training="residual", **FAST).fit(
+        train, item_features={"topic": features})
+    for name in ("s0_dense", "s0_onehot", "s0_out"):
+        assert torch.equal(getattr(id_only.network_, name), getattr(residual.network_, name))
+    assert [r["loss"] for r in residual.history_[:2]] == [r["loss"] for r in id_only.history_]
+
+
+# -- features -------------------------------------------------------------------------
+
+
+def test_sparse_input_equals_the_dense_product():
+    rng = np.random.default_rng(2)
+    sparse = sp.random(40, 30, density=0.15, format="csr", random_state=2, dtype=np.float32)
+    network = _network([sparse])
+    items = torch.as_tensor(rng.integers(0, 40, size=12))
+    from sessionrec.nn._parallel import _Batch
+
+    got = network.gate_inputs(1, network.views(1), _Batch(network, items))
+    weight = network.s1_sparse0.detach()
+    expected = torch.as_tensor(sparse.toarray())[items] @ weight + network.views(1)["b"]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_step_updates_only_touched_feature_rows():
+    sparse = sp.random(40, 200, density=0.02, format="csr", random_state=3, dtype=np.float32)
+    network = _network([sparse])
+    training = network.start_training(AdagradMomentum(0.1, 0.0), 8, 0.0,
+                                      torch.Generator().manual_seed(0))
+    before = network.s1_sparse0.detach().clone()
+    items = _step(network, training, [((1,), (0, 1))])
+    touched = np.unique(sparse[items.numpy()].indices)
+    changed = np.flatnonzero((network.s1_sparse0.detach() != before).any(dim=1).numpy())
+    assert len(changed) > 0
+    assert set(changed) <= set(touched)
+    training.finish()
+
+
+def test_a_wide_sparse_feature_set_is_never_densified(planted):
+    train, _, features = planted
+    wide = _sparse_features(features, n_columns=200_000)
+    model = ParallelRNNRecommender(**FAST).fit(train, item_features={"text": wide})
+    largest = max(b.numel() for b in model.network_.buffers())
+    assert largest < 200_000  # the CSR arrays, not n_items x 200k
+    assert model.network_.s1_sparse0.shape == (200_000, 3 * 8)
+
+
+def test_items_without_features_are_documented_zero_rows(planted):
+    train, test, features = planted
+    partial = features.iloc[: len(features) // 2]
+    model = ParallelRNNRecommender(**FAST).fit(train, item_features={"topic": partial})
+    coverage = model.feature_coverage_["topic"]
+    assert 0.0 < coverage < 1.0
+    labels = model.item_index_.labels
+    missing = ~labels.isin(partial.index)
+    rows = model.network_.f0_dense[torch.as_tensor(np.flatnonzero(missing))]
+    assert torch.count_nonzero(rows) == 0
+    assert model.rank_next_items(test).notna().any()
+
+
+def test_feature_inputs_in_every_accepted_form(planted):
+    train, test, features = planted
+    matrix = features.to_numpy(dtype=np.float32)
+    forms = [features, ItemFeatures(features.index, matrix), (features.index, matrix),
+             (features.index.to_numpy(), sp.csr_matrix(matrix))]
+    ranks = []
+    for form in forms:
+        model = ParallelRNNRecommender(**FAST).fit(train, item_features=form)
+        assert model.feature_names_ == ["features"]
+        ranks.append(model.rank_next_items(test))
+    pd.testing.assert_series_equal(ranks[0], ranks[1])
+    pd.testing.assert_series_equal(ranks[0], ranks[2])
+
+
+def test_input_frames_and_features_are_not_modified(planted):
+    train, test, features = planted
+    train_copy, features_copy = train.copy(), features.copy()
+    ParallelRNNRecommender(**FAST).fit(train, item_features=features)
+    pd.testing.assert_frame_equal(train, train_copy)
+    pd.testing.assert_frame_equal(features, features_copy)
+
+
+# -- bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("architecture", ["feature", "concat", "parallel"])
+def test_feature_architectures_need_features(planted, architecture):
+    model = ParallelRNNRecommender(architecture=architecture, **FAST)
+    with pytest.raises(ValueError, match="item_features"):
+        model.fit(planted[0])
+    assert not hasattr(model, "network_")
+
+
+def test_bad_features_are_named(planted):
+    train, _, features = planted
+    model = ParallelRNNRecommender(**FAST)
+    nan = features.copy()
+    nan.iloc[3, 2] = np.nan
+    with pytest.raises(ValueError, match=r"item_features\['img'\].*NaN"):
+        model.fit(train, item_features={"img": nan})
+    with pytest.raises(TypeError, match="numeric"):
+        model.fit(train, item_features=features.assign(name="x"))
+    with pytest.raises(ValueError, match="no row for any training item"):
+        model.fit(train, item_features=features.set_axis(features.index + 10_000))
+    with pytest.raises(TypeError, match="ItemFeatures"):
+        model.fit(train, item_features=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match="keys"):
+        model.fit(train, item_features={"id": features})
+    with pytest.raises(ValueError, match="one row per label"):
+        model.fit(train, item_features=(features.index[:5], features.to_numpy()))
+    assert not hasattr(model, "network_")
+
+
+def test_bad_parameters_are_named(planted):
+    train, _, features = planted
+    for params, pattern in [
+        (dict(architecture="tree"), "architecture"),
+        (dict(training="sometimes"), "training"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(hidden_size={"id": 8, "colour": 4}), r"hidden_size.*colour"),
+        (dict(hidden_size={"id": 8}), r"hidden_size.*topic"),
+        (dict(architecture="shared_w", hidden_size={"id": 8, "topic": 4}), "equal"),
+        (dict(subnet_weights=[1, 2]), "subnet_weights"),
+        (dict(subnet_epochs=0), "subnet_epochs"),
+        (dict(dropout_p_hidden=1.0), "dropout_p_hidden"),
+        (dict(learning_rate=-1), "learning_rate"),
+    ]:
+        model = ParallelRNNRecommender(**dict(FAST, **params))
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            model.fit(train, item_features={"topic": features})
+        assert not hasattr(model, "network_")
+
+
+# -- scikit-learn and persistence with features ------------------------------------------
+
+
+def test_pickle_and_save_keep_features(planted, tmp_path):
+    train, test, features = planted
+    model = ParallelRNNRecommender(architecture="interaction", **FAST).fit(
+        train, item_features=_sets(features))
+    expected = model.rank_next_items(test)
+    restored = pickle.loads(pickle.dumps(model))
+    pd.testing.assert_series_equal(restored.rank_next_items(test), expected)
+    path = tmp_path / "prnn.pt"
+    model.save(path)
+    loaded = ParallelRNNRecommender.load(path)
+    pd.testing.assert_series_equal(loaded.rank_next_items(test), expected)
+    assert loaded.feature_coverage_ == model.feature_coverage_
+    assert loaded.subnet_names_ == model.subnet_names_
+
+
+def test_grid_search_passes_item_features(planted):
+    train, _, features = planted
+    search = GridSearchCV(ParallelRNNRecommender(**FAST),
+                          {"training": ["simultaneous", "residual"]},
+                          cv=SessionKFold(n_splits=2), scoring=MRRAtK(20), error_score="raise")
+    search.fit(train, item_features={"topic": features})
+    assert set(search.cv_results_["param_training"]) == {"simultaneous", "residual"}
+    assert search.best_estimator_.feature_names_ == ["topic"]
+    assert clone(search.best_estimator_).get_params()["training"] in ("simultaneous",
+                                                                      "residual")
+
+
+# -- planted signal (the acceptance check; slow) ------------------------------------------
+
+PLANTED = dict(n_sessions=3000, n_items=3000, popularity_exponent=0.5,
+               transition_strength=0.2, n_topics=30, feature_noise=0.2)
+
+
+@pytest.mark.slow
+def test_features_with_planted_signal_beat_id_only():
+    gains = {"residual": [], "interleaving": []}
+    base = []
+    for seed in range(3):
+        events, features = make_sessions(random_state=seed, return_item_features=True,
+                                         **PLANTED)
+        train, test = train_test_split(events, splitter=TimeSplit(3))
+        params = dict(hidden_size=50, n_epochs=5, device="cpu", random_state=seed)
+        base.append(evaluate(ParallelRNNRecommender(architecture="id", **params).fit(train),
+                             test)["mrr@20"])
+        for training in gains:
+            model = ParallelRNNRecommender(training=training, **params)
+            model.fit(train, item_features={"topic": features})
+            gains[training].append(evaluate(model, test)["mrr@20"])
+    best = max(np.mean(v) for v in gains.values())
+    assert best >= 1.05 * np.mean(base)
