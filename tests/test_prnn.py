@@ -320,18 +320,22 @@ PLANTED = dict(n_sessions=3000, n_items=3000, popularity_exponent=0.5,
 
 @pytest.mark.slow
 def test_features_with_planted_signal_beat_id_only():
-    gains = {"residual": [], "interleaving": []}
-    base = []
+    """Acceptance: on a long tail of rare items whose features tell the session's topic,
+    parallel p-RNN with residual or interleaving training beats the ID-only GRU by >= 5%
+    MRR@20 (mean of 3 seeds), against the better of 5 and 10 ID-only epochs."""
+    found = {"residual": [], "interleaving": []}
+    base = {5: [], 10: []}
     for seed in range(3):
         events, features = make_sessions(random_state=seed, return_item_features=True,
                                          **PLANTED)
         train, test = train_test_split(events, splitter=TimeSplit(3))
-        params = dict(hidden_size=50, n_epochs=5, device="cpu", random_state=seed)
-        base.append(evaluate(ParallelRNNRecommender(architecture="id", **params).fit(train),
-                             test)["mrr@20"])
-        for training in gains:
-            model = ParallelRNNRecommender(training=training, **params)
+        params = dict(hidden_size=50, device="cpu", random_state=seed)
+        for epochs in base:
+            model = ParallelRNNRecommender(architecture="id", n_epochs=epochs, **params)
+            base[epochs].append(evaluate(model.fit(train), test)["mrr@20"])
+        for training in found:
+            model = ParallelRNNRecommender(training=training, n_epochs=5, **params)
             model.fit(train, item_features={"topic": features})
-            gains[training].append(evaluate(model, test)["mrr@20"])
-    best = max(np.mean(v) for v in gains.values())
-    assert best >= 1.05 * np.mean(base)
+            found[training].append(evaluate(model, test)["mrr@20"])
+    best_id = max(np.mean(v) for v in base.values())
+    assert max(np.mean(v) for v in found.values()) >= 1.05 * best_id
