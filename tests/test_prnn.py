@@ -73,6 +73,16 @@ def test_every_architecture_and_strategy_fits_and_ranks(planted, architecture, t
         assert [r["trained"] for r in model.history_] == [["id"], ["topic"]]
 
 
+def test_residual_epochs_per_subnet(planted):
+    train, _, features = planted
+    model = ParallelRNNRecommender(**dict(FAST, subnet_epochs={"id": 3, "text": 1}))
+    model.fit(train, item_features=_sets(features))
+    assert [r["trained"][0] for r in model.history_] == ["id"] * 3 + ["topic"] * 2 + ["text"]
+    with pytest.raises(ValueError, match=r"subnet_epochs.*colour"):
+        ParallelRNNRecommender(**dict(FAST, subnet_epochs={"colour": 1})).fit(
+            train, item_features=_sets(features))
+
+
 def test_training_is_repeatable_and_seed_dependent(planted):
     train, test, features = planted
     params = dict(FAST, training="interleaving")

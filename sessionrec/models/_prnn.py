@@ -138,8 +138,11 @@ default="residual"
     subnet_weights : dict or None, default=None
         Weight of each subnet's hidden state for ``"shared_w"`` (by subnet name); None
         gives every subnet weight 1 (the paper found equal weights best).
-    subnet_epochs : int or None, default=None
-        Epochs per subnet for ``training="residual"``; None means ``n_epochs``.
+    subnet_epochs : int, dict or None, default=None
+        Epochs per subnet for ``training="residual"``: one number for every subnet, or a
+        dict from subnet name to epochs (subnets left out get ``n_epochs``); None means
+        ``n_epochs``. Fewer epochs for a feature subnet limit how far it fits the
+        residual of a small data set.
     loss : {"top1", "cross-entropy", "bpr-max", "top1-max", "bpr"}, default="top1"
         Training loss (the paper: TOP1). Definitions as in :class:`GRU4RecRecommender`.
     batch_size : int, default=50
@@ -267,7 +270,10 @@ default="residual"
                                 f"weight; got {self.subnet_weights!r}.")
             for name, weight in self.subnet_weights.items():
                 check_real(f"subnet_weights[{name!r}]", weight)
-        if self.subnet_epochs is not None:
+        if isinstance(self.subnet_epochs, Mapping):
+            for name, epochs in self.subnet_epochs.items():
+                check_int(f"subnet_epochs[{name!r}]", epochs, min_value=1)
+        elif self.subnet_epochs is not None:
             check_int("subnet_epochs", self.subnet_epochs, min_value=1)
         check_real("dropout_p_hidden", self.dropout_p_hidden, min_value=0.0, max_value=1.0,
                    max_inclusive=False)
@@ -315,19 +321,20 @@ default="residual"
         return StepConfig(loss=self.loss, activation=self._activation(),
                           bpreg=float(self.bpreg), elu_param=float(self.elu_param))
 
-    def _phases(self, n_subnets: int) -> list[tuple[int, list]]:
+    def _phases(self, names: list[str]) -> list[tuple[int, list]]:
         """(epochs, updates of every step) for each call of the training loop."""
+        n_subnets = len(names)
         every = tuple(range(n_subnets))
         epochs = int(self.n_epochs)
+        per = self._sized(names, self.subnet_epochs, "subnet_epochs", epochs)
         if n_subnets == 1 or self.training == "simultaneous":
-            if n_subnets == 1 and self.training == "residual" and self.subnet_epochs:
-                epochs = int(self.subnet_epochs)
+            if n_subnets == 1 and self.training == "residual":
+                epochs = int(per[0])
             return [(epochs, [(every, every)])]
         if self.training == "alternating":
             return [(1, [((e % n_subnets,), every)]) for e in range(epochs)]
         if self.training == "residual":
-            per = int(self.subnet_epochs or epochs)
-            return [(per, [((k,), tuple(range(k + 1)))]) for k in range(n_subnets)]
+            return [(int(per[k]), [((k,), tuple(range(k + 1)))]) for k in range(n_subnets)]
         return [(epochs, [((k,), tuple(range(k + 1))) for k in range(n_subnets)])]
 
     # -- training -------------------------------------------------------------------------
@@ -367,7 +374,7 @@ default="residual"
                   f"{self.momentum}).")
         history = []
         try:
-            for epochs, updates in self._phases(len(names)):
+            for epochs, updates in self._phases(names):
                 def step(start: int, stop: int, state: list, updates=updates) -> torch.Tensor:
                     for h in state:
                         h.mul_(keep[start:stop])  # reset the slots whose session starts
