@@ -45,11 +45,15 @@ def _metrics(model, test) -> dict:
     support = model.item_support_
     target_support = support.reindex(test.loc[ranks.index, "ItemId"]).to_numpy()
     rare = target_support < np.median(support.to_numpy())
+    # The item clicked just before each target (test is sorted by session and time).
+    previous = test["ItemId"].shift(1).loc[ranks.index]
+    after_rare = support.reindex(previous).fillna(0).to_numpy() < np.median(support)
     values = ranks.to_numpy()
     return {"Recall@20": recall_at_k(values, 20), "MRR@20": mrr_at_k(values, 20),
-            "R@20 rare": recall_at_k(values[rare], 20),
-            "R@20 frequent": recall_at_k(values[~rare], 20),
-            "rare share": rare.mean()}
+            "R@20 rare target": recall_at_k(values[rare], 20),
+            "R@20 frequent target": recall_at_k(values[~rare], 20),
+            "R@20 after rare click": recall_at_k(values[after_rare], 20),
+            "R@20 after frequent click": recall_at_k(values[~after_rare], 20)}
 
 
 def planted(seeds: int) -> None:
@@ -59,6 +63,8 @@ def planted(seeds: int) -> None:
         for training in ("simultaneous", "alternating", "residual", "interleaving"):
             runs.append((f"parallel ({training}), {kind}",
                          dict(training=training, n_epochs=5), kind))
+        runs.append((f"parallel (residual, 1 feature epoch), {kind}",
+                     dict(training="residual", n_epochs=5, subnet_epochs={"topic": 1}), kind))
     rows = {name: [] for name, _, _ in runs}
     for seed in range(seeds):
         events, features = make_sessions(random_state=seed, return_item_features=True,

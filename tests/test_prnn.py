@@ -328,24 +328,46 @@ PLANTED = dict(n_sessions=3000, n_items=3000, popularity_exponent=0.5,
                transition_strength=0.2, n_topics=30, feature_noise=0.2)
 
 
+def _after_rare_click_recall(model, test) -> float:
+    """Recall@20 of the targets whose preceding click is a rare item (support < median)."""
+    ranks = model.rank_next_items(test).dropna()
+    support = model.item_support_
+    previous = test["ItemId"].shift(1).loc[ranks.index]
+    rare = support.reindex(previous).fillna(0).to_numpy() < np.median(support)
+    return float((ranks.to_numpy()[rare] <= 20).mean())
+
+
 @pytest.mark.slow
-def test_features_with_planted_signal_beat_id_only():
-    """Acceptance: on a long tail of rare items whose features tell the session's topic,
-    parallel p-RNN with residual or interleaving training beats the ID-only GRU by >= 5%
-    MRR@20 (mean of 3 seeds), against the better of 5 and 10 ID-only epochs."""
-    found = {"residual": [], "interleaving": []}
-    base = {5: [], 10: []}
+def test_planted_feature_signal_helps_and_noise_does_not_hurt():
+    """Acceptance, on a long tail of items whose features tell the session's topic
+    (``benchmarks/bench_prnn.py`` prints the full table), mean of 3 seeds, against the
+    better of 5 and 10 ID-only epochs: parallel p-RNN with residual training (5 ID epochs,
+    1 feature epoch) gains >= 5% MRR@20 with the features, stays within 3% with the same
+    vectors given to random other items, and raises Recall@20 after rare clicks."""
+    results = {key: [] for key in ("id5", "id10", "informative", "uninformative",
+                                   "id_rare", "prnn_rare")}
     for seed in range(3):
         events, features = make_sessions(random_state=seed, return_item_features=True,
                                          **PLANTED)
+        shuffled = features.set_axis(np.random.default_rng(100 + seed).permutation(
+            features.index))
         train, test = train_test_split(events, splitter=TimeSplit(3))
         params = dict(hidden_size=50, device="cpu", random_state=seed)
-        for epochs in base:
+        for epochs in (5, 10):
             model = ParallelRNNRecommender(architecture="id", n_epochs=epochs, **params)
-            base[epochs].append(evaluate(model.fit(train), test)["mrr@20"])
-        for training in found:
-            model = ParallelRNNRecommender(training=training, n_epochs=5, **params)
-            model.fit(train, item_features={"topic": features})
-            found[training].append(evaluate(model, test)["mrr@20"])
-    best_id = max(np.mean(v) for v in base.values())
-    assert max(np.mean(v) for v in found.values()) >= 1.05 * best_id
+            model.fit(train)
+            results[f"id{epochs}"].append(evaluate(model, test)["mrr@20"])
+            if epochs == 10:
+                results["id_rare"].append(_after_rare_click_recall(model, test))
+        for kind, given in (("informative", features), ("uninformative", shuffled)):
+            model = ParallelRNNRecommender(training="residual", n_epochs=5,
+                                           subnet_epochs={"topic": 1}, **params)
+            model.fit(train, item_features={"topic": given})
+            results[kind].append(evaluate(model, test)["mrr@20"])
+            if kind == "informative":
+                results["prnn_rare"].append(_after_rare_click_recall(model, test))
+    mean = {key: np.mean(value) for key, value in results.items()}
+    best_id = max(mean["id5"], mean["id10"])
+    assert mean["informative"] >= 1.05 * best_id
+    assert mean["uninformative"] >= 0.97 * best_id
+    assert mean["prnn_rare"] > mean["id_rare"]
