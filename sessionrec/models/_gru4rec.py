@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .._base import SessionRecommender, rows_per_block
+from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
 from .._validation import (
@@ -22,7 +22,6 @@ from ._recurrent import SampledTrainingMixin
 __all__ = ["GRU4RecRecommender"]
 
 # Evaluation batches: at least this many parallel sessions, at most that many.
-_EVAL_BATCH = (64, 8192)
 
 
 class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
@@ -260,39 +259,17 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
 
     def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
         network = self.network_
-        device = self.device_
-        batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
-        # The last event of a session is fed only if a score after it is wanted
-        # (prediction); ranking next items never needs it.
-        include_last = bool(score_after[events.is_last].any())
-        schedule = session_parallel_schedule(events, batch, include_last=include_last,
-                                             longest_first=True)
-        if schedule.n_steps == 0:
-            return
-        items = torch.as_tensor(events.items, device=device)
-        inputs = items[torch.as_tensor(schedule.positions, device=device)]
-        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
-                               device=device).unsqueeze(1)
-        scored = score_after[schedule.positions]
-        bounds = schedule.step_offsets.tolist()
         views = network.views(network.dense)
         matrix = network.scoring_matrix()
-        hidden = network.zero_state(int(schedule.widths()[0]))
-        for t in range(schedule.n_steps):
-            start, stop = bounds[t], bounds[t + 1]
-            if t in schedule.shrink:
-                rows = torch.as_tensor(schedule.shrink[t], device=device)
-                hidden = [h.index_select(0, rows) for h in hidden]
+
+        def step(items, hidden, keep):
             for h in hidden:
-                h.mul_(keep[start:stop])
-            top = network.advance(inputs[start:stop], hidden, views)
-            selected = scored[start:stop]
-            if not selected.any():
-                continue
-            if not selected.all():
-                top = top.index_select(0, torch.as_tensor(np.flatnonzero(selected),
-                                                          device=device))
-            yield schedule.positions[start:stop][selected], network.score_all(top, matrix)
+                h.mul_(keep)
+            return hidden, network.advance(items, hidden, views)
+
+        yield from self._session_parallel_scores(
+            events, score_after, network.zero_state, step,
+            lambda top: network.score_all(top, matrix))
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         return self.network_.out[:, -1].detach()

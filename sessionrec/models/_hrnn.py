@@ -13,8 +13,7 @@ from .._validation import check_choice, check_int, check_real
 from ..nn._hierarchical import HRNNNetwork
 from ..nn._network import StepConfig
 from ..nn._trainer import train_parallel
-from ._gru4rec import _EVAL_BATCH
-from ._recurrent import SampledTrainingMixin
+from ._recurrent import EVAL_BATCH, SampledTrainingMixin
 
 __all__ = ["HRNNRecommender"]
 
@@ -262,7 +261,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         frame user's state after their last session (``users``: frame user codes).
         """
         network, device = self.network_, self.device_
-        batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
+        batch = int(np.clip(rows_per_block(self.n_items_, device), *EVAL_BATCH))
         schedule = user_parallel_schedule(events, batch, include_last=include_last)
         if schedule.n_steps == 0:
             return

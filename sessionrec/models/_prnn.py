@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .._base import SessionRecommender, rows_per_block
+from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
 from .._validation import check_choice, check_int, check_real
@@ -17,7 +17,6 @@ from ..nn._network import StepConfig
 from ..nn._parallel import ParallelNetwork, SubnetSpec
 from ..nn._trainer import train_parallel
 from ..preprocessing._features import ItemFeatures
-from ._gru4rec import _EVAL_BATCH
 from ._recurrent import SampledTrainingMixin
 
 __all__ = ["ParallelRNNRecommender"]
@@ -405,36 +404,14 @@ default="residual"
 
     def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
         network = self.network_
-        device = self.device_
-        batch = int(np.clip(rows_per_block(self.n_items_, device), *_EVAL_BATCH))
-        include_last = bool(score_after[events.is_last].any())
-        schedule = session_parallel_schedule(events, batch, include_last=include_last,
-                                             longest_first=True)
-        if schedule.n_steps == 0:
-            return
-        items = torch.as_tensor(events.items, device=device)
-        inputs = items[torch.as_tensor(schedule.positions, device=device)]
-        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
-                               device=device).unsqueeze(1)
-        scored = score_after[schedule.positions]
-        bounds = schedule.step_offsets.tolist()
         matrix = network.scoring_matrix()
-        hidden = network.zero_state(int(schedule.widths()[0]))
-        for t in range(schedule.n_steps):
-            start, stop = bounds[t], bounds[t + 1]
-            if t in schedule.shrink:
-                rows = torch.as_tensor(schedule.shrink[t], device=device)
-                hidden = [h.index_select(0, rows) for h in hidden]
-            hidden = network.advance(inputs[start:stop],
-                                     [h * keep[start:stop] for h in hidden])
-            selected = scored[start:stop]
-            if not selected.any():
-                continue
-            top = hidden
-            if not selected.all():
-                rows = torch.as_tensor(np.flatnonzero(selected), device=device)
-                top = [h.index_select(0, rows) for h in hidden]
-            yield schedule.positions[start:stop][selected], network.score_all(top, matrix)
+
+        def step(items, hidden, keep):
+            hidden = network.advance(items, [h * keep for h in hidden])
+            return hidden, network.top_vector(hidden)
+
+        yield from self._session_parallel_scores(
+            events, score_after, network.zero_state, step, lambda top: torch.mm(top, matrix))
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         # No event yet: zero states, so the scores are the output biases.

@@ -7,14 +7,21 @@ and turns them into the training objects, so each model states only its architec
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from .._base import rows_per_block
+from .._batching import session_parallel_schedule
 from .._validation import check_bool, check_choice, check_int, check_real, torch_generator
 from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 
-__all__ = ["SampledTrainingMixin"]
+__all__ = ["SampledTrainingMixin", "EVAL_BATCH"]
+
+# Slots of a session-parallel evaluation batch: as many rows as one scoring block holds,
+# within these bounds.
+EVAL_BATCH = (64, 8192)
 
 
 class SampledTrainingMixin:
@@ -87,3 +94,42 @@ class SampledTrainingMixin:
             return torch.cat([shift_batch[targets], shift_sample[samples]])
 
         return sampler, shift
+
+    def _session_parallel_scores(self, events, score_after, zero_state, step, score):
+        """The evaluation walk of a session RNN: yield ``(positions, scores)`` blocks.
+
+        Sessions are fed in parallel slots (longest first), each slot's state reset where
+        its session starts. ``zero_state(width)`` gives the initial state;
+        ``step(items, state, keep)`` feeds one item per slot (``keep`` is 0 where the
+        session starts, else 1) and returns ``(state, top)``, ``top`` being one row per
+        slot that ``score(top rows)`` turns into the scores of every item. The last event
+        of a session is fed only if a score after it is wanted (prediction); ranking next
+        items never needs it.
+        """
+        device = self.device_
+        batch = int(np.clip(rows_per_block(self.n_items_, device), *EVAL_BATCH))
+        include_last = bool(score_after[events.is_last].any())
+        schedule = session_parallel_schedule(events, batch, include_last=include_last,
+                                             longest_first=True)
+        if schedule.n_steps == 0:
+            return
+        items = torch.as_tensor(events.items, device=device)
+        inputs = items[torch.as_tensor(schedule.positions, device=device)]
+        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
+                               device=device).unsqueeze(1)
+        scored = score_after[schedule.positions]
+        bounds = schedule.step_offsets.tolist()
+        state = zero_state(int(schedule.widths()[0]))
+        for t in range(schedule.n_steps):
+            start, stop = bounds[t], bounds[t + 1]
+            if t in schedule.shrink:
+                rows = torch.as_tensor(schedule.shrink[t], device=device)
+                state = [h.index_select(0, rows) for h in state]
+            state, top = step(inputs[start:stop], state, keep[start:stop])
+            selected = scored[start:stop]
+            if not selected.any():
+                continue
+            if not selected.all():
+                top = top.index_select(0, torch.as_tensor(np.flatnonzero(selected),
+                                                          device=device))
+            yield schedule.positions[start:stop][selected], score(top)

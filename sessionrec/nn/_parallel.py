@@ -307,15 +307,20 @@ class ParallelNetwork(nn.Module):
         return torch.cat([getattr(self, n) for n in names], dim=1).t().contiguous()
 
     @torch.no_grad()
+    def top_vector(self, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """Per slot, the row that :meth:`scoring_matrix` turns into the merged scores."""
+        parts = []
+        for _, top in self._tops(hidden, range(len(self.subnets))):
+            parts += [top, top.new_ones(len(top), 1)]
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
     def score_all(self, hidden: list[torch.Tensor], matrix: torch.Tensor | None = None
                   ) -> torch.Tensor:
         """Merged scores of every item for each slot (one matrix product)."""
         if matrix is None:
             matrix = self.scoring_matrix()
-        parts = []
-        for _, top in self._tops(hidden, range(len(self.subnets))):
-            parts += [top, top.new_ones(len(top), 1)]
-        return torch.mm(torch.cat(parts, dim=1), matrix)
+        return torch.mm(self.top_vector(hidden), matrix)
 
     # -- training -------------------------------------------------------------------------
 
