@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=100)
+    parser.add_argument("--only", default=None,
+                        help="comma-separated row names to run (e.g. "
+                             "'interaction (interleaving)'); default: every row")
     args = parser.parse_args()
     root = SHARED_DATA / "ml-latest-small"
     if not (root / "ratings.csv").exists():
@@ -90,6 +93,13 @@ def main() -> None:
             ("feature only", "feature", "simultaneous"),
             ("concatenated input", "concat", "simultaneous")]
     runs += [(f"{a} ({t})", a, t) for a in ARCHITECTURES for t in TRAININGS]
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        unknown = wanted - {name for name, _, _ in runs}
+        if unknown:
+            raise SystemExit(f"--only: unknown row(s) {sorted(unknown)}; rows are "
+                             f"{[name for name, _, _ in runs]}")
+        runs = [run for run in runs if run[0] in wanted]
     results = {}
     for name, architecture, training in runs:
         rows, start = [], time.perf_counter()

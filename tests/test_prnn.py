@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import numpy as np
@@ -167,6 +168,75 @@ def test_residual_training_first_phase_is_the_id_only_model(planted):
     assert [r["loss"] for r in residual.history_[:2]] == [r["loss"] for r in id_only.history_]
 
 
+# -- early stopping -------------------------------------------------------------------
+
+
+def _held_out(train: pd.DataFrame, fraction: float) -> pd.DataFrame:
+    """The events of the sessions that start last, as early stopping holds them out."""
+    starts = train.groupby("SessionId")["Time"].min().sort_values(kind="stable")
+    n_valid = int(round(fraction * len(starts)))
+    return train[train["SessionId"].isin(starts.index[len(starts) - n_valid:])]
+
+
+@pytest.mark.parametrize("training", ["residual", "simultaneous"])
+def test_early_stopping_keeps_the_best_epoch(planted, training):
+    train, _, features = planted
+    model = ParallelRNNRecommender(**dict(FAST, n_epochs=4, training=training,
+                                          early_stopping=True, validation_fraction=0.2))
+    model.fit(train, item_features={"topic": features})
+    scores = [record["validation_mrr"] for record in model.history_]
+    assert len(scores) == (8 if training == "residual" else 4)
+    assert model.best_validation_score_ == max(scores)
+    # The kept parameters score exactly that on the held-out sessions, through the
+    # public evaluation engine.
+    held_out = _held_out(train, 0.2)
+    assert model.score(held_out) == pytest.approx(model.best_validation_score_, abs=1e-9)
+    if training == "residual":
+        kept = model.subnet_epochs_
+        assert 1 <= kept["id"] <= 4 and 0 <= kept["topic"] <= 4
+        assert model.subnet_active_ == {"id": True, "topic": kept["topic"] > 0}
+
+
+def test_early_stopping_leaves_out_a_subnet_that_does_not_help(planted, monkeypatch,
+                                                              tmp_path):
+    """A residual subnet whose epochs never beat the ensemble before it is left out: the
+    model then ranks exactly like the ID-only network it was trained on top of."""
+    train, test, features = planted
+    params = dict(FAST, n_epochs=2, early_stopping=True)
+    scripted = iter([0.10, 0.20, 0.15, 0.19])  # ID: 2 epochs improve; topic: none does
+    monkeypatch.setattr(ParallelRNNRecommender, "_validation_mrr",
+                        lambda self, network, events: next(scripted))
+    model = ParallelRNNRecommender(**params).fit(train, item_features={"topic": features})
+    assert model.subnet_epochs_ == {"id": 2, "topic": 0}
+    assert model.subnet_active_ == {"id": True, "topic": False}
+    scripted = iter([0.10, 0.20])
+    id_only = ParallelRNNRecommender(architecture="id", **params).fit(train)
+    expected = id_only.rank_next_items(test)
+    pd.testing.assert_series_equal(model.rank_next_items(test), expected)
+    path = tmp_path / "muted.pt"
+    model.save(path)
+    loaded = ParallelRNNRecommender.load(path)
+    assert loaded.subnet_active_ == model.subnet_active_
+    pd.testing.assert_series_equal(loaded.rank_next_items(test), expected)
+    pd.testing.assert_series_equal(pickle.loads(pickle.dumps(model)).rank_next_items(test),
+                                   expected)
+
+
+def test_early_stopping_restores_an_earlier_epoch(planted, monkeypatch):
+    """When the last epoch is not the best, the parameters are those of the best one."""
+    train, test, features = planted
+    params = dict(FAST, architecture="id", early_stopping=True)
+    scripted = iter([0.3, 0.1, 0.2])
+    monkeypatch.setattr(ParallelRNNRecommender, "_validation_mrr",
+                        lambda self, network, events: next(scripted))
+    three = ParallelRNNRecommender(**dict(params, n_epochs=3)).fit(train)
+    scripted = iter([0.3])
+    one = ParallelRNNRecommender(**dict(params, n_epochs=1)).fit(train)
+    for name, value in one.network_.state_dict().items():
+        assert torch.equal(three.network_.state_dict()[name], value), name
+    assert [r["validation_mrr"] for r in three.history_] == [0.3, 0.1, 0.2]
+
+
 # -- features -------------------------------------------------------------------------
 
 
@@ -285,6 +355,10 @@ def test_bad_parameters_are_named(planted):
         (dict(subnet_epochs=0), "subnet_epochs"),
         (dict(dropout_p_hidden=1.0), "dropout_p_hidden"),
         (dict(learning_rate=-1), "learning_rate"),
+        (dict(early_stopping="yes"), "early_stopping"),
+        (dict(early_stopping=True, validation_fraction=0.0), "validation_fraction"),
+        (dict(early_stopping=True, validation_fraction=1.0), "validation_fraction"),
+        (dict(early_stopping=True, validation_fraction=1e-6), "validation_fraction"),
     ]:
         model = ParallelRNNRecommender(**dict(FAST, **params))
         with pytest.raises((ValueError, TypeError), match=pattern):
@@ -337,31 +411,50 @@ def _after_rare_click_recall(model, test) -> float:
     return float((ranks.to_numpy()[rare] <= 20).mean())
 
 
+
+
+@functools.cache
+def _planted_seed(seed: int):
+    """Train/test split, features and uninformative features of one planted data set,
+    with the ID-only baselines' MRR@20 (5 and 10 epochs) and Recall@20 after rare clicks."""
+    events, features = make_sessions(random_state=seed, return_item_features=True,
+                                     **PLANTED)
+    shuffled = features.set_axis(np.random.default_rng(100 + seed).permutation(
+        features.index))
+    train, test = train_test_split(events, splitter=TimeSplit(3))
+    baseline = {}
+    for epochs in (5, 10):
+        model = ParallelRNNRecommender(architecture="id", n_epochs=epochs, hidden_size=50,
+                                       device="cpu", random_state=seed).fit(train)
+        baseline[f"id{epochs}"] = evaluate(model, test)["mrr@20"]
+        if epochs == 10:
+            baseline["id_rare"] = _after_rare_click_recall(model, test)
+    return train, test, features, shuffled, baseline
+
+
 @pytest.mark.slow
-def test_planted_feature_signal_helps_and_noise_does_not_hurt():
+@pytest.mark.parametrize("setting", [
+    # 5 ID epochs, then 1 epoch for the feature subnet.
+    dict(n_epochs=5, subnet_epochs={"topic": 1}),
+    # The default 10 epochs per subnet, each subnet keeping its best epoch on held-out
+    # sessions (and left out if none helps).
+    dict(n_epochs=10, early_stopping=True),
+], ids=["one_feature_epoch", "early_stopping"])
+def test_planted_feature_signal_helps_and_noise_does_not_hurt(setting):
     """Acceptance, on a long tail of items whose features tell the session's topic
     (``benchmarks/bench_prnn.py`` prints the full table), mean of 3 seeds, against the
-    better of 5 and 10 ID-only epochs: parallel p-RNN with residual training (5 ID epochs,
-    1 feature epoch) gains >= 5% MRR@20 with the features, stays within 3% with the same
-    vectors given to random other items, and raises Recall@20 after rare clicks."""
+    better of 5 and 10 ID-only epochs: parallel p-RNN with residual training gains >= 5%
+    MRR@20 with the features, stays within 3% with the same vectors given to random
+    other items, and raises Recall@20 after rare clicks."""
     results = {key: [] for key in ("id5", "id10", "informative", "uninformative",
                                    "id_rare", "prnn_rare")}
     for seed in range(3):
-        events, features = make_sessions(random_state=seed, return_item_features=True,
-                                         **PLANTED)
-        shuffled = features.set_axis(np.random.default_rng(100 + seed).permutation(
-            features.index))
-        train, test = train_test_split(events, splitter=TimeSplit(3))
-        params = dict(hidden_size=50, device="cpu", random_state=seed)
-        for epochs in (5, 10):
-            model = ParallelRNNRecommender(architecture="id", n_epochs=epochs, **params)
-            model.fit(train)
-            results[f"id{epochs}"].append(evaluate(model, test)["mrr@20"])
-            if epochs == 10:
-                results["id_rare"].append(_after_rare_click_recall(model, test))
+        train, test, features, shuffled, baseline = _planted_seed(seed)
+        for key, value in baseline.items():
+            results[key].append(value)
         for kind, given in (("informative", features), ("uninformative", shuffled)):
-            model = ParallelRNNRecommender(training="residual", n_epochs=5,
-                                           subnet_epochs={"topic": 1}, **params)
+            model = ParallelRNNRecommender(training="residual", hidden_size=50,
+                                           device="cpu", random_state=seed, **setting)
             model.fit(train, item_features={"topic": given})
             results[kind].append(evaluate(model, test)["mrr@20"])
             if kind == "informative":

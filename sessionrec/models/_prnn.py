@@ -12,7 +12,8 @@ import torch
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
-from .._validation import check_choice, check_int, check_real
+from .._validation import check_bool, check_choice, check_int, check_real
+from ..evaluation import ranks_from_scores
 from ..nn._network import StepConfig
 from ..nn._parallel import ParallelNetwork, SubnetSpec
 from ..nn._trainer import train_parallel
@@ -157,6 +158,17 @@ default="residual"
     bpreg, elu_param, logq, final_activation
         As in :class:`GRU4RecRecommender`.
     n_epochs : int, default=10
+    early_stopping : bool, default=False
+        Hold out the last ``validation_fraction`` of the sessions (those that start last),
+        score the model on them after every epoch (MRR@20, all items ranked,
+        conservative ties) and keep the parameters of the best epoch. With residual
+        training this is done per subnet: a subnet keeps its best epoch, and a subnet
+        whose training never beats the ensemble before it is left out of scoring
+        (``subnet_active_``), so a feature set that carries no signal cannot make the
+        model worse than the ones before it. Not in the paper, which tuned the number of
+        epochs on a validation set by hand; the held-out sessions are not trained on.
+    validation_fraction : float in (0, 1), default=0.1
+        Share of the sessions held out when ``early_stopping`` is on.
     sample_store_size : int, default=10_000_000
     session_key, item_key, time_key : str
         Column names.
@@ -170,9 +182,18 @@ default="residual"
     ----------
     network_ : ParallelNetwork
     history_ : list of dict
-        Per epoch: ``loss``, ``seconds``, ``events_per_s``, ``batches_per_s`` and
-        ``trained`` (the names of the subnets trained in that epoch).
+        Per epoch: ``loss``, ``seconds``, ``events_per_s``, ``batches_per_s``,
+        ``trained`` (the names of the subnets trained in that epoch) and, with
+        ``early_stopping``, ``validation_mrr``.
     subnet_names_ : list of str
+    subnet_active_ : dict
+        Per subnet, whether it takes part in scoring (False only for a subnet that early
+        stopping left out).
+    subnet_epochs_ : dict
+        Residual training with ``early_stopping`` only: the epochs each subnet kept (0 for
+        a subnet left out).
+    best_validation_score_ : float
+        With ``early_stopping``: the validation MRR@20 of the parameters kept.
     feature_names_ : list of str
         The feature sets, in the order of their subnets.
     feature_coverage_ : dict
@@ -225,7 +246,8 @@ default="residual"
                  subnet_weights=None, subnet_epochs=None, loss="top1", batch_size=50,
                  dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0, n_sample=0,
                  sample_alpha=0.75, bpreg=1.0, elu_param=0.5, logq=0.0,
-                 final_activation="auto", n_epochs=10, sample_store_size=10_000_000,
+                 final_activation="auto", n_epochs=10, early_stopping=False,
+                 validation_fraction=0.1, sample_store_size=10_000_000,
                  session_key="SessionId", item_key="ItemId", time_key="Time",
                  device="auto", random_state=None, verbose=False):
         self.architecture = architecture
@@ -245,6 +267,8 @@ default="residual"
         self.logq = logq
         self.final_activation = final_activation
         self.n_epochs = n_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.sample_store_size = sample_store_size
         self.session_key = session_key
         self.item_key = item_key
@@ -276,6 +300,9 @@ default="residual"
             check_int("subnet_epochs", self.subnet_epochs, min_value=1)
         check_real("dropout_p_hidden", self.dropout_p_hidden, min_value=0.0, max_value=1.0,
                    max_inclusive=False)
+        check_bool("early_stopping", self.early_stopping)
+        check_real("validation_fraction", self.validation_fraction, min_value=0.0,
+                   max_value=1.0, min_inclusive=False, max_inclusive=False)
         self._validate_training_params()
 
     def _subnets(self, feature_names: list[str]) -> list[tuple[str, bool, tuple[int, ...]]]:
@@ -358,6 +385,9 @@ default="residual"
         feature_names = list(sets)
         device = self.device_
         network, generator = self._initialised(self._build_network(features, feature_names))
+        validation = None
+        if self.early_stopping:
+            events, validation = _hold_out_last_sessions(events, float(self.validation_fraction))
         schedule = session_parallel_schedule(events, int(self.batch_size))
         items = torch.as_tensor(events.items, device=device)
         positions = torch.as_tensor(schedule.positions, device=device)
@@ -372,8 +402,15 @@ default="residual"
         advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
                   f"{self.momentum}).")
         history = []
+        residual = self.training == "residual" and len(names) > 1
+        stopper = None
+        if validation is not None:
+            stopper = _BestEpochs(network, lambda: self._validation_mrr(network, validation))
+            if residual:  # a subnet scores only once residual training has reached it
+                network.active = [k == 0 for k in range(len(names))]
+        kept_epochs = dict.fromkeys(names, 0)
         try:
-            for epochs, updates in self._phases(names):
+            for phase, (epochs, updates) in enumerate(self._phases(names)):
                 def step(start: int, stop: int, state: list, updates=updates) -> torch.Tensor:
                     for h in state:
                         h.mul_(keep[start:stop])  # reset the slots whose session starts
@@ -385,20 +422,70 @@ default="residual"
 
                 trained = sorted({names[i] for group, _ in updates for i in group},
                                  key=names.index)
-                records = train_parallel(
-                    step, schedule, network.zero_state, n_epochs=epochs, device=device,
-                    advice=advice, log=self._log if self.verbose else None,
-                    name=f"p-RNN [{'+'.join(trained)}]")
-                for record in records:
-                    record.update(epoch=len(history) + 1, trained=trained)
+                label = f"p-RNN [{'+'.join(trained)}]"
+                log = self._log if self.verbose else None
+                if stopper is None:
+                    records = train_parallel(step, schedule, network.zero_state,
+                                             n_epochs=epochs, device=device, advice=advice,
+                                             log=log, name=label)
+                    for record in records:
+                        record.update(epoch=len(history) + 1, trained=trained)
+                        history.append(record)
+                    continue
+                if residual:
+                    network.active[phase] = True
+                for epoch in range(epochs):
+                    # One epoch per call: the loop resets the slots every epoch anyway.
+                    (record,) = train_parallel(step, schedule, network.zero_state,
+                                               n_epochs=1, device=device, advice=advice,
+                                               log=log, name=label)
+                    improved = stopper.update()
+                    record.update(epoch=len(history) + 1, trained=trained,
+                                  validation_mrr=stopper.last)
                     history.append(record)
+                    if improved and residual:
+                        kept_epochs[names[phase]] = epoch + 1
+                    if log is not None:
+                        log("%s validation MRR@20 %.4f (best %.4f)", label, stopper.last,
+                            stopper.best)
+                if residual:
+                    # The subnet keeps its best epoch; if no epoch beat the ensemble
+                    # before it, it is left out of scoring for good.
+                    stopper.restore()
+                    network.active[phase] = phase == 0 or kept_epochs[names[phase]] > 0
+            if stopper is not None:
+                stopper.restore()
         finally:
             training.finish()
         self.history_ = history
+        self.subnet_active_ = dict(zip(names, network.active, strict=True))
+        if stopper is not None:
+            self.best_validation_score_ = stopper.best
+            if residual:
+                self.subnet_epochs_ = kept_epochs
         self.network_ = network
         self.subnet_names_ = names
         self.feature_names_ = feature_names
         self.feature_coverage_ = coverage
+
+    def _validation_mrr(self, network: ParallelNetwork, events: SessionEvents) -> float:
+        """MRR@20 (conservative ties, all items ranked) of ``network`` on held-out events."""
+        matrix = network.scoring_matrix()
+        items = torch.as_tensor(events.items, device=self.device_)
+        total, count = 0.0, 0
+
+        def step(batch_items, hidden, keep):
+            hidden = network.advance(batch_items, [h * keep for h in hidden])
+            return hidden, network.top_vector(hidden)
+
+        for positions, scores in self._session_parallel_scores(
+                events, ~events.is_last, network.zero_state, step,
+                lambda top: torch.mm(top, matrix)):
+            target = items[torch.as_tensor(positions + 1, device=self.device_)]
+            ranks = ranks_from_scores(scores, target, "conservative")
+            total += float(torch.where(ranks <= 20, 1.0 / ranks, 0.0).sum())
+            count += len(positions)
+        return total / max(count, 1)
 
     # -- prediction -----------------------------------------------------------------------
 
@@ -429,6 +516,7 @@ default="residual"
                 "feature_dims": list(network.feature_dims),
                 "feature_sparse": list(network.feature_sparse),
                 "feature_names": list(self.feature_names_),
+                "subnet_active": list(network.active),
                 "feature_coverage": dict(self.feature_coverage_)}
 
     def _set_state(self, state: dict) -> None:
@@ -447,8 +535,65 @@ default="residual"
         network = ParallelNetwork(self.n_items_, specs, state["head"], features,
                                   state["subnet_weights"])
         network.load_state_dict(weights)
+        network.active = list(state.get("subnet_active", [True] * len(specs)))
         self.network_ = network
+        self.subnet_active_ = dict(zip([s.name for s in specs], network.active, strict=True))
         self.history_ = state["history"]
         self.subnet_names_ = [s.name for s in specs]
         self.feature_names_ = list(state["feature_names"])
         self.feature_coverage_ = dict(state["feature_coverage"])
+
+
+def _hold_out_last_sessions(events: SessionEvents, fraction: float
+                            ) -> tuple[SessionEvents, SessionEvents]:
+    """Split off the sessions that start last (``fraction`` of them) for validation."""
+    n_sessions = events.n_sessions
+    n_valid = int(round(fraction * n_sessions))
+    cut = n_sessions - n_valid
+    if n_valid < 1 or cut < 1:
+        raise ValueError(f"validation_fraction={fraction} of {n_sessions} sessions leaves "
+                         f"{n_valid} for validation and {cut} for training; each needs "
+                         "at least one session.")
+    offsets, split = events.offsets, int(events.offsets[cut])
+    train = SessionEvents(items=events.items[:split], offsets=offsets[:cut + 1],
+                          session_labels=events.session_labels[:cut],
+                          rows=events.rows[:split])
+    valid = SessionEvents(items=events.items[split:], offsets=offsets[cut:] - split,
+                          session_labels=events.session_labels[cut:],
+                          rows=events.rows[split:])
+    if not (valid.lengths >= 2).any():
+        raise ValueError(f"validation_fraction={fraction} holds out {n_valid} sessions, "
+                         "none with two events, so there is nothing to validate on; "
+                         "raise validation_fraction.")
+    return train, valid
+
+
+class _BestEpochs:
+    """Remember the parameters of the epoch with the best validation score.
+
+    ``update()`` scores the network and keeps a copy of its parameters when the score beats
+    the best so far; ``restore()`` writes the best copy back (into the parameters' own
+    storage, which during training is shared with the optimiser's packed tables). Before
+    any epoch, the best copy is the initial network with score -inf.
+    """
+
+    def __init__(self, network: torch.nn.Module, score):
+        self.network = network
+        self.score = score
+        self.saved = {name: p.detach().clone() for name, p in network.named_parameters()}
+        self.best = -np.inf
+        self.last = np.nan
+
+    def update(self) -> bool:
+        self.last = self.score()
+        if not self.last > self.best:
+            return False
+        self.best = self.last
+        for name, p in self.network.named_parameters():
+            self.saved[name].copy_(p.detach())
+        return True
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for name, p in self.network.named_parameters():
+            p.copy_(self.saved[name])

@@ -125,6 +125,10 @@ class ParallelNetwork(nn.Module):
                                  f"{[s.hidden for s in self.subnets]}.")
         weights = [1.0] * len(self.subnets) if subnet_weights is None else subnet_weights
         self.subnet_weights = [float(w) for w in weights]
+        # Which subnets take part in scoring (prediction and evaluation). A subnet is left
+        # out while residual training has not reached it, or for good when early stopping
+        # found that it does not help (see ParallelRNNRecommender).
+        self.active = [True] * len(self.subnets)
         # Feature data, as buffers: saved with the network and moved with it.
         for j, f in enumerate(features):
             if sp.issparse(f):
@@ -299,18 +303,23 @@ class ParallelNetwork(nn.Module):
             tops.append((f"s{i}_out", top))
         return tops
 
+    def active_subnets(self) -> list[int]:
+        """Indices of the subnets that take part in scoring."""
+        return [i for i, on in enumerate(self.active) if on]
+
     @torch.no_grad()
     def scoring_matrix(self) -> torch.Tensor:
-        """The output tables (weights and bias) stacked and transposed, for :meth:`score_all`."""
+        """The output tables (weights and bias) of the active subnets, stacked and
+        transposed, for :meth:`score_all`."""
         names = (["shared_out"] if self.head == "shared"
-                 else [f"s{i}_out" for i in range(len(self.subnets))])
+                 else [f"s{i}_out" for i in self.active_subnets()])
         return torch.cat([getattr(self, n) for n in names], dim=1).t().contiguous()
 
     @torch.no_grad()
     def top_vector(self, hidden: list[torch.Tensor]) -> torch.Tensor:
         """Per slot, the row that :meth:`scoring_matrix` turns into the merged scores."""
         parts = []
-        for _, top in self._tops(hidden, range(len(self.subnets))):
+        for _, top in self._tops(hidden, self.active_subnets()):
             parts += [top, top.new_ones(len(top), 1)]
         return torch.cat(parts, dim=1)
 
