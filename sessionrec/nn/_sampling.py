@@ -8,6 +8,7 @@ import torch
 __all__ = ["NegativeSampler"]
 
 _CHUNK = 1 << 20
+_MAX_BUCKETS = 1 << 22
 
 
 class NegativeSampler:
@@ -17,7 +18,7 @@ class NegativeSampler:
     that lives on the training device and is regenerated when used up, so a training step
     only takes a view of the next row. The store is filled by inverse-CDF sampling with a
     guide table (one lookup resolves most draws; the rest fall back to a binary search),
-    which takes tens of milliseconds per million samples where the official binary-search
+    which takes a few milliseconds per million samples where the official binary-search
     loop takes seconds.
 
     Parameters
@@ -41,10 +42,13 @@ class NegativeSampler:
         cdf = np.cumsum(weights)
         cdf /= cdf[-1]
         self.cdf = torch.as_tensor(cdf, dtype=torch.float64, device=device)
-        # guide[k] = the first item whose cumulative probability exceeds k / n_items: the
-        # answer for any draw u in [k / n, (k + 1) / n) is guide[k] or a later item.
+        # guide[k] = the first item whose cumulative probability exceeds k / n_buckets: the
+        # answer for any draw u in [k / n_buckets, (k + 1) / n_buckets) is guide[k] or a
+        # later item. With 8 buckets per item, at most 1 draw in 8 needs the search.
         n_items = len(cdf)
-        grid = torch.arange(n_items, dtype=torch.float64, device=device) / n_items
+        self.n_buckets = max(n_items, min(8 * n_items, _MAX_BUCKETS))
+        grid = torch.arange(self.n_buckets, dtype=torch.float64, device=device)
+        grid /= self.n_buckets
         self.guide = torch.searchsorted(self.cdf, grid, right=True).clamp_(max=n_items - 1)
         self.n_sample = int(n_sample)
         self.n_rows = max(1, int(store_size) // self.n_sample)
@@ -71,7 +75,7 @@ class NegativeSampler:
         """Items for uniform draws ``u`` in [0, 1): the inverse of the cumulative
         distribution, exactly what a binary search would give."""
         n_items = len(self.cdf)
-        bucket = (u * n_items).long().clamp_(max=n_items - 1)
+        bucket = (u * self.n_buckets).long().clamp_(max=self.n_buckets - 1)
         drawn = self.guide[bucket]
         # The guide's item is the answer unless u lies beyond its cumulative probability;
         # those draws (a minority) get an exact binary search.
