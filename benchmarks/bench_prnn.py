@@ -15,10 +15,14 @@ Sections (``--section``):
   best epoch on the last 10% of the training sessions, or is left out if none helps).
   The last columns split Recall@20 by the target item's and by the previous click's
   training support: below the median item support ("rare") or not.
+* ``speed``: train events/s of the same ID-only network (one-hot input, TOP1, batch 50)
+  in ``GRU4RecRecommender`` (hand-written backward pass) and ``ParallelRNNRecommender``
+  (autograd), and of the parallel p-RNN with a dense and with a sparse feature set, on
+  ``make_sessions`` data (20,000 sessions, 3,000 items).
 * ``memory``: one 100,000-column sparse feature set (10 non-zeros per item) over 50,000
   items, one epoch of the parallel p-RNN; prints train events/s and the peak RSS.
 
-Usage: ``python benchmarks/bench_prnn.py [--section planted,memory] [--seeds 3]``
+Usage: ``python benchmarks/bench_prnn.py [--section planted,speed,memory] [--seeds 3]``
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sessionrec import ParallelRNNRecommender
+from sessionrec import GRU4RecRecommender, ParallelRNNRecommender
 from sessionrec.datasets import make_sessions
 from sessionrec.metrics import mrr_at_k, recall_at_k
 from sessionrec.model_selection import TimeSplit, train_test_split
@@ -91,6 +95,40 @@ def planted(seeds: int) -> None:
     print(table.round(4).to_string())
 
 
+def speed(epochs: int = 2) -> None:
+    """Training throughput of the same ID-only network in GRU4RecRecommender (hand-written
+    backward pass) and in ParallelRNNRecommender (autograd), and of p-RNNs with features."""
+    events, features = make_sessions(n_sessions=20_000, n_items=3000, random_state=0,
+                                     return_item_features=True, **{
+                                         k: v for k, v in PLANTED.items()
+                                         if k not in ("n_sessions", "n_items")})
+    sparse = ItemFeatures(features.index, sp.csr_matrix(
+        np.where(features.to_numpy() > 0.5, features.to_numpy(), 0.0).astype(np.float32)))
+    shared = dict(loss="top1", batch_size=50, learning_rate=0.05, momentum=0.0,
+                  n_sample=0, dropout_p_hidden=0.0, n_epochs=epochs, device="cpu",
+                  random_state=0)
+    runs = [("GRU4Rec, one-hot ID", GRU4RecRecommender(
+                layers=(100,), constrained_embedding=False, embedding=0, **shared), None),
+            ("p-RNN id", ParallelRNNRecommender(architecture="id", hidden_size=100,
+                                                **shared), None),
+            ("p-RNN parallel, dense features", ParallelRNNRecommender(
+                training="simultaneous", hidden_size=100, **shared), {"topic": features}),
+            ("p-RNN parallel, sparse features", ParallelRNNRecommender(
+                training="simultaneous", hidden_size=100, **shared), {"topic": sparse})]
+    rows = []
+    for name, model, given in runs:
+        if given is None:
+            model.fit(events)
+        else:
+            model.fit(events, item_features=given)
+        last = model.history_[-1]  # the first epoch includes one-off warm-up costs
+        rows.append({"model": name, "train events/s": last["events_per_s"],
+                     "mini-batches/s": last["batches_per_s"]})
+    print(f"\n## training speed ({len(events):,} events, 3,000 items, 100 units per "
+          f"subnet, TOP1, batch 50, in-batch negatives; epoch {epochs} of {epochs})\n")
+    print(pd.DataFrame(rows).round(0).to_string(index=False))
+
+
 def memory(n_items=50_000, n_columns=100_000, nnz=10) -> None:
     events = make_sessions(n_sessions=40_000, n_items=n_items, random_state=0)
     rng = np.random.default_rng(0)
@@ -115,12 +153,14 @@ def memory(n_items=50_000, n_columns=100_000, nnz=10) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", default="planted,memory")
+    parser.add_argument("--section", default="planted,speed,memory")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     sections = args.section.split(",")
     if "planted" in sections:
         planted(args.seeds)
+    if "speed" in sections:
+        speed()
     if "memory" in sections:
         memory()
 
