@@ -21,8 +21,6 @@ from ._recurrent import SampledTrainingMixin
 
 __all__ = ["GRU4RecRecommender"]
 
-# Evaluation batches: at least this many parallel sessions, at most that many.
-
 
 class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     """GRU4Rec: a GRU over the session's items, trained with sampled ranking losses.

@@ -14,6 +14,7 @@ from .._batching import session_parallel_schedule
 from .._events import SessionEvents
 from .._validation import check_bool, check_choice, check_int, check_real
 from ..evaluation import ranks_from_scores
+from ..metrics import mrr_at_k
 from ..nn._network import StepConfig
 from ..nn._parallel import ParallelNetwork, SubnetSpec
 from ..nn._trainer import train_parallel
@@ -470,27 +471,19 @@ default="residual"
 
     def _validation_mrr(self, network: ParallelNetwork, events: SessionEvents) -> float:
         """MRR@20 (conservative ties, all items ranked) of ``network`` on held-out events."""
-        matrix = network.scoring_matrix()
         items = torch.as_tensor(events.items, device=self.device_)
-        total, count = 0.0, 0
-
-        def step(batch_items, hidden, keep):
-            hidden = network.advance(batch_items, [h * keep for h in hidden])
-            return hidden, network.top_vector(hidden)
-
-        for positions, scores in self._session_parallel_scores(
-                events, ~events.is_last, network.zero_state, step,
-                lambda top: torch.mm(top, matrix)):
-            target = items[torch.as_tensor(positions + 1, device=self.device_)]
-            ranks = ranks_from_scores(scores, target, "conservative")
-            total += float(torch.where(ranks <= 20, 1.0 / ranks, 0.0).sum())
-            count += len(positions)
-        return total / max(count, 1)
+        ranks = [ranks_from_scores(scores, items[torch.as_tensor(positions + 1,
+                                                                 device=self.device_)])
+                 for positions, scores in self._walk(network, events, ~events.is_last)]
+        return mrr_at_k(torch.cat(ranks).cpu().numpy(), 20)
 
     # -- prediction -----------------------------------------------------------------------
 
     def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
-        network = self.network_
+        yield from self._walk(self.network_, events, score_after)
+
+    def _walk(self, network: ParallelNetwork, events: SessionEvents, score_after: np.ndarray):
+        """Session-parallel scores of ``network`` (the fitted one, or one in training)."""
         matrix = network.scoring_matrix()
 
         def step(items, hidden, keep):
