@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from _data import needs_users, rsc15_or_synthetic  # noqa: E402
+from _machine import machine_line  # noqa: E402
 
 import sessionrec  # noqa: E402
 from sessionrec._base import rows_per_block  # noqa: E402
@@ -59,6 +60,7 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine_line())
 
     gen = torch.Generator().manual_seed(0)
     scores = torch.randn(args.targets, args.items, generator=gen).to(device)

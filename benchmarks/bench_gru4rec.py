@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from _data import SHARED_DATA  # noqa: E402
+from _machine import machine_line  # noqa: E402
 
 from sessionrec import GRU4RecRecommender  # noqa: E402
 from sessionrec.datasets import make_sessions, read_gru4rec_tsv  # noqa: E402
@@ -103,6 +104,7 @@ def main() -> None:
     print(f"device: {device} ({name}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, config {args.config}, "
           f"batch {config['batch_size']}, epochs {args.epochs}")
+    print(machine_line())
     header = (f"{'run':<10}{'seed':>5}{'items':>8}{'train ev':>10}{'events/s':>10}"
               f"{'mb/s':>8}{'epoch s':>9}{'eval tg/s':>11}{'peak MB':>14}"
               f"{'Recall@20':>11}{'MRR@20':>8}")

@@ -102,6 +102,20 @@ def test_dense_step_matches_reference():
     torch.testing.assert_close(p, ref)
 
 
+@pytest.mark.parametrize("n_rows", [6, 40, 2000])
+def test_unique_rows_on_the_cpu_is_torch_unique(n_rows):
+    """Both CPU paths (marking for a small table, sorting for a large one) give exactly
+    torch.unique's sorted distinct rows and inverse."""
+    gen = torch.Generator().manual_seed(n_rows)
+    for size in (1, 5, 30, 200):
+        rows = torch.randint(0, n_rows, (size,), generator=gen)
+        distinct, inverse = unique_rows(rows, n_rows)
+        expected, expected_inverse = torch.unique(rows, return_inverse=True)
+        assert torch.equal(distinct, expected)
+        assert torch.equal(inverse, expected_inverse)
+        assert distinct.dtype == inverse.dtype == torch.int64
+
+
 def test_padded_unique_rows_is_the_unique_of_the_cpu_path():
     """The GPU's static-size deduplication, run on the CPU against torch.unique."""
     torch.manual_seed(0)
@@ -218,6 +232,42 @@ def test_scores_equal_a_per_session_forward(train_test):
     np.testing.assert_allclose(scores.iloc[0].to_numpy(),
                                torch.sort(expected, descending=True).values.numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_item_gate_table_gives_the_scores_of_the_input_product(mode, train_test,
+                                                               monkeypatch):
+    """Evaluation gathers the first layer's gate inputs from a per-item table when it
+    feeds more events than there are items; scores and ranks equal the walk that
+    multiplies at every step."""
+    from sessionrec.models import _gru4rec
+
+    train, test = train_test
+    est = GRU4RecRecommender(**{**FAST, "layers": (16, 12)}, **MODES[mode]).fit(train)
+    net = est.network_
+    views = net.views(net.dense)
+    items = torch.arange(net.n_items)
+    table = net.item_gate_table(views)
+    assert table.shape == (net.n_items, 3 * 16)
+    torch.testing.assert_close(table, net._gate_inputs(0, items, net._input(items), views[0]))
+    hidden_a, hidden_b = net.zero_state(net.n_items), net.zero_state(net.n_items)
+    torch.testing.assert_close(net.advance(items, hidden_a, views, table),
+                               net.advance(items, hidden_b, views))
+
+    calls = []
+    original = GRU4RecNetwork.item_gate_table
+    monkeypatch.setattr(GRU4RecNetwork, "item_gate_table",
+                        lambda self, v: calls.append(1) or original(self, v))
+    many = pd.concat([test] * (1 + est.n_items_ // len(test)), ignore_index=True)
+    many["SessionId"] = np.repeat(np.arange(len(many) // len(test)), len(test)) * 10**6 + \
+        many["SessionId"]
+    with_table = est.rank_next_items(many)
+    assert calls, "the walk did not use the gate table"
+    monkeypatch.setattr(_gru4rec, "_GATE_TABLE_VALUES", 0)
+    calls.clear()
+    without = est.rank_next_items(many)
+    assert not calls
+    pd.testing.assert_series_equal(with_table, without)
 
 
 def test_divergence_raises_and_leaves_unfitted(train_test):

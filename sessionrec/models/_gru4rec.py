@@ -259,11 +259,16 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         network = self.network_
         views = network.views(network.dense)
         matrix = network.scoring_matrix()
+        # Gathering per-item gate inputs pays off once more events are fed than there are
+        # items (the table costs one product over the catalogue); its size is capped.
+        gates = (network.item_gate_table(views)
+                 if len(events.items) >= network.n_items
+                 and network.n_items * 3 * network.layers[0] <= _GATE_TABLE_VALUES else None)
 
         def step(items, hidden, keep):
             for h in hidden:
                 h.mul_(keep)
-            return hidden, network.advance(items, hidden, views)
+            return hidden, network.advance(items, hidden, views, gates)
 
         yield from self._session_parallel_scores(
             events, score_after, network.zero_state, step,
@@ -283,6 +288,9 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         self.network_ = network
         self.history_ = state["history"]
 
+
+# Largest per-item gate table (values) an evaluation walk builds: 64 MiB in float32.
+_GATE_TABLE_VALUES = 2**24
 
 # Use the static-buffer step (a replayed CUDA graph) on CUDA devices. The tests also force
 # it on the CPU, where it runs uncaptured, to check it trains exactly like the plain step.

@@ -89,9 +89,11 @@ class SampledTrainingMixin:
         shift_sample = shift_batch * float(self.sample_alpha)
 
         def shift(targets, samples):
+            # index_select: several times cheaper than advanced indexing on the CPU.
+            batch = shift_batch.index_select(0, targets)
             if samples is None:
-                return shift_batch[targets]
-            return torch.cat([shift_batch[targets], shift_sample[samples]])
+                return batch
+            return torch.cat([batch, shift_sample.index_select(0, samples)])
 
         return sampler, shift
 

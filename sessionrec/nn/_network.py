@@ -118,15 +118,38 @@ class GRU4RecNetwork(nn.Module):
 
     @torch.no_grad()
     def advance(self, items: torch.Tensor, hidden: list[torch.Tensor],
-                views: list[_LayerViews]) -> torch.Tensor:
+                views: list[_LayerViews], gate_table: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Feed one item per slot (no dropout); update ``hidden`` in place, return the top
-        layer's state."""
-        x = self._input(items)
+        layer's state.
+
+        ``gate_table`` (from :meth:`item_gate_table`) replaces the first layer's input
+        product by a gather of its rows.
+        """
+        x = self._input(items) if gate_table is None else None
         for i, view in enumerate(views):
-            gi = self._gate_inputs(i, items, x, view)
+            if i == 0 and gate_table is not None:
+                gi = gate_table.index_select(0, items)
+            else:
+                gi = self._gate_inputs(i, items, x, view)
             x, _ = gru_forward(gi, hidden[i], view.wrz, view.wh, need_cache=False)
             hidden[i] = x
         return x
+
+    @torch.no_grad()
+    def item_gate_table(self, views: list[_LayerViews]) -> torch.Tensor:
+        """The first layer's gate inputs ``x W_x + b`` of every item (n_items x 3 H_0).
+
+        Without dropout the first layer's input contribution depends on the item alone,
+        so an evaluation walk that feeds more events than there are items computes it
+        once per item and gathers rows (as the one-hot input already does) instead of
+        multiplying at every step.
+        """
+        first = views[0]
+        if self.input_mode == "onehot":
+            return self.onehot + first.b
+        items = self.out[:, :-1] if self.input_mode == "constrained" else self.embed
+        return torch.addmm(first.b, items, first.wx)
 
     @torch.no_grad()
     def scoring_matrix(self) -> torch.Tensor:

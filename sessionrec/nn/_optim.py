@@ -19,16 +19,31 @@ from torch import nn
 __all__ = ["AdagradMomentum", "PackedTable", "unique_rows", "unique_rows_padded"]
 
 
+# On the CPU, rows touched by a step are deduplicated by marking them in a table of all
+# rows when that table is at most this many times longer than the list of rows; a sort is
+# cheaper beyond it (large catalogues).
+_MARK_RATIO = 8
+
+
 def unique_rows(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct values of ``rows`` and, for each element, the position of its value.
 
-    On the CPU this is ``torch.unique``. On a GPU the result is padded to ``len(rows)``
-    with the index ``n_rows`` (a dummy row every :class:`PackedTable` has), because a
-    data-dependent size would force the host to wait for the device at every step.
+    On the CPU the result is exactly ``torch.unique(rows, return_inverse=True)`` (sorted
+    distinct values). On a GPU it is padded to ``len(rows)`` with the index ``n_rows`` (a
+    dummy row every :class:`PackedTable` has), because a data-dependent size would force
+    the host to wait for the device at every step.
     """
-    if rows.device.type == "cpu":
+    if rows.device.type != "cpu":
+        return unique_rows_padded(rows, n_rows)
+    if n_rows > _MARK_RATIO * len(rows):
         return torch.unique(rows, return_inverse=True)
-    return unique_rows_padded(rows, n_rows)
+    # A step's rows cover much of a small catalogue (thousands of negative samples):
+    # marking them in a table of all rows and counting the marks finds the same distinct
+    # rows and positions in linear time, without torch.unique's sort.
+    marked = torch.zeros(n_rows, dtype=torch.bool)
+    marked.index_fill_(0, rows, True)
+    position = torch.cumsum(marked, 0).sub_(1)
+    return marked.nonzero().squeeze(1), position.index_select(0, rows)
 
 
 def unique_rows_padded(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
