@@ -17,15 +17,25 @@ Columns: train events/s and mini-batches/s (mean over epochs, sample-store refil
 included), evaluation targets/s (full ranking of all training items, conservative ties),
 peak RSS of the process (or peak GPU memory), Recall@20 and MRR@20.
 
+``--official-style`` trains, after each fit, the loop of ``_official_style.py`` (the
+official port's way of training the same network: autograd, sparse-gradient embeddings,
+scores over all columns, row-wise Adagrad after coalescing; rsc15 and bpr-max
+configurations) on the CPU, from the same initial weights and with the same negative
+samples as the fit before it, and prints its speed, its accuracy under the same
+evaluation engine, and sessionrec's speed as a multiple of it, measured minutes apart on
+the same machine.
+
 Usage::
 
     python benchmarks/bench_gru4rec.py [--runs rsc15,synthetic] [--config rsc15]
         [--epochs 10] [--device auto|cpu|cuda] [--seeds 0,1,2] [--batch-size N]
+        [--official-style]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import sys
 import time
@@ -38,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from _data import SHARED_DATA  # noqa: E402
 from _machine import machine_line  # noqa: E402
+from _official_style import train_official_style  # noqa: E402
 
 from sessionrec import GRU4RecRecommender  # noqa: E402
 from sessionrec.datasets import make_sessions, read_gru4rec_tsv  # noqa: E402
@@ -83,6 +94,41 @@ def load(run: str, args):
     return events[last <= cut], events[last > cut]
 
 
+def official_style_row(train, test, config, epochs, seed, ours) -> None:
+    """Train the official-style loop right after our fit; print its speed, the ratio,
+    and its accuracy under sessionrec's evaluation engine."""
+    supported = ((config["constrained_embedding"] and config["loss"] == "cross-entropy")
+                 or (not config["constrained_embedding"] and config["embedding"] == 0
+                     and config["loss"] == "bpr-max"))
+    if not supported:
+        raise SystemExit("--official-style implements the rsc15 and bpr-max "
+                         "configurations only")
+    hist, net, index = train_official_style(
+        train, n_epochs=epochs, batch_size=config["batch_size"], hidden=config["layers"][0],
+        input_mode="constrained" if config["constrained_embedding"] else "onehot",
+        loss=config["loss"], n_sample=config["n_sample"],
+        sample_alpha=config["sample_alpha"], logq=config.get("logq", 0.0),
+        bpreg=config["bpreg"], elu_param=config["elu_param"],
+        dropout_p=config["dropout_p_hidden"], lr=config["learning_rate"],
+        momentum=config["momentum"], seed=seed,
+        # Our fit's start (weights and sample stream), replayed, when it ran on the CPU.
+        start=(ours._initialised(ours._build_network()) if ours.device_.type == "cpu"
+               else None))
+    twin = copy.deepcopy(ours)
+    if not twin.item_index_.labels.equals(index.labels):
+        raise SystemExit("the official-style loop coded the items differently")
+    net.copy_into(twin.network_)
+    result = evaluate(twin, test, cutoffs=[20], metrics=["recall", "mrr"])
+    events_s = np.mean([h["events_per_s"] for h in hist])
+    ratio = np.mean([h["events_per_s"] for h in ours.history_]) / events_s
+    print(f"{'  official-style':<15}{'':>8}{'':>10}{events_s:>10,.0f}"
+          f"{np.mean([h['batches_per_s'] for h in hist]):>8,.0f}"
+          f"{np.mean([h['seconds'] for h in hist]):>9.2f}{'':>11}{'(cpu)':>14}"
+          f"{result['recall@20']:>11.4f}{result['mrr@20']:>8.4f}   sessionrec {ratio:.2f}x "
+          f"as fast; mean loss {np.mean([h['loss'] for h in hist]):.4f} (ours "
+          f"{np.mean([h['loss'] for h in ours.history_]):.4f})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="rsc15,synthetic")
@@ -94,6 +140,10 @@ def main() -> None:
                         help="override the configuration's batch size")
     parser.add_argument("--synthetic-events", type=int, default=1_000_000)
     parser.add_argument("--synthetic-items", type=int, default=50_000)
+    parser.add_argument("--official-style", action="store_true",
+                        help="also train the official-style loop of _official_style.py "
+                             "(rsc15 configuration, CPU) after each fit, and print the "
+                             "speed ratio measured side by side")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
@@ -131,6 +181,8 @@ def main() -> None:
                   f"{batches_s:>8,.0f}{epoch_s:>9.2f}{result['n_targets'] / eval_s:>11,.0f}"
                   f"{peak_memory_mb(device):>14}{result['recall@20']:>11.4f}"
                   f"{result['mrr@20']:>8.4f}", flush=True)
+            if args.official_style:
+                official_style_row(train, test, config, args.epochs, seed, est)
         if len(results) > 1:
             mean = np.mean(results, axis=0)
             print(f"{run:<10}{'mean':>5}{'':>73}{mean[0]:>11.4f}{mean[1]:>8.4f}")

@@ -62,6 +62,27 @@ def test_hand_written_gradients_match_autograd(mode, layers, loss, activation, s
         torch.testing.assert_close(got[name], ref[name], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["linear", "elu"])
+@pytest.mark.parametrize("shape,bpreg", [((4, 4), 1.0), ((6, 30), 0.0), ((32, 300), 2.5)])
+def test_bpr_max_closed_form_equals_autograd(activation, shape, bpreg):
+    """The hand-derived bpr-max gradient equals autograd's on the same definition,
+    including large scores (where the softmax over negatives saturates) and duplicates."""
+    from sessionrec.nn._losses import _loss_autograd, bpr_max_closed_form
+
+    gen = torch.Generator().manual_seed(shape[1])
+    scores = torch.randn(shape, generator=gen, dtype=torch.float64) * 3.0
+    scores[0, -1] = 40.0  # one dominant negative
+    scores[:, 1] = scores[:, 0]  # a duplicated column
+    leaf = scores.clone().requires_grad_(True)
+    per_row = _loss_autograd(leaf, "bpr-max", bpreg, activation, 0.5)
+    (expected,) = torch.autograd.grad(per_row.sum(), leaf)
+    before = scores.clone()
+    loss, grad = bpr_max_closed_form(scores, bpreg, activation, 0.5)
+    assert torch.equal(scores, before)
+    torch.testing.assert_close(loss, per_row.sum().detach())
+    torch.testing.assert_close(grad, expected / shape[0])
+
+
 def test_adagrad_momentum_sparse_rows_match_a_dense_reference():
     """Sparse steps on packed tables equal dense Adagrad-momentum on the merged rows."""
     torch.manual_seed(0)
@@ -200,6 +221,29 @@ def test_cpu_training_is_bit_for_bit_repeatable(train_test):
         assert torch.equal(value, b.network_.state_dict()[name]), name
     assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
     assert not torch.equal(a.network_.out, c.network_.out)
+
+
+def test_initial_weights_do_not_replay_the_sampling_stream():
+    """Parameters are initialised from a generator of their own: seeded with the same
+    integer, it would replay the sampling generator's numbers, tying each item's initial
+    weights to which items are drawn as the first negatives."""
+    from sessionrec._validation import init_generator, torch_generator
+
+    _, sampling = torch_generator(0, torch.device("cpu"))
+    init = init_generator(sampling)
+    same_seed = torch.Generator().manual_seed(sampling.initial_seed())
+    first = torch.rand(1000, generator=init)
+    assert not torch.equal(first, torch.rand(1000, generator=same_seed))
+    assert abs(np.corrcoef(first.numpy(), torch.rand(1000, generator=sampling).numpy())[0, 1]
+               ) < 0.15
+    _, again = torch_generator(0, torch.device("cpu"))
+    assert torch.equal(torch.rand(1000, generator=init_generator(again)), first)
+
+    net = GRU4RecNetwork(50, (8,))
+    net.reset_parameters(init_generator(torch_generator(0, torch.device("cpu"))[1]))
+    twin = GRU4RecNetwork(50, (8,))
+    twin.reset_parameters(torch.Generator().manual_seed(0))
+    assert not torch.equal(net.out, twin.out)
 
 
 def test_sessions_do_not_leak_into_each_other(train_test):
