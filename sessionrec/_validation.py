@@ -147,18 +147,3 @@ def torch_generator(random_state, device: torch.device) -> tuple[np.random.Gener
     torch_gen = torch.Generator(device=device)
     torch_gen.manual_seed(seed)
     return np_gen, torch_gen
-
-
-def init_generator(generator: torch.Generator) -> torch.Generator:
-    """A CPU generator for parameter initialisation, independent of ``generator``.
-
-    Its seed is derived from ``generator``'s by numpy's ``SeedSequence`` (a separate
-    spawned stream). Seeding it with the same integer instead would replay the training
-    generator's numbers on the CPU: each item's initial weights would then be tied to
-    which items are drawn as the first negatives (or to the first dropout masks), a
-    correlation that sent some seeds of GRU4Rec's bpr-max configuration into a much worse
-    solution.
-    """
-    sequence = np.random.SeedSequence(int(generator.initial_seed()), spawn_key=(1,))
-    seed = int(sequence.generate_state(1, dtype=np.uint64)[0]) & (2**63 - 1)
-    return torch.Generator().manual_seed(seed)

@@ -223,29 +223,6 @@ def test_cpu_training_is_bit_for_bit_repeatable(train_test):
     assert not torch.equal(a.network_.out, c.network_.out)
 
 
-def test_initial_weights_do_not_replay_the_sampling_stream():
-    """Parameters are initialised from a generator of their own: seeded with the same
-    integer, it would replay the sampling generator's numbers, tying each item's initial
-    weights to which items are drawn as the first negatives."""
-    from sessionrec._validation import init_generator, torch_generator
-
-    _, sampling = torch_generator(0, torch.device("cpu"))
-    init = init_generator(sampling)
-    same_seed = torch.Generator().manual_seed(sampling.initial_seed())
-    first = torch.rand(1000, generator=init)
-    assert not torch.equal(first, torch.rand(1000, generator=same_seed))
-    assert abs(np.corrcoef(first.numpy(), torch.rand(1000, generator=sampling).numpy())[0, 1]
-               ) < 0.15
-    _, again = torch_generator(0, torch.device("cpu"))
-    assert torch.equal(torch.rand(1000, generator=init_generator(again)), first)
-
-    net = GRU4RecNetwork(50, (8,))
-    net.reset_parameters(init_generator(torch_generator(0, torch.device("cpu"))[1]))
-    twin = GRU4RecNetwork(50, (8,))
-    twin.reset_parameters(torch.Generator().manual_seed(0))
-    assert not torch.equal(net.out, twin.out)
-
-
 def test_sessions_do_not_leak_into_each_other(train_test):
     """Hidden states are reset between sessions: a session's ranks and recommendations do
     not depend on which other sessions are evaluated beside it."""

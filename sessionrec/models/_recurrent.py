@@ -12,14 +12,7 @@ import torch
 
 from .._base import rows_per_block
 from .._batching import session_parallel_schedule
-from .._validation import (
-    check_bool,
-    check_choice,
-    check_int,
-    check_real,
-    init_generator,
-    torch_generator,
-)
+from .._validation import check_bool, check_choice, check_int, check_real, torch_generator
 from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
@@ -69,7 +62,8 @@ class SampledTrainingMixin:
         the device, and the generator of the run's sampling and dropout."""
         device = self.device_
         _, generator = torch_generator(self.random_state, device)
-        network.reset_parameters(init_generator(generator))
+        init_generator = torch.Generator().manual_seed(int(generator.initial_seed()))
+        network.reset_parameters(init_generator)
         network.to(device)
         return network, generator
 
