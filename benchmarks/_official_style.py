@@ -34,14 +34,10 @@ from torch import nn
 
 from sessionrec._batching import session_parallel_schedule
 from sessionrec._events import to_session_events
+from sessionrec.nn._layers import init_uniform_
 from sessionrec.nn._sampling import NegativeSampler
 
 __all__ = ["train_official_style"]
-
-
-def _uniform(shape, fan_in: int, fan_out: int, generator) -> torch.Tensor:
-    sigma = math.sqrt(6.0 / (fan_in + fan_out))
-    return torch.empty(shape).uniform_(-sigma, sigma, generator=generator)
 
 
 class _Network(nn.Module):
@@ -58,21 +54,22 @@ class _Network(nn.Module):
         self.hidden, self.input_mode = hidden, input_mode
         self.out_weight = nn.Embedding(n_items, hidden, sparse=True)
         self.out_bias = nn.Embedding(n_items, 1, sparse=True)
-        with torch.no_grad():
-            self.out_weight.weight.copy_(_uniform((n_items, hidden), n_items, hidden,
-                                                  generator))
-            self.out_bias.weight.zero_()
         if input_mode == "onehot":
             self.in_weight = nn.Embedding(n_items, 3 * hidden, sparse=True)
-            with torch.no_grad():
-                self.in_weight.weight.copy_(_uniform((n_items, 3 * hidden), n_items, hidden,
-                                                     generator))
         else:
-            self.w_x = nn.Parameter(_uniform((hidden, 3 * hidden), hidden, hidden,
-                                             generator))
-        self.w_rz = nn.Parameter(_uniform((hidden, 2 * hidden), hidden, hidden, generator))
-        self.w_h = nn.Parameter(_uniform((hidden, hidden), hidden, hidden, generator))
+            self.w_x = nn.Parameter(torch.empty(hidden, 3 * hidden))
+        self.w_rz = nn.Parameter(torch.empty(hidden, 2 * hidden))
+        self.w_h = nn.Parameter(torch.empty(hidden, hidden))
         self.b_h = nn.Parameter(torch.zeros(3 * hidden))
+        with torch.no_grad():  # the papers' initialisation, per gate block
+            init_uniform_(self.out_weight.weight, generator=generator)
+            self.out_bias.weight.zero_()
+            if input_mode == "onehot":
+                init_uniform_(self.in_weight.weight, n_blocks=3, generator=generator)
+            else:
+                init_uniform_(self.w_x, n_blocks=3, generator=generator)
+            init_uniform_(self.w_rz, n_blocks=2, generator=generator)
+            init_uniform_(self.w_h, generator=generator)
 
     def forward(self, items, columns, h, dropout_p: float):
         n, size = len(items), self.hidden
@@ -92,37 +89,30 @@ class _Network(nn.Module):
             h = nn.functional.dropout(h, dropout_p, training=True)
         return h @ out.t() + self.out_bias(columns).t(), h
 
+    def _pairs(self, network) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(this loop's tensor, the same weights in a ``GRU4RecNetwork``) pairs."""
+        view = network.views(network.dense)[0]
+        first = ((self.in_weight.weight, network.onehot) if self.input_mode == "onehot"
+                 else (self.w_x, view.wx))
+        return [(self.out_weight.weight, network.out[:, :-1]),
+                (self.out_bias.weight, network.out[:, -1:]), first,
+                (self.w_rz, view.wrz), (self.w_h, view.wh), (self.b_h, view.b)]
+
     @torch.no_grad()
     def copy_from(self, network) -> None:
         """Start from the weights of a ``GRU4RecNetwork`` of the same shape."""
-        self.out_weight.weight.copy_(network.out[:, :-1])
-        self.out_bias.weight.copy_(network.out[:, -1:])
-        view = network.views(network.dense)[0]
-        if self.input_mode == "onehot":
-            self.in_weight.weight.copy_(network.onehot)
-        else:
-            self.w_x.copy_(view.wx)
-        self.w_rz.copy_(view.wrz)
-        self.w_h.copy_(view.wh)
-        self.b_h.copy_(view.b)
+        for mine, theirs in self._pairs(network):
+            mine.copy_(theirs)
 
     @torch.no_grad()
     def copy_into(self, network) -> None:
         """Write these weights into a fitted ``GRU4RecNetwork`` of the same shape, so
         sessionrec's evaluation engine can rank with them."""
-        network.out[:, :-1] = self.out_weight.weight
-        network.out[:, -1] = self.out_bias.weight[:, 0]
-        view = network.views(network.dense)[0]
-        if self.input_mode == "onehot":
-            network.onehot.copy_(self.in_weight.weight)
-        else:
-            view.wx.copy_(self.w_x)
-        view.wrz.copy_(self.w_rz)
-        view.wh.copy_(self.w_h)
-        view.b.copy_(self.b_h)
+        for mine, theirs in self._pairs(network):
+            theirs.copy_(mine)
 
 
-def _loss(scores, n: int, loss: str, bpreg: float, elu_param: float) -> torch.Tensor:
+def _loss(scores, loss: str, bpreg: float, elu_param: float) -> torch.Tensor:
     """The port's losses, summed over rows; the target of row i is column i."""
     if loss == "cross-entropy":
         return -torch.log_softmax(scores, dim=1).diagonal().sum()
@@ -217,7 +207,7 @@ def train_official_style(train, *, n_epochs: int, batch_size: int = 32, hidden: 
             if loss == "cross-entropy" and logq > 0:
                 scores = scores - logq * torch.cat([log_support[batch_targets],
                                                     sample_alpha * log_support[samples]])
-            summed = _loss(scores, stop - start, loss, bpreg, elu_param)
+            summed = _loss(scores, loss, bpreg, elu_param)
             (summed / (stop - start)).backward()
             optimizer.step()
             value = summed.item()  # the port checks every mini-batch's loss on the host
