@@ -12,7 +12,8 @@ Sections (``--section``):
   Each p-RNN is run with the informative features and with *uninformative* ones (the same
   vectors given to random other items). Two residual variants: 5 ID epochs then 1
   feature epoch; and 10 epochs per subnet with ``early_stopping`` (each subnet keeps its
-  best epoch on the last 10% of the training sessions, or is left out if none helps).
+  best epoch on the last 10% of the training sessions, or is left out if none helps),
+  refit on all training sessions for the chosen epochs (the default) or not.
   The last columns split Recall@20 by the target item's and by the previous click's
   training support: below the median item support ("rare") or not.
 * ``speed``: train events/s of the same ID-only network (one-hot input, TOP1, batch 50)
@@ -67,7 +68,9 @@ def planted(seeds: int) -> None:
     runs = [("ID only, 5 epochs", dict(architecture="id", n_epochs=5), None),
             ("ID only, 10 epochs", dict(architecture="id", n_epochs=10), None),
             ("ID only, 10 epochs, early stopping",
-             dict(architecture="id", n_epochs=10, early_stopping=True), None)]
+             dict(architecture="id", n_epochs=10, early_stopping=True), None),
+            ("ID only, 10 epochs, early stopping, no refit",
+             dict(architecture="id", n_epochs=10, early_stopping=True, refit=False), None)]
     for kind in ("informative", "uninformative"):
         for training in ("simultaneous", "alternating", "residual", "interleaving"):
             runs.append((f"parallel ({training}), {kind}",
@@ -76,6 +79,9 @@ def planted(seeds: int) -> None:
                      dict(training="residual", n_epochs=5, subnet_epochs={"topic": 1}), kind))
         runs.append((f"parallel (residual, early stopping), {kind}",
                      dict(training="residual", n_epochs=10, early_stopping=True), kind))
+        runs.append((f"parallel (residual, early stopping, no refit), {kind}",
+                     dict(training="residual", n_epochs=10, early_stopping=True,
+                          refit=False), kind))
     rows = {name: [] for name, _, _ in runs}
     for seed in range(seeds):
         events, features = make_sessions(random_state=seed, return_item_features=True,

@@ -147,3 +147,17 @@ def torch_generator(random_state, device: torch.device) -> tuple[np.random.Gener
     torch_gen = torch.Generator(device=device)
     torch_gen.manual_seed(seed)
     return np_gen, torch_gen
+
+
+def init_generator(generator: torch.Generator) -> torch.Generator:
+    """A CPU generator for parameter initialisation, derived from the run's ``generator``.
+
+    Its stream is independent of ``generator``'s: seeding both with the same integer would
+    make them draw the same numbers on the CPU, tying each item's initial weights to the
+    first negative samples and dropout masks of training. The seed is spawned from the
+    run's seed with :class:`numpy.random.SeedSequence`, so one ``random_state`` still
+    fixes both, and initialisation does not depend on the training device.
+    """
+    seed = np.random.SeedSequence(int(generator.initial_seed()), spawn_key=(1,))
+    return torch.Generator().manual_seed(int(seed.generate_state(1, dtype=np.uint64)[0]
+                                             & np.uint64(2**63 - 1)))

@@ -52,3 +52,22 @@ def rsc15() -> tuple[pd.DataFrame, pd.DataFrame]:
         pytest.skip(f"real data not found at {RSC15}")
     return (read_gru4rec_tsv(RSC15 / "yoochoose-clicks-100k_train_full.txt"),
             read_gru4rec_tsv(RSC15 / "yoochoose-clicks-100k_test.txt"))
+
+
+@pytest.fixture
+def init_seeds(monkeypatch):
+    """``record(network_class)`` makes every ``reset_parameters`` call of that class note
+    the seed of the generator it initialises from, in the list it returns."""
+
+    def record(network_class) -> list[int]:
+        seeds = []
+        reset = network_class.reset_parameters
+
+        def recording(self, generator=None):
+            seeds.append(generator.initial_seed())
+            reset(self, generator)
+
+        monkeypatch.setattr(network_class, "reset_parameters", recording)
+        return seeds
+
+    return record

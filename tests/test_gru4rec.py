@@ -15,6 +15,7 @@ from sessionrec import (
     SessionPopularityRecommender,
     TrainingDivergedError,
 )
+from sessionrec._validation import init_generator
 from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
 from sessionrec.nn._network import GRU4RecNetwork, StepConfig
@@ -221,6 +222,23 @@ def test_cpu_training_is_bit_for_bit_repeatable(train_test):
         assert torch.equal(value, b.network_.state_dict()[name]), name
     assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
     assert not torch.equal(a.network_.out, c.network_.out)
+
+
+def test_initialisation_does_not_replay_the_sampling_stream(train_test, init_seeds):
+    """The initial weights come from a generator of their own, derived from
+    ``random_state``: one seeded with the same integer as the sampling and dropout
+    generator would draw the same numbers on the CPU, tying each item's initial weights
+    to the first negatives drawn."""
+    train, _ = train_test
+    seeds = init_seeds(GRU4RecNetwork)
+    for random_state in (0, 0, 1):
+        GRU4RecRecommender(**{**FAST, "n_epochs": 1, "random_state": random_state}).fit(train)
+    assert seeds[0] == seeds[1] != seeds[2]  # still fixed by random_state
+    assert seeds[0] != 0 and seeds[2] != 1
+    first = torch.rand(1000, generator=init_generator(torch.Generator().manual_seed(0)))
+    assert not torch.equal(first, torch.rand(1000, generator=torch.Generator().manual_seed(0)))
+    assert abs(np.corrcoef(first, torch.rand(1000, generator=torch.Generator().manual_seed(
+        0)))[0, 1]) < 0.15
 
 
 def test_sessions_do_not_leak_into_each_other(train_test):

@@ -182,8 +182,10 @@ def _held_out(train: pd.DataFrame, fraction: float) -> pd.DataFrame:
 def test_early_stopping_keeps_the_best_epoch(planted, training):
     train, _, features = planted
     model = ParallelRNNRecommender(**dict(FAST, n_epochs=4, training=training,
-                                          early_stopping=True, validation_fraction=0.2))
+                                          early_stopping=True, validation_fraction=0.2,
+                                          refit=False))
     model.fit(train, item_features={"topic": features})
+    assert not any(record["refit"] for record in model.history_)
     scores = [record["validation_mrr"] for record in model.history_]
     assert len(scores) == (8 if training == "residual" else 4)
     assert model.best_validation_score_ == max(scores)
@@ -195,6 +197,54 @@ def test_early_stopping_keeps_the_best_epoch(planted, training):
         kept = model.subnet_epochs_
         assert 1 <= kept["id"] <= 4 and 0 <= kept["topic"] <= 4
         assert model.subnet_active_ == {"id": True, "topic": kept["topic"] > 0}
+
+
+@pytest.mark.parametrize("training, scripted, chosen", [
+    # ID: epoch 2 best; topic: epoch 2 best.
+    ("residual", [0.1, 0.3, 0.2, 0.35, 0.4, 0.38], dict(subnet_epochs={"id": 2, "topic": 2})),
+    # Epoch 2 of 3 best.
+    ("simultaneous", [0.1, 0.3, 0.2], dict(n_epochs=2)),
+])
+def test_early_stopping_refits_the_chosen_epochs_on_all_sessions(planted, monkeypatch,
+                                                                 training, scripted,
+                                                                 chosen):
+    """With ``refit`` (the default), the model is the one trained on every session, from
+    the same start, for the epochs that early stopping chose."""
+    train, test, features = planted
+    params = dict(FAST, n_epochs=3, training=training)
+    order = iter(scripted)
+    monkeypatch.setattr(ParallelRNNRecommender, "_validation_mrr",
+                        lambda self, network, events: next(order))
+    model = ParallelRNNRecommender(**params, early_stopping=True).fit(
+        train, item_features={"topic": features})
+    assert model.best_validation_score_ == max(scripted)
+    selection = [r for r in model.history_ if not r["refit"]]
+    refit = [r for r in model.history_ if r["refit"]]
+    assert [r["validation_mrr"] for r in selection] == scripted
+    assert all(np.isnan(r["validation_mrr"]) for r in refit)
+    expected = ParallelRNNRecommender(**{**params, **chosen}).fit(
+        train, item_features={"topic": features})
+    assert [r["loss"] for r in refit] == [r["loss"] for r in expected.history_]
+    assert [r["trained"] for r in refit] == [r["trained"] for r in expected.history_]
+    for name, value in expected.network_.state_dict().items():
+        assert torch.equal(model.network_.state_dict()[name], value), name
+    pd.testing.assert_series_equal(model.rank_next_items(test),
+                                   expected.rank_next_items(test))
+    # The selection run itself is the one refit=False keeps.
+    order = iter(scripted)
+    kept = ParallelRNNRecommender(**params, early_stopping=True, refit=False).fit(
+        train, item_features={"topic": features})
+    assert [r["loss"] for r in kept.history_] == [r["loss"] for r in selection]
+
+
+def test_refit_starts_where_the_selection_run_started(planted, init_seeds):
+    """Without a ``random_state`` too, the refit initialises as the selection run did."""
+    train, _, features = planted
+    seeds = init_seeds(ParallelNetwork)
+    ParallelRNNRecommender(**dict(FAST, random_state=None, n_epochs=1,
+                                  early_stopping=True)).fit(
+        train, item_features={"topic": features})
+    assert len(seeds) == 2 and seeds[0] == seeds[1]
 
 
 def test_early_stopping_leaves_out_a_subnet_that_does_not_help(planted, monkeypatch,
@@ -225,7 +275,7 @@ def test_early_stopping_leaves_out_a_subnet_that_does_not_help(planted, monkeypa
 def test_early_stopping_restores_an_earlier_epoch(planted, monkeypatch):
     """When the last epoch is not the best, the parameters are those of the best one."""
     train, test, features = planted
-    params = dict(FAST, architecture="id", early_stopping=True)
+    params = dict(FAST, architecture="id", early_stopping=True, refit=False)
     scripted = iter([0.3, 0.1, 0.2])
     monkeypatch.setattr(ParallelRNNRecommender, "_validation_mrr",
                         lambda self, network, events: next(scripted))
@@ -359,6 +409,7 @@ def test_bad_parameters_are_named(planted):
         (dict(early_stopping=True, validation_fraction=0.0), "validation_fraction"),
         (dict(early_stopping=True, validation_fraction=1.0), "validation_fraction"),
         (dict(early_stopping=True, validation_fraction=1e-6), "validation_fraction"),
+        (dict(early_stopping=True, refit="no"), "refit"),
     ]:
         model = ParallelRNNRecommender(**dict(FAST, **params))
         with pytest.raises((ValueError, TypeError), match=pattern):

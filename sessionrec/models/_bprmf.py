@@ -7,7 +7,7 @@ import torch
 
 from .._base import SessionRecommender
 from .._events import SessionEvents
-from .._validation import check_int, check_real, torch_generator
+from .._validation import check_int, check_real, init_generator, torch_generator
 from ..exceptions import TrainingDivergedError
 
 __all__ = ["BPRMFRecommender"]
@@ -107,7 +107,7 @@ class BPRMFRecommender(SessionRecommender):
 
         device = self.device_
         _, generator = torch_generator(self.random_state, device)
-        init = torch.Generator().manual_seed(int(generator.initial_seed()))
+        init = init_generator(generator)
         d = int(self.n_factors)
         sessions = torch.randn(events.n_sessions, d, generator=init) * float(self.init_std)
         items = torch.randn(self.n_items_, d, generator=init) * float(self.init_std)

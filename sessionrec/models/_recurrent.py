@@ -12,7 +12,14 @@ import torch
 
 from .._base import rows_per_block
 from .._batching import session_parallel_schedule
-from .._validation import check_bool, check_choice, check_int, check_real, torch_generator
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    init_generator,
+    torch_generator,
+)
 from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
@@ -57,13 +64,19 @@ class SampledTrainingMixin:
             return self.final_activation
         return "elu" if self.loss == "bpr-max" and self.elu_param > 0 else "linear"
 
-    def _initialised(self, network: torch.nn.Module):
+    def _initialised(self, network: torch.nn.Module, seed: int | None = None):
         """``network`` initialised on the CPU (the same weights on any device), moved to
-        the device, and the generator of the run's sampling and dropout."""
+        the device, and the generator of the run's sampling and dropout.
+
+        ``seed`` (the ``initial_seed()`` of an earlier call's generator) repeats that
+        call's initial weights and generator; by default they come from ``random_state``.
+        """
         device = self.device_
-        _, generator = torch_generator(self.random_state, device)
-        init_generator = torch.Generator().manual_seed(int(generator.initial_seed()))
-        network.reset_parameters(init_generator)
+        if seed is None:
+            _, generator = torch_generator(self.random_state, device)
+        else:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        network.reset_parameters(init_generator(generator))
         network.to(device)
         return network, generator
 
