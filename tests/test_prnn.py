@@ -267,6 +267,8 @@ def test_early_stopping_leaves_out_a_subnet_that_does_not_help(planted, monkeypa
     model.save(path)
     loaded = ParallelRNNRecommender.load(path)
     assert loaded.subnet_active_ == model.subnet_active_
+    assert loaded.subnet_epochs_ == model.subnet_epochs_
+    assert loaded.best_validation_score_ == model.best_validation_score_
     pd.testing.assert_series_equal(loaded.rank_next_items(test), expected)
     pd.testing.assert_series_equal(pickle.loads(pickle.dumps(model)).rank_next_items(test),
                                    expected)

@@ -562,7 +562,11 @@ default="residual"
                 "feature_sparse": list(network.feature_sparse),
                 "feature_names": list(self.feature_names_),
                 "subnet_active": list(network.active),
-                "feature_coverage": dict(self.feature_coverage_)}
+                "feature_coverage": dict(self.feature_coverage_),
+                # Early stopping's choices (absent without it).
+                "selection": {name: getattr(self, name) for name in
+                              ("best_validation_score_", "subnet_epochs_")
+                              if hasattr(self, name)}}
 
     def _set_state(self, state: dict) -> None:
         weights = state["network"]
@@ -587,6 +591,8 @@ default="residual"
         self.subnet_names_ = [s.name for s in specs]
         self.feature_names_ = list(state["feature_names"])
         self.feature_coverage_ = dict(state["feature_coverage"])
+        for name, value in state.get("selection", {}).items():
+            setattr(self, name, value)
 
 
 def _truncated(phases: list, kept: list[int]) -> list:
