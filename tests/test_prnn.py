@@ -204,6 +204,8 @@ def test_early_stopping_keeps_the_best_epoch(planted, training):
     ("residual", [0.1, 0.3, 0.2, 0.35, 0.4, 0.38], dict(subnet_epochs={"id": 2, "topic": 2})),
     # Epoch 2 of 3 best.
     ("simultaneous", [0.1, 0.3, 0.2], dict(n_epochs=2)),
+    # Epoch 2 of 3 best: the ID epoch and the topic epoch (one phase each).
+    ("alternating", [0.1, 0.3, 0.2], dict(n_epochs=2)),
 ])
 def test_early_stopping_refits_the_chosen_epochs_on_all_sessions(planted, monkeypatch,
                                                                  training, scripted,

@@ -424,8 +424,8 @@ default="residual"
                     self._build_network(features, feature_names),
                     seed=generator.initial_seed())
                 network.active = active
-                refit, _ = self._train(network, generator, events,
-                                       _truncated(phases, kept), label=" refit")
+                chosen = [(k, updates) for k, (_, updates) in zip(kept, phases, strict=True)]
+                refit, _ = self._train(network, generator, events, chosen, label=" refit")
                 for record in refit:
                     record.update(refit=True, validation_mrr=np.nan)
                 history += refit
@@ -441,10 +441,11 @@ default="residual"
                label: str = "") -> tuple[list[dict], list[int]]:
         """Train ``network`` on ``events`` through ``phases`` (as :meth:`_phases` gives).
 
-        Returns the per-epoch records and, with a ``stopper``, the epochs kept (residual
-        training: one count per subnet, 0 for a subnet left out, which ``network.active``
-        then marks; otherwise one count for the whole run), with the kept parameters
-        restored. ``label`` is appended to the name in the log lines.
+        Returns the per-epoch records and, with a ``stopper``, the epochs kept of each
+        phase, with the kept parameters restored (residual training: each subnet's best
+        epoch, 0 for a subnet left out, which ``network.active`` then marks; otherwise
+        the phases up to the run's best epoch). A phase of 0 epochs is skipped.
+        ``label`` is appended to the name in the log lines.
         """
         device = self.device_
         schedule = session_parallel_schedule(events, int(self.batch_size))
@@ -465,10 +466,10 @@ default="residual"
         residual = self.training == "residual" and len(names) > 1
         if stopper is not None and residual:  # a subnet scores once training reaches it
             network.active = [k == 0 for k in range(len(names))]
-        kept = [0] * len(phases) if residual else [0]  # see _truncated
+        kept = [0] * len(phases)
         try:
             for phase, (epochs, updates) in enumerate(phases):
-                if epochs == 0:  # a subnet the refit leaves untrained, as selected
+                if epochs == 0:  # a phase the refit leaves out, as early stopping chose
                     continue
 
                 def step(start: int, stop: int, state: list, updates=updates) -> torch.Tensor:
@@ -502,11 +503,11 @@ default="residual"
                     record.update(epoch=len(history) + 1, trained=trained,
                                   validation_mrr=stopper.last)
                     history.append(record)
-                    if improved:
-                        if residual:
-                            kept[phase] = epoch + 1
-                        else:
-                            kept[0] = len(history)
+                    if improved and residual:
+                        kept[phase] = epoch + 1
+                    elif improved:  # the whole run so far
+                        kept = [e for e, _ in phases[:phase]] + [epoch + 1] + [0] * (
+                            len(phases) - phase - 1)
                     if log is not None:
                         log("%s validation MRR@20 %.4f (best %.4f)", name, stopper.last,
                             stopper.best)
@@ -593,20 +594,6 @@ default="residual"
         self.feature_coverage_ = dict(state["feature_coverage"])
         for name, value in state.get("selection", {}).items():
             setattr(self, name, value)
-
-
-def _truncated(phases: list, kept: list[int]) -> list:
-    """``phases`` cut to the epochs early stopping kept, as :meth:`_train` counts them:
-    one count per phase (residual training), or one for the whole run."""
-    if len(kept) == len(phases):
-        return [(k, updates) for k, (_, updates) in zip(kept, phases, strict=True)]
-    out, left = [], kept[0]
-    for epochs, updates in phases:
-        take = min(epochs, left)
-        if take:
-            out.append((take, updates))
-        left -= take
-    return out
 
 
 def _hold_out_last_sessions(events: SessionEvents, fraction: float
