@@ -71,13 +71,10 @@ class SampledTrainingMixin:
         ``seed`` (the ``initial_seed()`` of an earlier call's generator) repeats that
         call's initial weights and generator; by default they come from ``random_state``.
         """
-        device = self.device_
-        if seed is None:
-            _, generator = torch_generator(self.random_state, device)
-        else:
-            generator = torch.Generator(device=device).manual_seed(seed)
+        _, generator = torch_generator(self.random_state if seed is None else seed,
+                                       self.device_)
         network.reset_parameters(init_generator(generator))
-        network.to(device)
+        network.to(self.device_)
         return network, generator
 
     def _optimizer(self) -> AdagradMomentum:
