@@ -46,12 +46,17 @@ class _Network(nn.Module):
     ``input_mode="constrained"``: the input embedding is the output weight table.
     ``input_mode="onehot"``: the port's GRU embedding, a sparse table of the first layer's
     input weights (one row of 3 gate blocks per item).
+    ``reset_after``: the port's GRU, where the reset gate scales the recurrent product;
+    a layer fed by the constrained embedding then has ``torch.nn.GRUCell``'s recurrent
+    bias ``b_hh`` too. Otherwise the paper's ``(r * h) W_h``.
     """
 
     def __init__(self, n_items: int, hidden: int, input_mode: str,
-                 generator: torch.Generator):
+                 generator: torch.Generator, reset_after: bool = True):
         super().__init__()
-        self.hidden, self.input_mode = hidden, input_mode
+        self.hidden, self.input_mode, self.reset_after = hidden, input_mode, reset_after
+        self.b_hh = (nn.Parameter(torch.zeros(3 * hidden))
+                     if reset_after and input_mode != "onehot" else None)
         self.out_weight = nn.Embedding(n_items, hidden, sparse=True)
         self.out_bias = nn.Embedding(n_items, 1, sparse=True)
         if input_mode == "onehot":
@@ -81,9 +86,13 @@ class _Network(nn.Module):
             out = embedded[n:]
             gx = embedded[:n] @ self.w_x + self.b_h
         grz = h @ self.w_rz
-        r = torch.sigmoid(gx[:, size:2 * size] + grz[:, :size])
-        z = torch.sigmoid(gx[:, 2 * size:] + grz[:, size:])
-        c = torch.tanh((r * h) @ self.w_h + gx[:, :size])
+        b_hh = torch.zeros(3 * size) if self.b_hh is None else self.b_hh
+        r = torch.sigmoid(gx[:, size:2 * size] + grz[:, :size] + b_hh[size:2 * size])
+        z = torch.sigmoid(gx[:, 2 * size:] + grz[:, size:] + b_hh[2 * size:])
+        if self.reset_after:
+            c = torch.tanh(r * (h @ self.w_h + b_hh[:size]) + gx[:, :size])
+        else:
+            c = torch.tanh((r * h) @ self.w_h + gx[:, :size])
         h = (1.0 - z) * h + z * c
         if dropout_p > 0:
             h = nn.functional.dropout(h, dropout_p, training=True)
@@ -94,9 +103,13 @@ class _Network(nn.Module):
         view = network.views(network.dense)[0]
         first = ((self.in_weight.weight, network.onehot) if self.input_mode == "onehot"
                  else (self.w_x, view.wx))
-        return [(self.out_weight.weight, network.out[:, :-1]),
-                (self.out_bias.weight, network.out[:, -1:]), first,
-                (self.w_rz, view.wrz), (self.w_h, view.wh), (self.b_h, view.b)]
+        if (view.bh is not None) != (self.b_hh is not None) or (
+                network.layer_resets_after[0] != self.reset_after):
+            raise ValueError("the networks run different GRUs (reset_after)")
+        pairs = [(self.out_weight.weight, network.out[:, :-1]),
+                 (self.out_bias.weight, network.out[:, -1:]), first,
+                 (self.w_rz, view.wrz), (self.w_h, view.wh), (self.b_h, view.b)]
+        return pairs + ([(self.b_hh, view.bh)] if self.b_hh is not None else [])
 
     @torch.no_grad()
     def copy_from(self, network) -> None:
@@ -162,7 +175,7 @@ def train_official_style(train, *, n_epochs: int, batch_size: int = 32, hidden: 
                          n_sample: int = 2048, sample_alpha: float = 0.5,
                          logq: float = 1.0, bpreg: float = 1.0, elu_param: float = 0.0,
                          dropout_p: float = 0.4, lr: float = 0.2, momentum: float = 0.2,
-                         seed: int = 0, start=None):
+                         reset_after: bool | str = "auto", seed: int = 0, start=None):
     """Train the official-style loop on the events ``train``.
 
     The defaults are the official rsc15 parameter file's. ``start``, a pair
@@ -175,7 +188,9 @@ def train_official_style(train, *, n_epochs: int, batch_size: int = 32, hidden: 
     """
     events, index = to_session_events(train)
     generator = torch.Generator().manual_seed(seed)
-    net = _Network(index.n_items, hidden, input_mode, generator)
+    if reset_after == "auto":  # as GRU4RecRecommender: the port's GRU for one-hot input
+        reset_after = input_mode == "onehot"
+    net = _Network(index.n_items, hidden, input_mode, generator, bool(reset_after))
     if start is not None:
         net.copy_from(start[0])
         generator = start[1]

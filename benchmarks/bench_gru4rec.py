@@ -29,12 +29,13 @@ Usage::
 
     python benchmarks/bench_gru4rec.py [--runs rsc15,synthetic] [--config rsc15]
         [--epochs 10] [--device auto|cpu|cuda] [--seeds 0,1,2] [--batch-size N]
-        [--official-style]
+        [--official-style] [--set NAME=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import resource
 import sys
@@ -110,7 +111,7 @@ def official_style_row(train, test, config, epochs, seed, ours) -> None:
         sample_alpha=config["sample_alpha"], logq=config.get("logq", 0.0),
         bpreg=config["bpreg"], elu_param=config["elu_param"],
         dropout_p=config["dropout_p_hidden"], lr=config["learning_rate"],
-        momentum=config["momentum"], seed=seed,
+        momentum=config["momentum"], reset_after=config.get("reset_after", "auto"), seed=seed,
         # Our fit's start (weights and sample stream), replayed, when it ran on the CPU.
         start=(ours._initialised(ours._build_network()) if ours.device_.type == "cpu"
                else None))
@@ -138,6 +139,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="override the configuration's batch size")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override an estimator parameter of the configuration, e.g. "
+                             "--set reset_after=False (a Python literal; repeatable)")
     parser.add_argument("--synthetic-events", type=int, default=1_000_000)
     parser.add_argument("--synthetic-items", type=int, default=50_000)
     parser.add_argument("--official-style", action="store_true",
@@ -152,8 +156,12 @@ def main() -> None:
     config = dict(CONFIGS[args.config])
     if args.batch_size is not None:
         config["batch_size"] = args.batch_size
+    for item in args.set:
+        key, _, value = item.partition("=")
+        config[key.strip()] = ast.literal_eval(value.strip())
+    overrides = "".join(f", {item}" for item in args.set)
     print(f"device: {device} ({name}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, config {args.config}, "
+          f"threads {torch.get_num_threads()}, config {args.config}{overrides}, "
           f"batch {config['batch_size']}, epochs {args.epochs}")
     print(machine_line())
     header = (f"{'run':<10}{'seed':>5}{'items':>8}{'train ev':>10}{'events/s':>10}"

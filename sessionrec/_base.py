@@ -100,6 +100,10 @@ class SessionRecommender(BaseEstimator):
     no-history recommendation. Targets with an unseen item get no rank (NaN).
     """
 
+    # Parameters added after models of the class could already be pickled or saved, each
+    # with the value that reproduces such older models; they load with it.
+    _LEGACY_PARAMS: dict = {}
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
@@ -426,6 +430,8 @@ class SessionRecommender(BaseEstimator):
         return state
 
     def __setstate__(self, state):
+        for name, value in self._LEGACY_PARAMS.items():
+            state.setdefault(name, value)
         super().__setstate__(state)
         if "device_" in state:
             # A model fitted on a GPU loads on a machine without one: map to the CPU.
@@ -496,7 +502,7 @@ class SessionRecommender(BaseEstimator):
         target = _REGISTRY.get(payload["class"])
         if target is None or not issubclass(target, cls):
             raise TypeError(f"{path!s} holds a {payload['class']}, not a {cls.__name__}.")
-        est = target(**payload["params"])
+        est = target(**{**target._LEGACY_PARAMS, **payload["params"]})
         wanted = est.device if device is None else device
         try:
             resolved = resolve_device(wanted)

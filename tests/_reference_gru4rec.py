@@ -39,9 +39,15 @@ def reference_gradients(net, items, targets, samples, hidden, config, score_shif
                 gi = params["onehot"][items] + v.b
             else:
                 gi = layer_in @ v.wx + v.b
-            r = torch.sigmoid(gi[:, size:2 * size] + h_prev @ v.wrz[:, :size])
-            z = torch.sigmoid(gi[:, 2 * size:] + h_prev @ v.wrz[:, size:])
-            c = torch.tanh(gi[:, :size] + (r * h_prev) @ v.wh)
+            bh = torch.zeros(3 * size) if v.bh is None else v.bh  # GRUCell's bias_hh
+            r = torch.sigmoid(gi[:, size:2 * size] + bh[size:2 * size]
+                              + h_prev @ v.wrz[:, :size])
+            z = torch.sigmoid(gi[:, 2 * size:] + bh[2 * size:] + h_prev @ v.wrz[:, size:])
+            if net.layer_resets_after[i]:  # the official port's GRU: r scales h W_h + b_h
+                rec = h_prev @ v.wh + bh[:size]
+                c = torch.tanh(gi[:, :size] + r * rec)
+            else:  # the paper's equation 4
+                c = torch.tanh(gi[:, :size] + (r * h_prev) @ v.wh)
             layer_in = (1 - z) * h_prev + z * c
         w = params["out"][columns, :width]
         b = params["out"][columns, width]

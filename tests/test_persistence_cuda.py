@@ -42,6 +42,8 @@ def check(model):
 def test_joblib_pickle_from_cuda_loads_on_cpu(no_cuda):
     model = joblib.load(DATA / "gru4rec_cuda.joblib")
     assert model.get_params()["device"] == "cuda"  # the parameter is kept as given
+    # Written before reset_after existed: the model ran the paper's GRU, and loads so.
+    assert model.reset_after is False and model.network_.reset_after is False
     check(model)
 
 

@@ -29,35 +29,53 @@ class GRUCache:
 
     h: torch.Tensor    # previous hidden state (B, H)
     rz: torch.Tensor   # reset and update gates (B, 2H)
-    rh: torch.Tensor   # r * h (B, H)
+    rec: torch.Tensor  # (r * h) before the recurrent product, or h W_h + b_h after it
     c: torch.Tensor    # candidate state (B, H)
+    reset_after: bool = False
 
 
 def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
-                need_cache: bool = True) -> tuple[torch.Tensor, GRUCache | None]:
-    """One GRU step in the formulation of the GRU4Rec paper (its equations 1-4).
+                need_cache: bool = True, reset_after: bool = False,
+                b_h: torch.Tensor | None = None) -> tuple[torch.Tensor, GRUCache | None]:
+    """One GRU step.
 
     ``gi`` holds the input contributions ``x W + b`` of the candidate, reset and update
-    gates, in that order (B, 3H). Then ``r, z = sigmoid(gi_rz + h W_rz)``,
-    ``c = tanh(gi_c + (r * h) W_h)`` and ``h' = (1 - z) h + z c``.
+    gates, in that order (B, 3H). Then ``r, z = sigmoid(gi_rz + h W_rz)`` and
+    ``h' = (1 - z) h + z c``, with the candidate
+
+    * ``c = tanh(gi_c + (r * h) W_h)`` (``reset_after=False``): the GRU4Rec paper's
+      equation 4 and the Theano original;
+    * ``c = tanh(gi_c + r * (h W_h + b_h_c))`` (``reset_after=True``): the official
+      PyTorch port (its one-hot input layer, without ``b_h``, and ``torch.nn.GRUCell``),
+      called ``reset_after`` in Keras.
+
+    ``b_h`` (3H,), optional and only with ``reset_after``, is ``GRUCell``'s recurrent
+    bias ``[b_h_c, b_h_r, b_h_z]``: its reset and update parts add to the gates' input
+    bias (a second parameter of the same sum, as in ``GRUCell``).
     """
     size = h.shape[1]
-    rz = torch.addmm(gi[:, size:], h, w_rz).sigmoid_()
-    rh = rz[:, :size] * h
-    c = torch.addmm(gi[:, :size], rh, w_h).tanh_()
+    rz_in = gi[:, size:] if b_h is None else gi[:, size:] + b_h[size:]
+    rz = torch.addmm(rz_in, h, w_rz).sigmoid_()
+    if reset_after:
+        rec = torch.mm(h, w_h) if b_h is None else torch.addmm(b_h[:size], h, w_h)
+        c = torch.addcmul(gi[:, :size], rz[:, :size], rec).tanh_()
+    else:
+        rec = rz[:, :size] * h
+        c = torch.addmm(gi[:, :size], rec, w_h).tanh_()
     h_new = torch.addcmul(h, rz[:, size:], c - h)
-    return h_new, (GRUCache(h, rz, rh, c) if need_cache else None)
+    return h_new, (GRUCache(h, rz, rec, c, reset_after) if need_cache else None)
 
 
 def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
-                 dw_rz: torch.Tensor, dw_h: torch.Tensor) -> torch.Tensor:
+                 dw_rz: torch.Tensor, dw_h: torch.Tensor,
+                 db_h: torch.Tensor | None = None) -> torch.Tensor:
     """Gradients of one GRU step (no back-propagation into the previous state).
 
-    Writes the weight gradients into ``dw_rz`` and ``dw_h`` and returns the gradient of
-    the gate inputs ``gi`` (B, 3H), from which the caller gets the input weights', bias's
-    and input's gradients.
+    Writes the weight gradients into ``dw_rz`` and ``dw_h`` (and, for a step with a
+    recurrent bias, ``db_h``) and returns the gradient of the gate inputs ``gi``
+    (B, 3H), from which the caller gets the input weights', bias's and input's gradients.
     """
-    h, rz, rh, c = cache.h, cache.rz, cache.rh, cache.c
+    h, rz, rec, c = cache.h, cache.rz, cache.rec, cache.c
     size = h.shape[1]
     z = rz[:, size:]
     dgi = torch.empty(h.shape[0], 3 * size, dtype=h.dtype, device=h.device)
@@ -65,11 +83,20 @@ def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
     # d(candidate pre-activation) = dh' * z * (1 - c^2)
     torch.mul(dh_new, z, out=d_cand)
     d_cand.mul_(1.0 - c * c)
-    torch.mm(rh.t(), d_cand, out=dw_h)
-    d_rz[:, :size] = torch.mm(d_cand, w_h.t()).mul_(h)       # d r
+    if cache.reset_after:
+        d_rec = d_cand * rz[:, :size]                          # d(h W_h + b_h_c)
+        torch.mm(h.t(), d_rec, out=dw_h)
+        if db_h is not None:
+            torch.sum(d_rec, dim=0, out=db_h[:size])
+        torch.mul(d_cand, rec, out=d_rz[:, :size])             # d r
+    else:
+        torch.mm(rec.t(), d_cand, out=dw_h)
+        d_rz[:, :size] = torch.mm(d_cand, w_h.t()).mul_(h)     # d r
     torch.mul(dh_new, c - h, out=d_rz[:, size:])               # d z
     d_rz.mul_(rz * (1.0 - rz))                                 # through the sigmoids
     torch.mm(h.t(), d_rz, out=dw_rz)
+    if db_h is not None:
+        torch.sum(d_rz, dim=0, out=db_h[size:])
     return dgi
 
 

@@ -32,6 +32,7 @@ class _LayerViews:
     wrz: torch.Tensor         # (H, 2H)
     wh: torch.Tensor          # (H, H)
     b: torch.Tensor           # (3H,)
+    bh: torch.Tensor | None   # (3H,): GRUCell's recurrent bias (reset-after layers)
 
 
 class GRU4RecNetwork(nn.Module):
@@ -49,11 +50,20 @@ class GRU4RecNetwork(nn.Module):
 
     GRU weights (updated densely) live in one flat buffer ``dense``, so that the optimiser
     updates all of them in a handful of operations.
+
+    ``reset_after`` (True, False or ``"auto"``) picks each layer's GRU. A reset-after
+    layer (the official PyTorch port's GRU) multiplies the recurrent product by the reset
+    gate, ``c = tanh(x W_c + b_c + r * (h W_h + b_h_c))``; as in the port, a layer fed by
+    a vector then has ``torch.nn.GRUCell``'s recurrent bias ``b_h`` (3H: its reset and
+    update parts add to the gates' input bias, so their sum learns twice as fast, as in
+    the port) and the one-hot input layer has none. Other layers use the GRU4Rec paper's
+    ``(r * h) W_h``. ``"auto"``: reset-after for the one-hot input layer only.
     """
 
     def __init__(self, n_items: int, layers: tuple[int, ...], embedding: int = 0,
-                 constrained_embedding: bool = True):
+                 constrained_embedding: bool = True, reset_after: bool | str = "auto"):
         super().__init__()
+        self.reset_after = reset_after
         self.n_items = int(n_items)
         self.layers = tuple(int(h) for h in layers)
         self.embedding = int(embedding)
@@ -64,6 +74,10 @@ class GRU4RecNetwork(nn.Module):
             self.input_mode, n_input = "embedding", self.embedding
         else:
             self.input_mode, n_input = "onehot", 0
+        onehot = self.input_mode == "onehot"
+        self.layer_resets_after = tuple(
+            (i == 0 and onehot) if reset_after == "auto" else bool(reset_after)
+            for i in range(len(self.layers)))
         width = self.layers[-1]
         self.out = nn.Parameter(torch.zeros(n_items, width + 1), requires_grad=False)
         self.embed = (nn.Parameter(torch.zeros(n_items, self.embedding), requires_grad=False)
@@ -79,18 +93,26 @@ class GRU4RecNetwork(nn.Module):
                 self._layout.append(("wx", i, fan_in, 3 * size))
             self._layout += [("wrz", i, size, 2 * size), ("wh", i, size, size),
                              ("b", i, 1, 3 * size)]
+            if self.layer_resets_after[i] and not (i == 0 and onehot):
+                self._layout.append(("bh", i, 1, 3 * size))
         total = sum(r * c for _, _, r, c in self._layout)
         self.dense = nn.Parameter(torch.zeros(total), requires_grad=False)
+
+    def __setstate__(self, state):
+        # Networks pickled before the option existed ran the paper's GRU.
+        state.setdefault("reset_after", False)
+        state.setdefault("layer_resets_after", (False,) * len(state["layers"]))
+        super().__setstate__(state)
 
     # -- parameters -----------------------------------------------------------------------
 
     def views(self, flat: torch.Tensor) -> list[_LayerViews]:
         """Per-layer weight tensors as views into a flat buffer (weights or gradients)."""
-        found: list[dict] = [{"wx": None} for _ in self.layers]
+        found: list[dict] = [{"wx": None, "bh": None} for _ in self.layers]
         offset = 0
         for name, i, rows, cols in self._layout:
             block = flat[offset:offset + rows * cols]
-            found[i][name] = block if name == "b" else block.view(rows, cols)
+            found[i][name] = block if name in ("b", "bh") else block.view(rows, cols)
             offset += rows * cols
         return [_LayerViews(**f) for f in found]
 
@@ -132,7 +154,8 @@ class GRU4RecNetwork(nn.Module):
                 gi = gate_table.index_select(0, items)
             else:
                 gi = self._gate_inputs(i, items, x, view)
-            x, _ = gru_forward(gi, hidden[i], view.wrz, view.wh, need_cache=False)
+            x, _ = gru_forward(gi, hidden[i], view.wrz, view.wh, need_cache=False,
+                               reset_after=self.layer_resets_after[i], b_h=view.bh)
             hidden[i] = x
         return x
 
@@ -276,7 +299,8 @@ class GRU4RecNetwork(nn.Module):
                 gi = in_packed[0].index_select(0, in_inverse).add_(view.b)
             else:
                 gi = torch.addmm(view.b, layer_in, view.wx)
-            h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh)
+            h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh,
+                                   reset_after=self.layer_resets_after[i], b_h=view.bh)
             if state.hidden_masks is not None:
                 mask = state.hidden_masks[i].next(n)
                 h = h.mul_(mask)
@@ -320,7 +344,8 @@ class GRU4RecNetwork(nn.Module):
         for i in reversed(range(len(views))):
             if hidden_masks:
                 d_h.mul_(hidden_masks[i])
-            d_gi = gru_backward(d_h, caches[i], views[i].wh, grads[i].wrz, grads[i].wh)
+            d_gi = gru_backward(d_h, caches[i], views[i].wh, grads[i].wrz, grads[i].wh,
+                                grads[i].bh)
             torch.sum(d_gi, dim=0, out=grads[i].b)
             if views[i].wx is None:
                 in_grad = d_gi
