@@ -11,7 +11,7 @@ Settings (``--config``): ``rsc15`` (default), the official rsc15 parameter file
 (cross-entropy, logQ 1.0, constrained embedding, 100 units, batch 32, 2048 samples, alpha
 0.5, dropout 0.0/0.4, lr 0.2, momentum 0.2); ``bpr-max`` (one-hot input, bpreg 1.0, ELU
 0.5, uniform samples, lr 0.2, momentum 0.3); ``paper-top1`` (the ICLR 2016 setting: TOP1,
-in-batch negatives only, tanh output, Adagrad without momentum).
+in-batch negatives only, tanh output, Adagrad without momentum, the paper's GRU).
 
 Columns: train events/s and mini-batches/s (mean over epochs, sample-store refills
 included), evaluation targets/s (full ranking of all training items, conservative ties),
@@ -66,7 +66,8 @@ CONFIGS = {
                     batch_size=32, dropout_p_embed=0.0, dropout_p_hidden=0.0,
                     learning_rate=0.2, momentum=0.3, n_sample=2048, sample_alpha=0.0,
                     bpreg=1.0, elu_param=0.5),
-    "paper-top1": dict(loss="top1", final_activation="tanh", constrained_embedding=False,
+    "paper-top1": dict(loss="top1", final_activation="tanh", reset_after=False,
+                       constrained_embedding=False,
                        embedding=0, layers=(100,), batch_size=32, dropout_p_hidden=0.5,
                        learning_rate=0.05, momentum=0.0, n_sample=0),
 }
