@@ -228,8 +228,7 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         return GRU4RecNetwork(self.n_items_, check_int_tuple("layers", self.layers),
                               embedding=int(self.embedding),
                               constrained_embedding=bool(self.constrained_embedding),
-                              reset_after=(self.reset_after if isinstance(self.reset_after, str)
-                                           else bool(self.reset_after)))
+                              reset_after=self.reset_after)
 
     # -- training -------------------------------------------------------------------------
 

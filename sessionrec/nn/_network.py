@@ -63,7 +63,8 @@ class GRU4RecNetwork(nn.Module):
     def __init__(self, n_items: int, layers: tuple[int, ...], embedding: int = 0,
                  constrained_embedding: bool = True, reset_after: bool | str = "auto"):
         super().__init__()
-        self.reset_after = reset_after
+        auto = isinstance(reset_after, str) and reset_after == "auto"
+        self.reset_after = "auto" if auto else bool(reset_after)
         self.n_items = int(n_items)
         self.layers = tuple(int(h) for h in layers)
         self.embedding = int(embedding)
@@ -76,7 +77,7 @@ class GRU4RecNetwork(nn.Module):
             self.input_mode, n_input = "onehot", 0
         onehot = self.input_mode == "onehot"
         self.layer_resets_after = tuple(
-            (i == 0 and onehot) if reset_after == "auto" else bool(reset_after)
+            (i == 0 and onehot) if auto else self.reset_after
             for i in range(len(self.layers)))
         width = self.layers[-1]
         self.out = nn.Parameter(torch.zeros(n_items, width + 1), requires_grad=False)
