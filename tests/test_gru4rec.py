@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -18,6 +19,7 @@ from sessionrec import (
 from sessionrec._validation import init_generator
 from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
+from sessionrec.nn import _kernels
 from sessionrec.nn._network import GRU4RecNetwork, StepConfig
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows, unique_rows_padded
 from sessionrec.nn._sampling import NegativeSampler
@@ -42,10 +44,15 @@ LOSS_ACTIVATIONS = [("cross-entropy", "linear"), ("cross-entropy", "tanh"),
 @pytest.mark.parametrize("loss,activation", LOSS_ACTIVATIONS)
 @pytest.mark.parametrize("shifted", [False, True])
 @pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
 def test_hand_written_gradients_match_autograd(mode, layers, loss, activation, shifted,
-                                               reset_after):
-    check_gradients(GRU4RecNetwork(30, layers, **MODES[mode], reset_after=reset_after),
-                    loss, activation, shifted)
+                                               reset_after, fused):
+    """On both CPU paths: the fused kernels, and the PyTorch code the GPU runs."""
+    if fused and not _kernels.available():
+        pytest.skip("the fused kernels are not built")
+    with contextlib.nullcontext() if fused else _kernels.disabled():
+        check_gradients(GRU4RecNetwork(30, layers, **MODES[mode], reset_after=reset_after),
+                        loss, activation, shifted)
 
 
 @pytest.mark.parametrize("loss,activation", LOSS_ACTIVATIONS)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _kernels
+
 __all__ = ["init_uniform_", "GRUCache", "gru_forward", "gru_backward", "dropout_mask",
            "DropoutMasks"]
 
@@ -36,7 +38,8 @@ class GRUCache:
 
 def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
                 need_cache: bool = True, reset_after: bool = False,
-                b_h: torch.Tensor | None = None) -> tuple[torch.Tensor, GRUCache | None]:
+                b_h: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                fused: bool | None = None) -> tuple[torch.Tensor, GRUCache | None]:
     """One GRU step.
 
     ``gi`` holds the input contributions ``x W + b`` of the candidate, reset and update
@@ -52,10 +55,30 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
     ``b_h`` (3H,), optional and only with ``reset_after``, is ``GRUCell``'s recurrent
     bias ``[b_h_c, b_h_r, b_h_z]``: its reset and update parts add to the gates' input
     bias (a second parameter of the same sum, as in ``GRUCell``).
+
+    ``mask`` (B, H), optional, multiplies the new state (dropout). ``fused`` picks the
+    fused CPU kernels for the element-wise parts (None: wherever they apply, see
+    :mod:`._kernels`); both ways compute the same values up to rounding.
     """
     size = h.shape[1]
     rz_in = gi[:, size:] if b_h is None else gi[:, size:] + b_h[size:]
-    rz = torch.addmm(rz_in, h, w_rz).sigmoid_()
+    rz = torch.addmm(rz_in, h, w_rz)
+    if fused is None:
+        fused = _kernels.enabled_for(h)
+    if fused:
+        h_new = torch.empty_like(rz[:, :size])
+        if reset_after:
+            rec = torch.mm(h, w_h) if b_h is None else torch.addmm(b_h[:size], h, w_h)
+            _kernels.gru_gates_(rz, h, None)
+            c = torch.empty_like(h_new)
+            _kernels.gru_candidate_(c, h, rz, gi, rec, mask, h_new)
+        else:
+            rec = torch.empty_like(h_new)
+            _kernels.gru_gates_(rz, h, rec)
+            c = torch.addmm(gi[:, :size], rec, w_h)
+            _kernels.gru_candidate_(c, h, rz, gi, None, mask, h_new)
+        return h_new, (GRUCache(h, rz, rec, c, reset_after) if need_cache else None)
+    rz.sigmoid_()
     if reset_after:
         rec = torch.mm(h, w_h) if b_h is None else torch.addmm(b_h[:size], h, w_h)
         c = torch.addcmul(gi[:, :size], rz[:, :size], rec).tanh_()
@@ -63,23 +86,46 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
         rec = rz[:, :size] * h
         c = torch.addmm(gi[:, :size], rec, w_h).tanh_()
     h_new = torch.addcmul(h, rz[:, size:], c - h)
+    if mask is not None:
+        h_new.mul_(mask)
     return h_new, (GRUCache(h, rz, rec, c, reset_after) if need_cache else None)
 
 
 def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
                  dw_rz: torch.Tensor, dw_h: torch.Tensor,
-                 db_h: torch.Tensor | None = None) -> torch.Tensor:
+                 db_h: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 fused: bool | None = None) -> torch.Tensor:
     """Gradients of one GRU step (no back-propagation into the previous state).
 
     Writes the weight gradients into ``dw_rz`` and ``dw_h`` (and, for a step with a
     recurrent bias, ``db_h``) and returns the gradient of the gate inputs ``gi``
     (B, 3H), from which the caller gets the input weights', bias's and input's gradients.
+    ``mask`` is the forward step's dropout mask, ``fused`` as in :func:`gru_forward`.
     """
     h, rz, rec, c = cache.h, cache.rz, cache.rec, cache.c
     size = h.shape[1]
     z = rz[:, size:]
     dgi = torch.empty(h.shape[0], 3 * size, dtype=h.dtype, device=h.device)
     d_cand, d_rz = dgi[:, :size], dgi[:, size:]
+    if fused is None:
+        fused = _kernels.enabled_for(h)
+    if fused:
+        d_rec = torch.empty_like(c) if cache.reset_after else None
+        _kernels.gru_backward_(dh_new, mask, rz, c, h, rec if cache.reset_after else None,
+                               dgi, d_rec)
+        if cache.reset_after:
+            torch.mm(h.t(), d_rec, out=dw_h)
+            if db_h is not None:
+                torch.sum(d_rec, dim=0, out=db_h[:size])
+        else:
+            torch.mm(rec.t(), d_cand, out=dw_h)
+            _kernels.gru_reset_grad_(torch.mm(d_cand, w_h.t()), rz, h, dgi)
+        torch.mm(h.t(), d_rz, out=dw_rz)
+        if db_h is not None:
+            torch.sum(d_rz, dim=0, out=db_h[size:])
+        return dgi
+    if mask is not None:
+        dh_new = dh_new * mask
     # d(candidate pre-activation) = dh' * z * (1 - c^2)
     torch.mul(dh_new, z, out=d_cand)
     d_cand.mul_(1.0 - c * c)

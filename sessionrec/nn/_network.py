@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import _kernels
 from ._layers import DropoutMasks, gru_backward, gru_forward, init_uniform_
 from ._losses import cross_entropy_distinct, loss_and_grad
 from ._optim import AdagradMomentum, PackedTable, unique_rows
@@ -273,10 +274,12 @@ class GRU4RecNetwork(nn.Module):
         # Gather the distinct output rows this step touches (with the input rows when the
         # input embedding is the output matrix).
         out_table = state.tables["out"]
+        fused = out_table.fused  # the fused CPU kernels (decided once per training run)
         touched = torch.cat([items, columns]) if constrained else columns
         distinct, inverse = unique_rows(touched, self.n_items)
         packed = out_table.gather(distinct)
-        weights, bias = packed[0, :, :width], packed[0, :, width]
+        rows = packed[0]  # [W_y | b_y] of the distinct items
+        weights = rows[:, :width]
         column_of = inverse[n:] if constrained else inverse
         in_table = in_rows = in_inverse = in_packed = None
         if constrained:
@@ -300,21 +303,29 @@ class GRU4RecNetwork(nn.Module):
                 gi = in_packed[0].index_select(0, in_inverse).add_(view.b)
             else:
                 gi = torch.addmm(view.b, layer_in, view.wx)
-            h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh,
-                                   reset_after=self.layer_resets_after[i], b_h=view.bh)
+            mask = None
             if state.hidden_masks is not None:
                 mask = state.hidden_masks[i].next(n)
-                h = h.mul_(mask)
                 hidden_masks.append(mask)
+            h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh,
+                                   reset_after=self.layer_resets_after[i], b_h=view.bh,
+                                   mask=mask, fused=fused)
             caches.append(cache)
             layer_inputs.append(layer_in)
             new_hidden.append(h)  # the official code carries the dropped-out state, as here
             layer_in = h
 
-        # Scores of the distinct target and sample items only (never the catalogue).
-        scores = torch.addmm(bias, layer_in, weights.t())
+        # Scores of the distinct target and sample items only (never the catalogue). The
+        # bias rides along as an input of 1: one product gives the scores, and one the
+        # output rows' weight and bias gradients (faster than addmm's bias broadcast).
+        top = torch.nn.functional.pad(layer_in, (0, 1), value=1.0)
+        scores = torch.mm(top, rows.t())
         if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
             loss, d_distinct = scores.new_zeros(()), torch.zeros_like(scores)
+        elif (config.loss == "cross-entropy" and config.activation == "linear"
+              and out_table.fused):
+            loss = _kernels.sampled_cross_entropy_(scores, column_of, score_shift)
+            d_distinct = scores
         elif config.loss == "cross-entropy" and config.activation == "linear":
             weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
                       else score_shift.exp())
@@ -337,16 +348,13 @@ class GRU4RecNetwork(nn.Module):
 
         # Backward: output layer (per distinct item), then the layers top-down (no step
         # back in time).
-        out_grad = torch.empty(len(distinct), width + 1, device=scores.device)
-        torch.mm(d_distinct.t(), layer_in, out=out_grad[:, :width])
-        torch.sum(d_distinct, dim=0, out=out_grad[:, width])
+        out_grad = torch.mm(d_distinct.t(), top)
         d_h = torch.mm(d_distinct, weights)
         in_grad = None
         for i in reversed(range(len(views))):
-            if hidden_masks:
-                d_h.mul_(hidden_masks[i])
             d_gi = gru_backward(d_h, caches[i], views[i].wh, grads[i].wrz, grads[i].wh,
-                                grads[i].bh)
+                                grads[i].bh, mask=hidden_masks[i] if hidden_masks else None,
+                                fused=fused)
             torch.sum(d_gi, dim=0, out=grads[i].b)
             if views[i].wx is None:
                 in_grad = d_gi

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import _kernels
+
 __all__ = ["AdagradMomentum", "PackedTable", "unique_rows", "unique_rows_padded"]
 
 
@@ -37,6 +39,8 @@ def unique_rows(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Te
         return unique_rows_padded(rows, n_rows)
     if n_rows > _MARK_RATIO * len(rows):
         return torch.unique(rows, return_inverse=True)
+    if _kernels.available() and rows.dtype == torch.int64:
+        return _kernels.unique_rows_marked(rows, n_rows)
     # A step's rows cover much of a small catalogue (thousands of negative samples):
     # marking them in a table of all rows and counting the marks finds the same distinct
     # rows and positions in linear time, without torch.unique's sort.
@@ -86,8 +90,12 @@ class AdagradMomentum:
             # The accumulator starts at eps, so sqrt(acc) is sqrt(sum g^2 + eps): one
             # operation fewer per step than adding eps every time.
             self._dense_state[key] = (torch.full_like(param, self.eps),
-                                      torch.zeros_like(param) if self.momentum > 0 else None)
-        acc, mom = self._dense_state[key]
+                                      torch.zeros_like(param) if self.momentum > 0 else None,
+                                      _kernels.enabled_for(param))
+        acc, mom, fused = self._dense_state[key]
+        if fused:
+            _kernels.dense_adagrad_(param, grad, acc, mom, self.lr, self.momentum)
+            return
         acc.addcmul_(grad, grad)
         denom = acc.sqrt()
         if mom is None:
@@ -119,6 +127,11 @@ class PackedTable:
     The buffer holds planes ``[param, acc(, mom)]``, each (n_rows + 1) x width: the extra
     row is the dummy row of :func:`unique_rows`. The parameter's data becomes a view of
     the first plane (contiguous); :meth:`release` gives it storage of its own again.
+
+    On the CPU with the fused kernels (:mod:`._kernels`), :meth:`gather` copies only the
+    parameter plane and :meth:`step` updates the rows of every plane in place, in one
+    pass; elsewhere a step gathers the rows of all planes, updates the copy and scatters
+    it back.
     """
 
     def __init__(self, param: nn.Parameter, optimizer: AdagradMomentum):
@@ -133,9 +146,13 @@ class PackedTable:
         self.buffer[0, :n_rows] = param.data
         self.buffer[1] = optimizer.eps  # see AdagradMomentum.dense_step
         param.data = self.buffer[0, :n_rows]
+        self.fused = _kernels.enabled_for(param)
 
     def gather(self, distinct: torch.Tensor) -> torch.Tensor:
-        """The rows ``distinct`` of every plane (a copy); plane 0 holds the parameters."""
+        """The rows ``distinct`` of the planes (a copy, planes x rows x width): plane 0
+        holds the parameters (the only plane gathered with the fused kernels)."""
+        if self.fused:
+            return self.buffer[0].index_select(0, distinct).unsqueeze(0)
         return self.buffer.index_select(1, distinct)
 
     def step(self, distinct: torch.Tensor, gathered: torch.Tensor, grad: torch.Tensor,
@@ -147,6 +164,10 @@ class PackedTable:
         only on the rows its own gradient touched, as two separate sparse tables would;
         otherwise momentum would still move an untouched element.
         """
+        if self.fused:
+            _kernels.sparse_adagrad_(self.buffer, distinct, grad, keep_last_column,
+                                     self.optimizer.lr, self.optimizer.momentum)
+            return
         kept = None
         if keep_last_column is not None and self.optimizer.momentum > 0:
             kept = gathered[:, :, -1].clone()

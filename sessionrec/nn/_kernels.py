@@ -1,0 +1,217 @@
+"""Fused CPU kernels for the optimiser and row bookkeeping (a small optional C library).
+
+A CPU training step of the recurrent models is made of a few matrix products and many
+small element-wise operations; each PyTorch operation costs microseconds of dispatch and
+a pass over memory. The sparse Adagrad step alone (gather the touched rows of three
+planes, five arithmetic passes, scatter them back) took more time than the products. The
+kernels of ``_fused.c`` do such work in one pass, in place. ``pip install`` compiles them
+where a C compiler is found (``setup.py``; the extension is optional), and they are then
+used for float32 tensors on the CPU; the GPU, other dtypes, or an installation without
+the library run the PyTorch code they replace, which computes the same values up to
+rounding.
+
+Set the environment variable ``SESSIONREC_FUSED=0`` before importing sessionrec, or use
+:func:`disabled`, to run the PyTorch code on the CPU too.
+
+Why C through ``ctypes`` rather than a JIT compiler such as numba: numba's LLVM added
+about 200 MB to the resident memory of a fit, a third of the memory budget of a
+GRU4Rec training run, for the same speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
+           "unique_rows_marked", "sampled_cross_entropy_", "gru_gates_",
+           "gru_candidate_", "gru_backward_", "gru_reset_grad_"]
+
+
+def _load():
+    folder = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = folder / f"_fused{suffix}"
+        if path.exists():
+            try:
+                library = ctypes.CDLL(str(path))
+            except OSError:  # pragma: no cover - a library built for another machine
+                return None
+            break
+    else:  # pragma: no cover - installed without a C compiler
+        return None
+    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    library.sr_sparse_adagrad_f32.argtypes = [p, i64, i64, i64, p, i64, p, p, f32, f32]
+    library.sr_sparse_adagrad_f32.restype = None
+    library.sr_dense_adagrad_f32.argtypes = [p, p, p, p, i64, f32, f32]
+    library.sr_dense_adagrad_f32.restype = None
+    library.sr_unique_marked.argtypes = [p, i64, i64, p, p, p]
+    library.sr_unique_marked.restype = i64
+    library.sr_sampled_xent_f32.argtypes = [p, i64, i64, p, i64, p, p]
+    library.sr_sampled_xent_f32.restype = ctypes.c_double
+    library.sr_gru_gates_f32.argtypes = [p, i64, i64, p, i64, p]
+    library.sr_gru_candidate_f32.argtypes = [p, i64, i64, p, i64, p, p, i64, p, p, p, i64,
+                                             i64]
+    library.sr_gru_backward_f32.argtypes = [p, i64, p, i64, i64, p, p, p, i64, p, p, p]
+    library.sr_gru_reset_grad_f32.argtypes = [p, i64, i64, p, p, i64, p]
+    for name in ("sr_gru_gates_f32", "sr_gru_candidate_f32",
+                 "sr_gru_backward_f32", "sr_gru_reset_grad_f32"):
+        getattr(library, name).restype = None
+    return library
+
+
+_library = _load()
+_enabled = _library is not None and os.environ.get("SESSIONREC_FUSED", "1") != "0"
+
+
+def available() -> bool:
+    """Whether the fused CPU kernels are in use (the library was built and not disabled)."""
+    return _enabled
+
+
+def enabled_for(tensor: torch.Tensor) -> bool:
+    """Whether the kernels apply to ``tensor`` (float32 on the CPU, kernels enabled).
+
+    Decided once per training run (by the objects that hold the run's state), so that
+    :func:`disabled` affects runs started inside it.
+    """
+    return _enabled and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the PyTorch implementations on the CPU too, inside the ``with`` block.
+
+    For comparing the two paths; the GPU always runs the PyTorch code.
+
+    Examples
+    --------
+    >>> from sessionrec.nn import _kernels
+    >>> with _kernels.disabled():
+    ...     _kernels.available()
+    False
+    """
+    global _enabled
+    before = _enabled
+    _enabled = False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def sparse_adagrad_(buffer: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
+                    keep_last: torch.Tensor | None, lr: float, momentum: float) -> None:
+    """Adagrad-with-momentum step on rows of a packed table, in place.
+
+    ``buffer`` holds planes ``[param, acc(, mom)]`` (planes x n x width, contiguous
+    float32), ``rows`` the distinct rows to update (int64), ``grad`` (len(rows) x width)
+    their merged gradient, ``keep_last`` (bool per row, or None) the rows whose last
+    column must not change. Same rule as :meth:`AdagradMomentum.rows_step`.
+    """
+    n_planes, n_rows, width = buffer.shape
+    rows = rows.contiguous()
+    grad = grad.contiguous()
+    keep = None if keep_last is None else keep_last.contiguous()
+    _library.sr_sparse_adagrad_f32(buffer.data_ptr(), n_planes, n_rows * width, width,
+                                   rows.data_ptr(), len(rows), grad.data_ptr(),
+                                   _pointer(keep), lr, momentum)
+
+
+def dense_adagrad_(param: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
+                   mom: torch.Tensor | None, lr: float, momentum: float) -> None:
+    """Adagrad-with-momentum step on every element of the flat, contiguous ``param``."""
+    _library.sr_dense_adagrad_f32(param.data_ptr(), grad.contiguous().data_ptr(),
+                                  acc.data_ptr(), _pointer(mom), param.numel(), lr, momentum)
+
+
+def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted distinct values of ``rows`` (int64, all in ``[0, n_rows)``) and each
+    element's position among them, as ``torch.unique(rows, return_inverse=True)`` gives,
+    in linear time."""
+    rows = rows.contiguous()
+    n = len(rows)
+    scratch = torch.empty(n_rows + 2 * n, dtype=torch.int64)
+    distinct, inverse = scratch[n_rows:n_rows + n], scratch[n_rows + n:]
+    count = _library.sr_unique_marked(rows.data_ptr(), n, n_rows, scratch.data_ptr(),
+                                      distinct.data_ptr(), inverse.data_ptr())
+    if count < 0:
+        raise IndexError(f"a row index lies outside [0, {n_rows})")
+    return distinct[:count], inverse
+
+
+def sampled_cross_entropy_(scores: torch.Tensor, column_of: torch.Tensor,
+                           score_shift: torch.Tensor | None) -> torch.Tensor:
+    """Linear sampled cross-entropy over distinct items, its gradient written in place.
+
+    ``scores`` (rows x distinct items, contiguous float32) becomes the gradient of the
+    mean loss; ``column_of`` (int64) maps each column (the rows' targets first, then the
+    samples) to its distinct item; ``score_shift`` holds the columns' logQ corrections.
+    Returns the loss summed over rows (0-d float32), in the columns' space: the value
+    :func:`~sessionrec.nn._losses.cross_entropy_distinct` plus its constant gives.
+    """
+    rows, n_distinct = scores.shape
+    column_of = column_of.contiguous()
+    shift = None if score_shift is None else score_shift.contiguous()
+    scratch = torch.empty(n_distinct, dtype=torch.float32)
+    loss = _library.sr_sampled_xent_f32(scores.data_ptr(), rows, n_distinct,
+                                        column_of.data_ptr(), len(column_of),
+                                        _pointer(shift), scratch.data_ptr())
+    return torch.tensor(loss, dtype=torch.float32)
+
+
+def _rows(tensor: torch.Tensor) -> torch.Tensor:
+    # The kernels walk rows with a stride but need each row's elements adjacent.
+    return tensor if tensor.stride(1) == 1 else tensor.contiguous()
+
+
+def gru_gates_(rz: torch.Tensor, h: torch.Tensor, rec: torch.Tensor | None) -> None:
+    """``rz = sigmoid(rz)`` in place (B x 2H, contiguous) and, if given,
+    ``rec = r * h`` (B x H, contiguous)."""
+    h = _rows(h)
+    batch, size = h.shape
+    _library.sr_gru_gates_f32(rz.data_ptr(), batch, size, h.data_ptr(), h.stride(0),
+                              _pointer(rec))
+
+
+def gru_candidate_(c: torch.Tensor, h: torch.Tensor, rz: torch.Tensor, gi: torch.Tensor,
+                   rec_after: torch.Tensor | None, mask: torch.Tensor | None,
+                   out: torch.Tensor) -> None:
+    """Candidate ``c`` (B x H, contiguous; the pre-activation on entry unless
+    ``rec_after``) and ``out = (h + z * (c - h)) * mask``."""
+    h, gi = _rows(h), _rows(gi)
+    batch, size = h.shape
+    _library.sr_gru_candidate_f32(c.data_ptr(), batch, size, h.data_ptr(), h.stride(0),
+                                  rz.data_ptr(), gi.data_ptr(), gi.stride(0),
+                                  _pointer(rec_after), _pointer(mask), out.data_ptr(),
+                                  out.stride(0), 0)
+
+
+def gru_backward_(dh: torch.Tensor, mask: torch.Tensor | None, rz: torch.Tensor,
+                  c: torch.Tensor, h: torch.Tensor, rec_after: torch.Tensor | None,
+                  dgi: torch.Tensor, d_rec: torch.Tensor | None) -> None:
+    """Gradient of the gate pre-activations into ``dgi`` (B x 3H, contiguous); the
+    paper's GRU leaves the reset block to :func:`gru_reset_grad_`."""
+    dh, h = _rows(dh), _rows(h)
+    batch, size = h.shape
+    _library.sr_gru_backward_f32(dh.data_ptr(), dh.stride(0), _pointer(mask), batch, size,
+                                 rz.data_ptr(), c.data_ptr(), h.data_ptr(), h.stride(0),
+                                 _pointer(rec_after), dgi.data_ptr(), _pointer(d_rec))
+
+
+def gru_reset_grad_(dr_h: torch.Tensor, rz: torch.Tensor, h: torch.Tensor,
+                    dgi: torch.Tensor) -> None:
+    """The paper's GRU: ``dgi``'s reset block from ``dr_h = d_cand W_h^T``."""
+    h = _rows(h)
+    batch, size = h.shape
+    _library.sr_gru_reset_grad_f32(dr_h.data_ptr(), batch, size, rz.data_ptr(),
+                                   h.data_ptr(), h.stride(0), dgi.data_ptr())

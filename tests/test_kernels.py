@@ -1,0 +1,212 @@
+"""The fused CPU kernels (sessionrec/nn/_fused.c) against the PyTorch code they replace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+from sessionrec import GRU4RecRecommender
+from sessionrec.datasets import make_sessions
+from sessionrec.nn import _kernels
+from sessionrec.nn._layers import gru_backward, gru_forward
+from sessionrec.nn._losses import cross_entropy_distinct
+from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows
+
+needs_library = pytest.mark.skipif(not _kernels.available(),
+                                   reason="the fused kernels are not built or disabled")
+
+
+def test_the_library_is_built_where_the_tests_run():
+    """`pip install -e .` (the Makefile, CI) compiles the kernels; a failed build would
+    otherwise pass unnoticed, with every CPU test on the slower PyTorch path."""
+    if os.environ.get("SESSIONREC_FUSED", "1") == "0":
+        pytest.skip("disabled by SESSIONREC_FUSED=0")
+    assert _kernels.available()
+
+
+def test_disabled_turns_the_kernels_off_and_back_on():
+    before = _kernels.available()
+    with _kernels.disabled():
+        assert not _kernels.available()
+        assert not _kernels.enabled_for(torch.zeros(2))
+    assert _kernels.available() == before
+
+
+@needs_library
+def test_kernels_apply_to_float32_cpu_tensors_only():
+    assert _kernels.enabled_for(torch.zeros(2))
+    assert not _kernels.enabled_for(torch.zeros(2, dtype=torch.float64))
+
+
+def _packed_step(fused: bool, momentum: float, keep: bool):
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(40, 9), requires_grad=False)
+    optimizer = AdagradMomentum(0.1, momentum)
+    if fused:
+        table = PackedTable(param, optimizer)
+    else:
+        with _kernels.disabled():
+            table = PackedTable(param, optimizer)
+    assert table.fused == fused
+    for _ in range(5):
+        rows = torch.randint(0, 40, (25,))
+        distinct, inverse = torch.unique(rows, return_inverse=True)
+        grad = torch.zeros(len(distinct), 9).index_add_(0, inverse, torch.randn(25, 9))
+        keep_last = (torch.rand(len(distinct)) < 0.3) if keep else None
+        if keep_last is not None:
+            grad[keep_last, -1] = 0.0  # as in a step: kept rows have no bias gradient
+        table.step(distinct, table.gather(distinct), grad, keep_last)
+    buffer = table.buffer.clone()
+    table.release()
+    return buffer
+
+
+@needs_library
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+@pytest.mark.parametrize("keep", [False, True])
+def test_sparse_adagrad_kernel_equals_the_pytorch_step(momentum, keep):
+    torch.testing.assert_close(_packed_step(True, momentum, keep),
+                               _packed_step(False, momentum, keep), rtol=1e-5, atol=1e-6)
+
+
+@needs_library
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+def test_dense_adagrad_kernel_equals_the_pytorch_step(momentum):
+    torch.manual_seed(0)
+    start = torch.randn(1000)
+    results = []
+    for fused in (True, False):
+        optimizer = AdagradMomentum(0.2, momentum)
+        param = start.clone()
+        with contextlib.nullcontext() if fused else _kernels.disabled():
+            for _ in range(4):
+                optimizer.dense_step(param, torch.sin(param * 3.0))
+        assert next(iter(optimizer._dense_state.values()))[2] == fused
+        results.append(param)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+@needs_library
+@pytest.mark.parametrize("n_rows,n", [(1, 1), (7, 30), (3000, 2100)])
+def test_unique_kernel_is_torch_unique(n_rows, n):
+    rows = torch.randint(0, n_rows, (n,))
+    distinct, inverse = _kernels.unique_rows_marked(rows, n_rows)
+    expected, expected_inverse = torch.unique(rows, return_inverse=True)
+    assert torch.equal(distinct, expected) and torch.equal(inverse, expected_inverse)
+    # unique_rows takes the kernel when rows cover much of the table
+    assert torch.equal(unique_rows(rows, n_rows)[0], expected)
+
+
+@needs_library
+def test_unique_kernel_rejects_rows_out_of_range():
+    with pytest.raises(IndexError, match=r"outside \[0, 5\)"):
+        _kernels.unique_rows_marked(torch.tensor([1, 5]), 5)
+    with pytest.raises(IndexError):
+        _kernels.unique_rows_marked(torch.tensor([-1]), 5)
+
+
+@needs_library
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("n_distinct", [13, 1389])
+def test_sampled_cross_entropy_kernel_equals_the_pytorch_loss(shifted, n_distinct):
+    """Same loss and gradient, including items that no column maps to (weight 0, as the
+    input-only rows of a constrained step) and row lengths that are not multiples of 8."""
+    torch.manual_seed(0)
+    rows, n_cols = 32, 300
+    column_of = torch.randint(0, n_distinct - 3, (n_cols,))  # the last 3 items: no column
+    scores = torch.randn(rows, n_distinct) * 4
+    shift = torch.randn(n_cols) * 2 if shifted else None
+    weight = torch.ones(n_cols) if shift is None else shift.exp()
+    log_weight = torch.zeros(n_distinct).index_add_(0, column_of, weight).log_()
+    expected, expected_grad = cross_entropy_distinct(scores.clone(), column_of[:rows],
+                                                     log_weight)
+    expected = expected + log_weight[column_of[:rows]].sum()
+    if shift is not None:
+        expected = expected - shift[:rows].sum()
+    got_grad = scores.clone()
+    got = _kernels.sampled_cross_entropy_(got_grad, column_of, shift)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-7)
+
+
+@needs_library
+def test_sampled_cross_entropy_kernel_survives_extreme_scores():
+    scores = torch.tensor([[300.0, -300.0, 0.0], [-1e4, 1e4, 5.0]])
+    column_of = torch.tensor([0, 1, 2])
+    grad = scores.clone()
+    loss = _kernels.sampled_cross_entropy_(grad, column_of, None)
+    expected, expected_grad = cross_entropy_distinct(scores.clone(), column_of[:2],
+                                                     torch.zeros(3))
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def _gru_pair(reset_after: bool, with_bias: bool, with_mask: bool, strided: bool):
+    torch.manual_seed(0)
+    batch, size = 5, 11  # 11: rows with a partial group of eight lanes
+    gi = torch.randn(batch, 3 * size)
+    h_full = torch.randn(batch, size + 1)
+    h = h_full[:, :size] if strided else h_full[:, :size].contiguous()
+    w_rz, w_h = torch.randn(size, 2 * size) * 0.3, torch.randn(size, size) * 0.3
+    b_h = torch.randn(3 * size) if with_bias else None
+    mask = (torch.rand(batch, size) < 0.7).float() / 0.7 if with_mask else None
+    dh = torch.randn(batch, size)
+    out = {}
+    for fused in (True, False):
+        h_new, cache = gru_forward(gi, h, w_rz, w_h, reset_after=reset_after, b_h=b_h,
+                                   mask=mask, fused=fused)
+        dw_rz, dw_h = torch.empty(size, 2 * size), torch.empty(size, size)
+        db_h = torch.empty(3 * size) if with_bias else None
+        dgi = gru_backward(dh, cache, w_h, dw_rz, dw_h, db_h, mask=mask, fused=fused)
+        out[fused] = (h_new, dgi, dw_rz, dw_h, db_h)
+    return out
+
+
+@needs_library
+@pytest.mark.parametrize("reset_after,with_bias", [(False, False), (True, False),
+                                                   (True, True)])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("strided", [False, True])
+def test_fused_gru_step_equals_the_pytorch_step(reset_after, with_bias, with_mask, strided):
+    out = _gru_pair(reset_after, with_bias, with_mask, strided)
+    for got, expected in zip(out[True], out[False]):
+        if expected is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@needs_library
+def test_fused_gru_saturates_like_tanh_and_sigmoid():
+    gi = torch.tensor([[80.0, -80.0, 200.0, -200.0, 60.0, -60.0]])  # H = 2
+    h = torch.tensor([[0.5, -0.5]])
+    w_rz, w_h = torch.zeros(2, 4), torch.zeros(2, 2)
+    got, _ = gru_forward(gi, h, w_rz, w_h, need_cache=False, fused=True)
+    expected, _ = gru_forward(gi, h, w_rz, w_h, need_cache=False, fused=False)
+    torch.testing.assert_close(got, expected)
+
+
+@needs_library
+@pytest.mark.parametrize("params", [
+    dict(loss="cross-entropy", constrained_embedding=True, logq=1.0, dropout_p_hidden=0.3),
+    dict(loss="bpr-max", constrained_embedding=False, embedding=0, momentum=0.2),
+    dict(loss="top1", constrained_embedding=False, embedding=6, n_sample=0, layers=(8, 6),
+         reset_after=True),
+])
+def test_fits_on_both_paths_agree(params):
+    """A short fit with the fused kernels ends where the PyTorch path ends, up to the
+    rounding the two ways of computing accumulate."""
+    events = make_sessions(n_sessions=60, n_items=25, random_state=0)
+    base = dict(layers=(8,), n_epochs=1, n_sample=12, batch_size=8, device="cpu",
+                random_state=0, learning_rate=0.05)
+    fused = GRU4RecRecommender(**{**base, **params}).fit(events)
+    with _kernels.disabled():
+        plain = GRU4RecRecommender(**{**base, **params}).fit(events)
+    for (name, a), (_, b) in zip(fused.network_.state_dict().items(),
+                                 plain.network_.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+    assert fused.history_[0]["loss"] == pytest.approx(plain.history_[0]["loss"], rel=1e-4)
