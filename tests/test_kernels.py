@@ -210,3 +210,23 @@ def test_fits_on_both_paths_agree(params):
                                  plain.network_.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
     assert fused.history_[0]["loss"] == pytest.approx(plain.history_[0]["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_gru_step_under_autograd_keeps_its_graph(reset_after):
+    """HRNN and p-RNN differentiate through gru_forward: where autograd records, the
+    default takes PyTorch's operations, so gradients reach every input."""
+    torch.manual_seed(0)
+    leaves = [torch.randn(4, 15, requires_grad=True), torch.randn(4, 5, requires_grad=True),
+              torch.randn(5, 10, requires_grad=True), torch.randn(5, 5, requires_grad=True)]
+    h_new, _ = gru_forward(*leaves, need_cache=False, reset_after=reset_after)
+    assert h_new.requires_grad
+    grads = torch.autograd.grad(h_new.square().sum(), leaves)
+    with _kernels.disabled():
+        h_ref, _ = gru_forward(*leaves, need_cache=False, reset_after=reset_after)
+        expected = torch.autograd.grad(h_ref.square().sum(), leaves)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    only_w_h = [t.detach() for t in leaves[:3]] + [leaves[3]]
+    out, _ = gru_forward(*only_w_h, need_cache=False, reset_after=reset_after)
+    assert out.requires_grad

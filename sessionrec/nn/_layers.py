@@ -58,13 +58,16 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
 
     ``mask`` (B, H), optional, multiplies the new state (dropout). ``fused`` picks the
     fused CPU kernels for the element-wise parts (None: wherever they apply, see
-    :mod:`._kernels`); both ways compute the same values up to rounding.
+    :mod:`._kernels`, and autograd is not recording: the kernels have no autograd
+    formula, so HRNN and p-RNN, which differentiate through this step, keep PyTorch's
+    operations while training); both ways compute the same values up to rounding.
     """
     size = h.shape[1]
     rz_in = gi[:, size:] if b_h is None else gi[:, size:] + b_h[size:]
     rz = torch.addmm(rz_in, h, w_rz)
     if fused is None:
-        fused = _kernels.enabled_for(h)
+        recording = rz.requires_grad or (torch.is_grad_enabled() and w_h.requires_grad)
+        fused = _kernels.enabled_for(h) and not recording
     if fused:
         h_new = torch.empty_like(rz[:, :size])
         if reset_after:
