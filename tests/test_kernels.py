@@ -230,3 +230,15 @@ def test_gru_step_under_autograd_keeps_its_graph(reset_after):
     only_w_h = [t.detach() for t in leaves[:3]] + [leaves[3]]
     out, _ = gru_forward(*only_w_h, need_cache=False, reset_after=reset_after)
     assert out.requires_grad
+
+
+@needs_library
+def test_kernels_refuse_to_write_into_a_copy():
+    """A kernel writing into a strided or float64 tensor would update a temporary copy:
+    it raises instead."""
+    rz = torch.zeros(4, 20)[:, :10]
+    with pytest.raises(ValueError, match="contiguous float32"):
+        _kernels.gru_gates_(rz, torch.zeros(4, 5), None)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        _kernels.dense_adagrad_(torch.zeros(3, dtype=torch.float64), torch.zeros(3),
+                                torch.ones(3), None, 0.1, 0.0)

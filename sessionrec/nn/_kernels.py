@@ -119,19 +119,22 @@ def sparse_adagrad_(buffer: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor
     column must not change. Same rule as :meth:`AdagradMomentum.rows_step`.
     """
     n_planes, n_rows, width = buffer.shape
-    rows = rows.contiguous()
-    grad = grad.contiguous()
-    keep = None if keep_last is None else keep_last.contiguous()
-    _library.sr_sparse_adagrad_f32(buffer.data_ptr(), n_planes, n_rows * width, width,
-                                   rows.data_ptr(), len(rows), grad.data_ptr(),
+    rows = rows.to(torch.int64).contiguous()
+    grad = grad.to(torch.float32).contiguous()
+    keep = None if keep_last is None else keep_last.to(torch.bool).contiguous()
+    _library.sr_sparse_adagrad_f32(_output(buffer).data_ptr(), n_planes, n_rows * width,
+                                   width, rows.data_ptr(), len(rows), grad.data_ptr(),
                                    _pointer(keep), lr, momentum)
 
 
 def dense_adagrad_(param: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
                    mom: torch.Tensor | None, lr: float, momentum: float) -> None:
     """Adagrad-with-momentum step on every element of the flat, contiguous ``param``."""
-    _library.sr_dense_adagrad_f32(param.data_ptr(), grad.contiguous().data_ptr(),
-                                  acc.data_ptr(), _pointer(mom), param.numel(), lr, momentum)
+    _library.sr_dense_adagrad_f32(_output(param).data_ptr(),
+                                  grad.to(torch.float32).contiguous().data_ptr(),
+                                  _output(acc).data_ptr(),
+                                  _pointer(mom if mom is None else _output(mom)),
+                                  param.numel(), lr, momentum)
 
 
 def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,10 +163,10 @@ def sampled_cross_entropy_(scores: torch.Tensor, column_of: torch.Tensor,
     :func:`~sessionrec.nn._losses.cross_entropy_distinct` plus its constant gives.
     """
     rows, n_distinct = scores.shape
-    column_of = column_of.contiguous()
-    shift = None if score_shift is None else score_shift.contiguous()
+    column_of = column_of.to(torch.int64).contiguous()
+    shift = None if score_shift is None else score_shift.to(torch.float32).contiguous()
     scratch = torch.empty(n_distinct, dtype=torch.float32)
-    loss = _library.sr_sampled_xent_f32(scores.data_ptr(), rows, n_distinct,
+    loss = _library.sr_sampled_xent_f32(_output(scores).data_ptr(), rows, n_distinct,
                                         column_of.data_ptr(), len(column_of),
                                         _pointer(shift), scratch.data_ptr())
     return torch.tensor(loss, dtype=torch.float32)
@@ -174,13 +177,25 @@ def _rows(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(1) == 1 else tensor.contiguous()
 
 
+def _dense(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """An input the kernels read as one block (a copy only if it is not one already)."""
+    return None if tensor is None else tensor.contiguous()
+
+
+def _output(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor the kernels write in place: a copy would lose the result."""
+    if not tensor.is_contiguous() or tensor.dtype != torch.float32:
+        raise ValueError("the fused kernels write into contiguous float32 tensors only")
+    return tensor
+
+
 def gru_gates_(rz: torch.Tensor, h: torch.Tensor, rec: torch.Tensor | None) -> None:
     """``rz = sigmoid(rz)`` in place (B x 2H, contiguous) and, if given,
     ``rec = r * h`` (B x H, contiguous)."""
     h = _rows(h)
     batch, size = h.shape
-    _library.sr_gru_gates_f32(rz.data_ptr(), batch, size, h.data_ptr(), h.stride(0),
-                              _pointer(rec))
+    _library.sr_gru_gates_f32(_output(rz).data_ptr(), batch, size, h.data_ptr(),
+                              h.stride(0), _pointer(rec if rec is None else _output(rec)))
 
 
 def gru_candidate_(c: torch.Tensor, h: torch.Tensor, rz: torch.Tensor, gi: torch.Tensor,
@@ -190,9 +205,10 @@ def gru_candidate_(c: torch.Tensor, h: torch.Tensor, rz: torch.Tensor, gi: torch
     ``rec_after``) and ``out = (h + z * (c - h)) * mask``."""
     h, gi = _rows(h), _rows(gi)
     batch, size = h.shape
-    _library.sr_gru_candidate_f32(c.data_ptr(), batch, size, h.data_ptr(), h.stride(0),
-                                  rz.data_ptr(), gi.data_ptr(), gi.stride(0),
-                                  _pointer(rec_after), _pointer(mask), out.data_ptr(),
+    _library.sr_gru_candidate_f32(_output(c).data_ptr(), batch, size, h.data_ptr(),
+                                  h.stride(0), _dense(rz).data_ptr(), gi.data_ptr(),
+                                  gi.stride(0), _pointer(_dense(rec_after)),
+                                  _pointer(_dense(mask)), _output(out).data_ptr(),
                                   out.stride(0), 0)
 
 
@@ -203,9 +219,11 @@ def gru_backward_(dh: torch.Tensor, mask: torch.Tensor | None, rz: torch.Tensor,
     paper's GRU leaves the reset block to :func:`gru_reset_grad_`."""
     dh, h = _rows(dh), _rows(h)
     batch, size = h.shape
-    _library.sr_gru_backward_f32(dh.data_ptr(), dh.stride(0), _pointer(mask), batch, size,
-                                 rz.data_ptr(), c.data_ptr(), h.data_ptr(), h.stride(0),
-                                 _pointer(rec_after), dgi.data_ptr(), _pointer(d_rec))
+    _library.sr_gru_backward_f32(dh.data_ptr(), dh.stride(0), _pointer(_dense(mask)), batch,
+                                 size, _dense(rz).data_ptr(), _dense(c).data_ptr(),
+                                 h.data_ptr(), h.stride(0), _pointer(_dense(rec_after)),
+                                 _output(dgi).data_ptr(),
+                                 _pointer(d_rec if d_rec is None else _output(d_rec)))
 
 
 def gru_reset_grad_(dr_h: torch.Tensor, rz: torch.Tensor, h: torch.Tensor,
@@ -213,5 +231,6 @@ def gru_reset_grad_(dr_h: torch.Tensor, rz: torch.Tensor, h: torch.Tensor,
     """The paper's GRU: ``dgi``'s reset block from ``dr_h = d_cand W_h^T``."""
     h = _rows(h)
     batch, size = h.shape
-    _library.sr_gru_reset_grad_f32(dr_h.data_ptr(), batch, size, rz.data_ptr(),
-                                   h.data_ptr(), h.stride(0), dgi.data_ptr())
+    _library.sr_gru_reset_grad_f32(_dense(dr_h).data_ptr(), batch, size,
+                                   _dense(rz).data_ptr(), h.data_ptr(), h.stride(0),
+                                   _output(dgi).data_ptr())

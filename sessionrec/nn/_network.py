@@ -322,10 +322,9 @@ class GRU4RecNetwork(nn.Module):
         scores = torch.mm(top, rows.t())
         if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
             loss, d_distinct = scores.new_zeros(()), torch.zeros_like(scores)
-        elif (config.loss == "cross-entropy" and config.activation == "linear"
-              and out_table.fused):
+        elif config.loss == "cross-entropy" and config.activation == "linear" and fused:
             loss = _kernels.sampled_cross_entropy_(scores, column_of, score_shift)
-            d_distinct = scores
+            d_distinct = scores  # the kernel wrote the gradient over the scores
         elif config.loss == "cross-entropy" and config.activation == "linear":
             weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
                       else score_shift.exp())
