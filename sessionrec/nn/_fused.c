@@ -234,14 +234,12 @@ EXPORT KERNEL void sr_gru_gates_f32(float *rz, int64_t B, int64_t H, const float
 
 /* Candidate and new state: c (B x H, contiguous) holds the candidate's pre-activation
  * (the paper's GRU) or, with rec_after (reset-after GRU: rec_after = h W_h + b_h_c),
- * becomes tanh(gi_c + r * rec_after); then out = (h + z * (c - h)) * mask, written with
- * row stride ldo, and a 1 after each row when one_column (the bias input of the output
- * product). mask may be NULL. */
+ * becomes tanh(gi_c + r * rec_after); then out (B x H, contiguous) =
+ * (h + z * (c - h)) * mask. mask may be NULL. */
 EXPORT KERNEL void sr_gru_candidate_f32(float *c, int64_t B, int64_t H, const float *h,
                                         int64_t ldh, const float *rz, const float *gi,
                                         int64_t ldgi, const float *rec_after,
-                                        const float *mask, float *out, int64_t ldo,
-                                        int64_t one_column) {
+                                        const float *mask, float *out) {
     for (int64_t b = 0; b < B; ++b) {
         float *cand = c + b * H;
         const float *r = rz + b * 2 * H, *z = r + H, *hb = h + b * ldh;
@@ -255,9 +253,8 @@ EXPORT KERNEL void sr_gru_candidate_f32(float *c, int64_t B, int64_t H, const fl
             const vf8 hv = load_part(hb + j0, width);
             vf8 next = hv + load_part(z + j0, width) * (cv - hv);
             if (mask) next = next * load_part(mask + b * H + j0, width);
-            store_part(out + b * ldo + j0, next, width);
+            store_part(out + b * H + j0, next, width);
         })
-        if (one_column) out[b * ldo + H] = 1.0f;
     }
 }
 

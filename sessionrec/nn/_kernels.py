@@ -46,22 +46,19 @@ def _load():
     else:  # pragma: no cover - installed without a C compiler
         return None
     p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    library.sr_sparse_adagrad_f32.argtypes = [p, i64, i64, i64, p, i64, p, p, f32, f32]
-    library.sr_sparse_adagrad_f32.restype = None
-    library.sr_dense_adagrad_f32.argtypes = [p, p, p, p, i64, f32, f32]
-    library.sr_dense_adagrad_f32.restype = None
-    library.sr_unique_marked.argtypes = [p, i64, i64, p, p, p]
-    library.sr_unique_marked.restype = i64
-    library.sr_sampled_xent_f32.argtypes = [p, i64, i64, p, i64, p, p]
-    library.sr_sampled_xent_f32.restype = ctypes.c_double
-    library.sr_gru_gates_f32.argtypes = [p, i64, i64, p, i64, p]
-    library.sr_gru_candidate_f32.argtypes = [p, i64, i64, p, i64, p, p, i64, p, p, p, i64,
-                                             i64]
-    library.sr_gru_backward_f32.argtypes = [p, i64, p, i64, i64, p, p, p, i64, p, p, p]
-    library.sr_gru_reset_grad_f32.argtypes = [p, i64, i64, p, p, i64, p]
-    for name in ("sr_gru_gates_f32", "sr_gru_candidate_f32",
-                 "sr_gru_backward_f32", "sr_gru_reset_grad_f32"):
-        getattr(library, name).restype = None
+    signatures = {  # name: (argument types, result type)
+        "sr_sparse_adagrad_f32": ([p, i64, i64, i64, p, i64, p, p, f32, f32], None),
+        "sr_dense_adagrad_f32": ([p, p, p, p, i64, f32, f32], None),
+        "sr_unique_marked": ([p, i64, i64, p, p, p], i64),
+        "sr_sampled_xent_f32": ([p, i64, i64, p, i64, p, p], ctypes.c_double),
+        "sr_gru_gates_f32": ([p, i64, i64, p, i64, p], None),
+        "sr_gru_candidate_f32": ([p, i64, i64, p, i64, p, p, i64, p, p, p], None),
+        "sr_gru_backward_f32": ([p, i64, p, i64, i64, p, p, p, i64, p, p, p], None),
+        "sr_gru_reset_grad_f32": ([p, i64, i64, p, p, i64, p], None),
+    }
+    for name, (arguments, result) in signatures.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = arguments, result
     return library
 
 
@@ -208,8 +205,7 @@ def gru_candidate_(c: torch.Tensor, h: torch.Tensor, rz: torch.Tensor, gi: torch
     _library.sr_gru_candidate_f32(_output(c).data_ptr(), batch, size, h.data_ptr(),
                                   h.stride(0), _dense(rz).data_ptr(), gi.data_ptr(),
                                   gi.stride(0), _pointer(_dense(rec_after)),
-                                  _pointer(_dense(mask)), _output(out).data_ptr(),
-                                  out.stride(0), 0)
+                                  _pointer(_dense(mask)), _output(out).data_ptr())
 
 
 def gru_backward_(dh: torch.Tensor, mask: torch.Tensor | None, rz: torch.Tensor,

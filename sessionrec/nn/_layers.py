@@ -68,10 +68,11 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
     if fused is None:
         recording = rz.requires_grad or (torch.is_grad_enabled() and w_h.requires_grad)
         fused = _kernels.enabled_for(h) and not recording
+    if reset_after:  # the recurrent product needs no gate: h W_h (+ b_h_c)
+        rec = torch.mm(h, w_h) if b_h is None else torch.addmm(b_h[:size], h, w_h)
     if fused:
         h_new = torch.empty_like(rz[:, :size])
         if reset_after:
-            rec = torch.mm(h, w_h) if b_h is None else torch.addmm(b_h[:size], h, w_h)
             _kernels.gru_gates_(rz, h, None)
             c = torch.empty_like(h_new)
             _kernels.gru_candidate_(c, h, rz, gi, rec, mask, h_new)
@@ -80,17 +81,16 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
             _kernels.gru_gates_(rz, h, rec)
             c = torch.addmm(gi[:, :size], rec, w_h)
             _kernels.gru_candidate_(c, h, rz, gi, None, mask, h_new)
-        return h_new, (GRUCache(h, rz, rec, c, reset_after) if need_cache else None)
-    rz.sigmoid_()
-    if reset_after:
-        rec = torch.mm(h, w_h) if b_h is None else torch.addmm(b_h[:size], h, w_h)
-        c = torch.addcmul(gi[:, :size], rz[:, :size], rec).tanh_()
     else:
-        rec = rz[:, :size] * h
-        c = torch.addmm(gi[:, :size], rec, w_h).tanh_()
-    h_new = torch.addcmul(h, rz[:, size:], c - h)
-    if mask is not None:
-        h_new.mul_(mask)
+        rz.sigmoid_()
+        if reset_after:
+            c = torch.addcmul(gi[:, :size], rz[:, :size], rec).tanh_()
+        else:
+            rec = rz[:, :size] * h
+            c = torch.addmm(gi[:, :size], rec, w_h).tanh_()
+        h_new = torch.addcmul(h, rz[:, size:], c - h)
+        if mask is not None:
+            h_new.mul_(mask)
     return h_new, (GRUCache(h, rz, rec, c, reset_after) if need_cache else None)
 
 
@@ -112,37 +112,33 @@ def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
     d_cand, d_rz = dgi[:, :size], dgi[:, size:]
     if fused is None:
         fused = _kernels.enabled_for(h)
+    d_rec = None  # reset-after: the gradient of h W_h + b_h_c
     if fused:
         d_rec = torch.empty_like(c) if cache.reset_after else None
         _kernels.gru_backward_(dh_new, mask, rz, c, h, rec if cache.reset_after else None,
                                dgi, d_rec)
-        if cache.reset_after:
-            torch.mm(h.t(), d_rec, out=dw_h)
-            if db_h is not None:
-                torch.sum(d_rec, dim=0, out=db_h[:size])
-        else:
-            torch.mm(rec.t(), d_cand, out=dw_h)
+        if not cache.reset_after:
             _kernels.gru_reset_grad_(torch.mm(d_cand, w_h.t()), rz, h, dgi)
-        torch.mm(h.t(), d_rz, out=dw_rz)
-        if db_h is not None:
-            torch.sum(d_rz, dim=0, out=db_h[size:])
-        return dgi
-    if mask is not None:
-        dh_new = dh_new * mask
-    # d(candidate pre-activation) = dh' * z * (1 - c^2)
-    torch.mul(dh_new, z, out=d_cand)
-    d_cand.mul_(1.0 - c * c)
+    else:
+        if mask is not None:
+            dh_new = dh_new * mask
+        # d(candidate pre-activation) = dh' * z * (1 - c^2)
+        torch.mul(dh_new, z, out=d_cand)
+        d_cand.mul_(1.0 - c * c)
+        if cache.reset_after:
+            d_rec = d_cand * rz[:, :size]
+            torch.mul(d_cand, rec, out=d_rz[:, :size])             # d r
+        else:
+            d_rz[:, :size] = torch.mm(d_cand, w_h.t()).mul_(h)     # d r
+        torch.mul(dh_new, c - h, out=d_rz[:, size:])               # d z
+        d_rz.mul_(rz * (1.0 - rz))                                 # through the sigmoids
+    # Weight gradients, the same for both ways of computing the gate gradients.
     if cache.reset_after:
-        d_rec = d_cand * rz[:, :size]                          # d(h W_h + b_h_c)
         torch.mm(h.t(), d_rec, out=dw_h)
         if db_h is not None:
             torch.sum(d_rec, dim=0, out=db_h[:size])
-        torch.mul(d_cand, rec, out=d_rz[:, :size])             # d r
     else:
         torch.mm(rec.t(), d_cand, out=dw_h)
-        d_rz[:, :size] = torch.mm(d_cand, w_h.t()).mul_(h)     # d r
-    torch.mul(dh_new, c - h, out=d_rz[:, size:])               # d z
-    d_rz.mul_(rz * (1.0 - rz))                                 # through the sigmoids
     torch.mm(h.t(), d_rz, out=dw_rz)
     if db_h is not None:
         torch.sum(d_rz, dim=0, out=db_h[size:])

@@ -27,6 +27,11 @@ class StepConfig:
     dropout_p_hidden: float = 0.0
 
 
+def _with_bias_input(h: torch.Tensor) -> torch.Tensor:
+    """``[h | 1]``: rows of hidden states with an input of 1 for the output bias."""
+    return torch.nn.functional.pad(h, (0, 1), value=1.0)
+
+
 @dataclass
 class _LayerViews:
     wx: torch.Tensor | None   # (in, 3H): input weights of [candidate, reset, update]
@@ -191,7 +196,7 @@ class GRU4RecNetwork(nn.Module):
         """
         if matrix is None:
             matrix = self.scoring_matrix()
-        return torch.mm(torch.cat([h, h.new_ones(len(h), 1)], dim=1), matrix)
+        return torch.mm(_with_bias_input(h), matrix)
 
     def _input(self, items: torch.Tensor) -> torch.Tensor | None:
         if self.input_mode == "constrained":
@@ -318,7 +323,7 @@ class GRU4RecNetwork(nn.Module):
         # Scores of the distinct target and sample items only (never the catalogue). The
         # bias rides along as an input of 1: one product gives the scores, and one the
         # output rows' weight and bias gradients (faster than addmm's bias broadcast).
-        top = torch.nn.functional.pad(layer_in, (0, 1), value=1.0)
+        top = _with_bias_input(layer_in)
         scores = torch.mm(top, rows.t())
         if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
             loss, d_distinct = scores.new_zeros(()), torch.zeros_like(scores)
