@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,3 +243,74 @@ def test_kernels_refuse_to_write_into_a_copy():
     with pytest.raises(ValueError, match="contiguous float32"):
         _kernels.dense_adagrad_(torch.zeros(3, dtype=torch.float64), torch.zeros(3),
                                 torch.ones(3), None, 0.1, 0.0)
+
+
+def test_kernels_share_torch_thread_pool_where_built_with_openmp():
+    """On Linux the library is built with OpenMP and binds to the libgomp.so.1 that the
+    PyTorch wheels ship: one pool of threads, used in turn by torch and the kernels."""
+    if not _kernels.available() or not _kernels._library.sr_openmp():
+        pytest.skip("the kernels are not built with OpenMP here")
+    torch_gomp = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if not torch_gomp.exists():
+        pytest.skip("this torch build has no libgomp.so.1 of its own")
+    assert _kernels._parallel
+    assert str(torch_gomp.resolve()) in {str(Path(p).resolve())
+                                         for p in _kernels._openmp_runtimes()}
+
+
+def _on_threads(parallel: bool, monkeypatch, run):
+    """``run()`` with the kernels on all of torch's threads or on one."""
+    with monkeypatch.context() as patch:
+        patch.setattr(_kernels, "_parallel", parallel)
+        patch.setattr(torch, "get_num_threads", lambda: 3 if parallel else 1)
+        return run()
+
+
+@needs_library
+def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
+    """Every element is written by one thread and sums are taken in a fixed order, so a
+    fit is repeatable bit for bit whatever the thread setting (here 3 threads, uneven
+    splits, against 1)."""
+    if not _kernels._library.sr_openmp():
+        pytest.skip("the kernels are not built with OpenMP here")
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    # large enough for every kernel to split its work
+    width, n_rows, n = 101, 3001, 1777
+    table = torch.rand(3, n_rows, width, generator=generator)
+    rows = torch.randperm(n_rows, generator=generator)[:n].sort().values
+    grad, keep = randn(n, width), torch.rand(n, generator=generator) < 0.3
+    dense = [randn(70_001) for _ in range(3)]
+    scores, column_of = randn(67, 1389) * 4, torch.randint(0, 1389, (2115,),
+                                                           generator=generator)
+    shift = randn(2115)
+    batch, size = 97, 100
+    h, gi, rz = randn(batch, 2 * size)[:, :size], randn(batch, 3 * size), randn(batch, 2 * size)
+    mask, dh = (torch.rand(batch, size, generator=generator) > 0.4) / 0.6, randn(batch, size)
+    rec_after = randn(batch, size)
+
+    def run():
+        out = {"table": table.clone(), "param": dense[0].clone(), "acc": dense[2].abs(),
+               "mom": dense[1].clone(), "scores": scores.clone(), "rz": rz.clone(),
+               "rec": torch.empty(batch, size), "c": randn(batch, size).clone(),
+               "out": torch.empty(batch, size), "dgi": torch.empty(batch, 3 * size),
+               "d_rec": torch.empty(batch, size)}
+        _kernels.sparse_adagrad_(out["table"], rows, grad, keep, 0.1, 0.3)
+        _kernels.dense_adagrad_(out["param"], dense[1], out["acc"], out["mom"], 0.2, 0.3)
+        out["loss"] = _kernels.sampled_cross_entropy_(out["scores"], column_of, shift)
+        _kernels.gru_gates_(out["rz"], h, out["rec"])
+        _kernels.gru_candidate_(out["c"], h, out["rz"], gi, rec_after, mask, out["out"])
+        _kernels.gru_backward_(dh, mask, out["rz"], out["c"], h, rec_after, out["dgi"],
+                               out["d_rec"])
+        _kernels.gru_reset_grad_(dh, out["rz"], h, out["dgi"])
+        return out
+
+    start = generator.get_state()
+    many = _on_threads(True, monkeypatch, run)
+    generator.set_state(start)
+    one = _on_threads(False, monkeypatch, run)
+    for name in many:
+        assert torch.equal(many[name], one[name]), name

@@ -13,6 +13,11 @@ rounding.
 Set the environment variable ``SESSIONREC_FUSED=0`` before importing sessionrec, or use
 :func:`disabled`, to run the PyTorch code on the CPU too.
 
+The kernels run on as many threads as PyTorch's intra-op setting
+(``torch.set_num_threads``) where the library shares torch's OpenMP thread pool (Linux
+builds; see the head of ``_fused.c``), on one thread otherwise. Their results do not
+depend on the number of threads.
+
 Why C through ``ctypes`` rather than a JIT compiler such as numba: numba's LLVM added
 about 200 MB to the resident memory of a fit, a third of the memory budget of a
 GRU4Rec training run, for the same speed.
@@ -33,37 +38,61 @@ __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_ada
            "gru_candidate_", "gru_backward_", "gru_reset_grad_"]
 
 
+def _openmp_runtimes() -> set[str]:
+    """Files of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            names = {line.split()[-1] for line in maps if "/" in line}
+    except OSError:
+        return set()
+    return {name for name in names
+            if Path(name).name.startswith(("libgomp", "libomp", "libiomp"))}
+
+
 def _load():
+    """The library, and whether it runs its kernels in PyTorch's OpenMP thread pool."""
     folder = Path(__file__).resolve().parent
+    runtimes = _openmp_runtimes()
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = folder / f"_fused{suffix}"
         if path.exists():
             try:
                 library = ctypes.CDLL(str(path))
             except OSError:  # pragma: no cover - a library built for another machine
-                return None
+                return None, False
             break
     else:  # pragma: no cover - installed without a C compiler
-        return None
+        return None, False
     p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     signatures = {  # name: (argument types, result type)
-        "sr_sparse_adagrad_f32": ([p, i64, i64, i64, p, i64, p, p, f32, f32], None),
-        "sr_dense_adagrad_f32": ([p, p, p, p, i64, f32, f32], None),
+        "sr_openmp": ([], ctypes.c_int),
+        "sr_sparse_adagrad_f32": ([p, i64, i64, i64, p, i64, p, p, f32, f32, i64], None),
+        "sr_dense_adagrad_f32": ([p, p, p, p, i64, f32, f32, i64], None),
         "sr_unique_marked": ([p, i64, i64, p, p, p], i64),
-        "sr_sampled_xent_f32": ([p, i64, i64, p, i64, p, p], ctypes.c_double),
-        "sr_gru_gates_f32": ([p, i64, i64, p, i64, p], None),
-        "sr_gru_candidate_f32": ([p, i64, i64, p, i64, p, p, i64, p, p, p], None),
-        "sr_gru_backward_f32": ([p, i64, p, i64, i64, p, p, p, i64, p, p, p], None),
-        "sr_gru_reset_grad_f32": ([p, i64, i64, p, p, i64, p], None),
-    }
+        "sr_sampled_xent_f32": ([p, i64, i64, p, i64, p, p, p, i64], ctypes.c_double),
+        "sr_gru_gates_f32": ([p, i64, i64, p, i64, p, i64], None),
+        "sr_gru_candidate_f32": ([p, i64, i64, p, i64, p, p, i64, p, p, p, i64], None),
+        "sr_gru_backward_f32": ([p, i64, p, i64, i64, p, p, p, i64, p, p, p, i64], None),
+        "sr_gru_reset_grad_f32": ([p, i64, i64, p, p, i64, p, i64], None),
+    }  # the last argument of all but sr_unique_marked: the number of threads
     for name, (arguments, result) in signatures.items():
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, result
-    return library
+    # The library shares torch's pool when loading it mapped no OpenMP runtime of its own
+    # (torch's libgomp.so.1, already loaded, satisfied its dependency). With a second
+    # runtime (a torch build whose libgomp has another name), two pools of busy-waiting
+    # threads would compete for the same cores: the kernels then run on one thread.
+    shared = bool(library.sr_openmp()) and _openmp_runtimes() == runtimes
+    return library, shared
 
 
-_library = _load()
+_library, _parallel = _load()
 _enabled = _library is not None and os.environ.get("SESSIONREC_FUSED", "1") != "0"
+
+
+def _threads() -> int:
+    """Threads the kernels may use: PyTorch's intra-op setting, when the pool is shared."""
+    return torch.get_num_threads() if _parallel else 1
 
 
 def available() -> bool:
@@ -121,7 +150,7 @@ def sparse_adagrad_(buffer: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor
     keep = None if keep_last is None else keep_last.to(torch.bool).contiguous()
     _library.sr_sparse_adagrad_f32(_output(buffer).data_ptr(), n_planes, n_rows * width,
                                    width, rows.data_ptr(), len(rows), grad.data_ptr(),
-                                   _pointer(keep), lr, momentum)
+                                   _pointer(keep), lr, momentum, _threads())
 
 
 def dense_adagrad_(param: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
@@ -131,7 +160,7 @@ def dense_adagrad_(param: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
                                   grad.to(torch.float32).contiguous().data_ptr(),
                                   _output(acc).data_ptr(),
                                   _pointer(mom if mom is None else _output(mom)),
-                                  param.numel(), lr, momentum)
+                                  param.numel(), lr, momentum, _threads())
 
 
 def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,10 +191,12 @@ def sampled_cross_entropy_(scores: torch.Tensor, column_of: torch.Tensor,
     rows, n_distinct = scores.shape
     column_of = column_of.to(torch.int64).contiguous()
     shift = None if score_shift is None else score_shift.to(torch.float32).contiguous()
-    scratch = torch.empty(n_distinct, dtype=torch.float32)
+    log_weight = torch.empty(n_distinct, dtype=torch.float32)
+    parts = torch.empty(2 * rows, dtype=torch.float64)
     loss = _library.sr_sampled_xent_f32(_output(scores).data_ptr(), rows, n_distinct,
                                         column_of.data_ptr(), len(column_of),
-                                        _pointer(shift), scratch.data_ptr())
+                                        _pointer(shift), log_weight.data_ptr(),
+                                        parts.data_ptr(), _threads())
     return torch.tensor(loss, dtype=torch.float32)
 
 
@@ -192,7 +223,8 @@ def gru_gates_(rz: torch.Tensor, h: torch.Tensor, rec: torch.Tensor | None) -> N
     h = _rows(h)
     batch, size = h.shape
     _library.sr_gru_gates_f32(_output(rz).data_ptr(), batch, size, h.data_ptr(),
-                              h.stride(0), _pointer(rec if rec is None else _output(rec)))
+                              h.stride(0), _pointer(rec if rec is None else _output(rec)),
+                              _threads())
 
 
 def gru_candidate_(c: torch.Tensor, h: torch.Tensor, rz: torch.Tensor, gi: torch.Tensor,
@@ -205,7 +237,7 @@ def gru_candidate_(c: torch.Tensor, h: torch.Tensor, rz: torch.Tensor, gi: torch
     _library.sr_gru_candidate_f32(_output(c).data_ptr(), batch, size, h.data_ptr(),
                                   h.stride(0), _dense(rz).data_ptr(), gi.data_ptr(),
                                   gi.stride(0), _pointer(_dense(rec_after)),
-                                  _pointer(_dense(mask)), _output(out).data_ptr())
+                                  _pointer(_dense(mask)), _output(out).data_ptr(), _threads())
 
 
 def gru_backward_(dh: torch.Tensor, mask: torch.Tensor | None, rz: torch.Tensor,
@@ -219,7 +251,8 @@ def gru_backward_(dh: torch.Tensor, mask: torch.Tensor | None, rz: torch.Tensor,
                                  size, _dense(rz).data_ptr(), _dense(c).data_ptr(),
                                  h.data_ptr(), h.stride(0), _pointer(_dense(rec_after)),
                                  _output(dgi).data_ptr(),
-                                 _pointer(d_rec if d_rec is None else _output(d_rec)))
+                                 _pointer(d_rec if d_rec is None else _output(d_rec)),
+                                 _threads())
 
 
 def gru_reset_grad_(dr_h: torch.Tensor, rz: torch.Tensor, h: torch.Tensor,
@@ -229,4 +262,4 @@ def gru_reset_grad_(dr_h: torch.Tensor, rz: torch.Tensor, h: torch.Tensor,
     batch, size = h.shape
     _library.sr_gru_reset_grad_f32(_dense(dr_h).data_ptr(), batch, size,
                                    _dense(rz).data_ptr(), h.data_ptr(), h.stride(0),
-                                   _output(dgi).data_ptr())
+                                   _output(dgi).data_ptr(), _threads())
