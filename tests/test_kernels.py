@@ -109,41 +109,72 @@ def test_unique_kernel_rejects_rows_out_of_range():
         _kernels.unique_rows_marked(torch.tensor([-1]), 5)
 
 
+def _output_layer_reference(h, rows, column_of, shift):
+    """The PyTorch path: scores, cross_entropy_distinct, the two gradient products."""
+    n = h.shape[0]
+    weight = torch.ones(len(column_of)) if shift is None else shift.exp()
+    log_weight = torch.zeros(len(rows)).index_add_(0, column_of, weight).log_()
+    top = torch.nn.functional.pad(h, (0, 1), value=1.0)
+    loss, grad = cross_entropy_distinct(top @ rows.t(), column_of[:n], log_weight)
+    loss = loss + log_weight[column_of[:n]].sum()
+    if shift is not None:
+        loss = loss - shift[:n].sum()
+    return loss, grad.t() @ top, grad @ rows[:, :-1]
+
+
 @needs_library
 @pytest.mark.parametrize("shifted", [False, True])
-@pytest.mark.parametrize("n_distinct", [13, 1389])
-def test_sampled_cross_entropy_kernel_equals_the_pytorch_loss(shifted, n_distinct):
-    """Same loss and gradient, including items that no column maps to (weight 0, as the
-    input-only rows of a constrained step) and row lengths that are not multiples of 8."""
+@pytest.mark.parametrize("batch,size,n_distinct", [
+    (32, 100, 1389),  # the rsc15 step: one chunk of 32 lanes, 22 blocks of items
+    (5, 7, 13),       # padded lanes, one block, item and column counts off the tiles
+    (70, 33, 200),    # three chunks of lanes, the last partial
+    (1, 4, 2),
+])
+def test_output_layer_kernel_equals_the_pytorch_path(shifted, batch, size, n_distinct):
+    """Same loss and gradients, including items that no column maps to (weight 0, as the
+    input-only rows of a constrained step) and shapes that fill no tile exactly."""
     torch.manual_seed(0)
-    rows, n_cols = 32, 300
-    column_of = torch.randint(0, n_distinct - 3, (n_cols,))  # the last 3 items: no column
-    scores = torch.randn(rows, n_distinct) * 4
+    n_cols = batch + 3 * n_distinct
+    unused = 3 if n_distinct > 3 else 0
+    column_of = torch.randint(0, n_distinct - unused, (n_cols,))  # the last items: none
+    h = torch.randn(batch, size)
+    rows = torch.randn(n_distinct, size + 1) * (4.0 / size ** 0.5)
     shift = torch.randn(n_cols) * 2 if shifted else None
-    weight = torch.ones(n_cols) if shift is None else shift.exp()
-    log_weight = torch.zeros(n_distinct).index_add_(0, column_of, weight).log_()
-    expected, expected_grad = cross_entropy_distinct(scores.clone(), column_of[:rows],
-                                                     log_weight)
-    expected = expected + log_weight[column_of[:rows]].sum()
-    if shift is not None:
-        expected = expected - shift[:rows].sum()
-    got_grad = scores.clone()
-    got = _kernels.sampled_cross_entropy_(got_grad, column_of, shift)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-7)
+    expected = _output_layer_reference(h, rows, column_of, shift)
+    got = _kernels.output_cross_entropy(h, rows, column_of, shift)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-4)
+    for g, e in zip(got[1:], expected[1:]):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 
 @needs_library
-def test_sampled_cross_entropy_kernel_survives_extreme_scores():
-    scores = torch.tensor([[300.0, -300.0, 0.0], [-1e4, 1e4, 5.0]])
+def test_output_layer_kernel_reads_strided_states():
+    torch.manual_seed(0)
+    h = torch.randn(9, 24)[:, 4:14]
+    rows, column_of = torch.randn(40, 11), torch.randint(0, 40, (60,))
+    expected = _output_layer_reference(h.contiguous(), rows, column_of, None)
+    got = _kernels.output_cross_entropy(h, rows, column_of, None)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@needs_library
+def test_output_layer_kernel_survives_extreme_scores():
+    h = torch.tensor([[300.0], [-1e4]])
+    rows = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 5.0]])
     column_of = torch.tensor([0, 1, 2])
-    grad = scores.clone()
-    loss = _kernels.sampled_cross_entropy_(grad, column_of, None)
-    expected, expected_grad = cross_entropy_distinct(scores.clone(), column_of[:2],
-                                                     torch.zeros(3))
-    assert torch.isfinite(loss) and torch.isfinite(grad).all()
-    torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(grad, expected_grad)
+    got = _kernels.output_cross_entropy(h, rows, column_of, None)
+    expected = _output_layer_reference(h, rows, column_of, None)
+    assert all(torch.isfinite(g).all() for g in got)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+@needs_library
+def test_output_layer_kernel_checks_the_row_width():
+    with pytest.raises(ValueError, match="expected 5"):
+        _kernels.output_cross_entropy(torch.zeros(2, 4), torch.zeros(3, 4),
+                                      torch.tensor([0, 1]), None)
 
 
 def _gru_pair(reset_after: bool, with_bias: bool, with_mask: bool, strided: bool):
@@ -284,9 +315,8 @@ def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
     rows = torch.randperm(n_rows, generator=generator)[:n].sort().values
     grad, keep = randn(n, width), torch.rand(n, generator=generator) < 0.3
     dense = [randn(70_001) for _ in range(3)]
-    scores, column_of = randn(67, 1389) * 4, torch.randint(0, 1389, (2115,),
-                                                           generator=generator)
-    shift = randn(2115)
+    top, out_rows = randn(67, 100), randn(1389, 101) * 0.4
+    column_of, shift = torch.randint(0, 1389, (2115,), generator=generator), randn(2115)
     batch, size = 97, 100
     h, gi, rz = randn(batch, 2 * size)[:, :size], randn(batch, 3 * size), randn(batch, 2 * size)
     mask, dh = (torch.rand(batch, size, generator=generator) > 0.4) / 0.6, randn(batch, size)
@@ -294,13 +324,14 @@ def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
 
     def run():
         out = {"table": table.clone(), "param": dense[0].clone(), "acc": dense[2].abs(),
-               "mom": dense[1].clone(), "scores": scores.clone(), "rz": rz.clone(),
+               "mom": dense[1].clone(), "rz": rz.clone(),
                "rec": torch.empty(batch, size), "c": randn(batch, size).clone(),
                "out": torch.empty(batch, size), "dgi": torch.empty(batch, 3 * size),
                "d_rec": torch.empty(batch, size)}
         _kernels.sparse_adagrad_(out["table"], rows, grad, keep, 0.1, 0.3)
         _kernels.dense_adagrad_(out["param"], dense[1], out["acc"], out["mom"], 0.2, 0.3)
-        out["loss"] = _kernels.sampled_cross_entropy_(out["scores"], column_of, shift)
+        out["loss"], out["out_grad"], out["d_h"] = _kernels.output_cross_entropy(
+            top, out_rows, column_of, shift)
         _kernels.gru_gates_(out["rz"], h, out["rec"])
         _kernels.gru_candidate_(out["c"], h, out["rz"], gi, rec_after, mask, out["out"])
         _kernels.gru_backward_(dh, mask, out["rz"], out["c"], h, rec_after, out["dgi"],

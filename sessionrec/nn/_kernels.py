@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
-           "unique_rows_marked", "sampled_cross_entropy_", "gru_gates_",
+           "unique_rows_marked", "output_cross_entropy",
+           "gru_gates_",
            "gru_candidate_", "gru_backward_", "gru_reset_grad_"]
 
 
@@ -69,12 +70,14 @@ def _load():
         "sr_sparse_adagrad_f32": ([p, i64, i64, i64, p, i64, p, p, f32, f32, i64], None),
         "sr_dense_adagrad_f32": ([p, p, p, p, i64, f32, f32, i64], None),
         "sr_unique_marked": ([p, i64, i64, p, p, p], i64),
-        "sr_sampled_xent_f32": ([p, i64, i64, p, i64, p, p, p, i64], ctypes.c_double),
         "sr_gru_gates_f32": ([p, i64, i64, p, i64, p, i64], None),
         "sr_gru_candidate_f32": ([p, i64, i64, p, i64, p, p, i64, p, p, p, i64], None),
         "sr_gru_backward_f32": ([p, i64, p, i64, i64, p, p, p, i64, p, p, p, i64], None),
         "sr_gru_reset_grad_f32": ([p, i64, i64, p, p, i64, p, i64], None),
-    }  # the last argument of all but sr_unique_marked: the number of threads
+        "sr_output_xent_scratch": ([i64, i64, i64], i64),
+        "sr_output_xent_f32": ([p, i64, i64, i64, p, i64, p, i64, p, p, p, p, p, i64],
+                               ctypes.c_double),
+    }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
     for name, (arguments, result) in signatures.items():
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, result
@@ -178,26 +181,39 @@ def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, t
     return distinct[:count], inverse
 
 
-def sampled_cross_entropy_(scores: torch.Tensor, column_of: torch.Tensor,
-                           score_shift: torch.Tensor | None) -> torch.Tensor:
-    """Linear sampled cross-entropy over distinct items, its gradient written in place.
+def output_cross_entropy(h: torch.Tensor, rows: torch.Tensor, column_of: torch.Tensor,
+                         score_shift: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output layer of a linear cross-entropy step, products included.
 
-    ``scores`` (rows x distinct items, contiguous float32) becomes the gradient of the
-    mean loss; ``column_of`` (int64) maps each column (the rows' targets first, then the
-    samples) to its distinct item; ``score_shift`` holds the columns' logQ corrections.
-    Returns the loss summed over rows (0-d float32), in the columns' space: the value
-    :func:`~sessionrec.nn._losses.cross_entropy_distinct` plus its constant gives.
+    ``h`` (B x H) is the last layer's output, ``rows`` (U x (H + 1), contiguous) the
+    distinct items' ``[W_u | b_u]``, ``column_of`` (int64) the distinct item of each
+    column (the rows' targets first, then the samples), ``score_shift`` the columns'
+    logQ corrections or None. Returns the loss summed over rows (0-d float32, in the
+    columns' space: ``sum_i logsumexp_j(r_ij + s_j) - (r_i,target + s_i)``), the
+    gradient of the mean loss for ``rows`` (U x (H + 1)) and for ``h`` (B x H): what
+    scoring ``[h | 1] rows^T``, :func:`~sessionrec.nn._losses.cross_entropy_distinct`
+    and the two gradient products give, up to rounding.
     """
-    rows, n_distinct = scores.shape
-    column_of = column_of.to(torch.int64).contiguous()
+    h = _rows(h)
+    batch, size = h.shape
+    n_items = rows.shape[0]
+    if rows.shape[1] != size + 1:
+        raise ValueError(f"rows have {rows.shape[1]} columns, expected {size + 1}")
+    rows = _dense(rows)
+    column_of = column_of if column_of.dtype == torch.int64 else column_of.long()
+    column_of = column_of.contiguous()
     shift = None if score_shift is None else score_shift.to(torch.float32).contiguous()
-    log_weight = torch.empty(n_distinct, dtype=torch.float32)
-    parts = torch.empty(2 * rows, dtype=torch.float64)
-    loss = _library.sr_sampled_xent_f32(_output(scores).data_ptr(), rows, n_distinct,
-                                        column_of.data_ptr(), len(column_of),
-                                        _pointer(shift), log_weight.data_ptr(),
-                                        parts.data_ptr(), _threads())
-    return torch.tensor(loss, dtype=torch.float32)
+    out_grad = torch.empty(n_items, size + 1)
+    d_h = torch.empty(batch, size)
+    scratch = torch.empty(_library.sr_output_xent_scratch(batch, size, n_items))
+    parts = torch.empty(2 * batch, dtype=torch.float64)
+    loss = _library.sr_output_xent_f32(h.data_ptr(), batch, size, h.stride(0),
+                                       rows.data_ptr(), n_items, column_of.data_ptr(),
+                                       len(column_of), _pointer(shift), out_grad.data_ptr(),
+                                       d_h.data_ptr(), scratch.data_ptr(), parts.data_ptr(),
+                                       _threads())
+    return torch.tensor(loss, dtype=torch.float32), out_grad, d_h
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,46 @@ def _with_bias_input(h: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(h, (0, 1), value=1.0)
 
 
+def _output_layer(top_state, rows, weights, columns, column_of, n, score_shift, config,
+                  fused):
+    """Loss and gradients of a training step's output layer over its distinct items.
+
+    ``rows`` holds the distinct items' ``[W_u | b_u]`` (``weights`` is its ``W`` part);
+    ``column_of`` maps the ``B + S`` columns (the ``n`` targets first) to them. Returns
+    the loss summed over the batch, the gradient of the rows and that of ``top_state``.
+    """
+    if (fused and config.loss == "cross-entropy" and config.activation == "linear"
+            and len(columns) >= 2):
+        # One C call: scores, sampled softmax and both gradient products (_fused.c).
+        return _kernels.output_cross_entropy(top_state, rows, column_of, score_shift)
+    # The bias rides along as an input of 1: one product gives the scores, and one the
+    # output rows' weight and bias gradients (faster than addmm's bias broadcast).
+    top = _with_bias_input(top_state)
+    scores = torch.mm(top, rows.t())
+    if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
+        loss, d_distinct = scores.new_zeros(()), torch.zeros_like(scores)
+    elif config.loss == "cross-entropy" and config.activation == "linear":
+        weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
+                  else score_shift.exp())
+        log_weight = torch.zeros(len(rows), device=scores.device)
+        log_weight.index_add_(0, column_of, weight).log_()
+        target_cols = column_of[:n]
+        loss, d_distinct = cross_entropy_distinct(scores, target_cols, log_weight)
+        constant = log_weight.index_select(0, target_cols).sum()
+        if score_shift is not None:
+            constant = constant - score_shift[:n].sum()
+        loss = loss + constant
+    else:
+        col_scores = scores.index_select(1, column_of)
+        if score_shift is not None:
+            col_scores.add_(score_shift)
+        loss, d_cols = loss_and_grad(col_scores, config.loss, bpreg=config.bpreg,
+                                     activation=config.activation,
+                                     elu_param=config.elu_param)
+        d_distinct = torch.zeros_like(scores).index_add_(1, column_of, d_cols)
+    return loss, torch.mm(d_distinct.t(), top), torch.mm(d_distinct, weights)
+
+
 @dataclass
 class _LayerViews:
     wx: torch.Tensor | None   # (in, 3H): input weights of [candidate, reset, update]
@@ -320,40 +360,12 @@ class GRU4RecNetwork(nn.Module):
             new_hidden.append(h)  # the official code carries the dropped-out state, as here
             layer_in = h
 
-        # Scores of the distinct target and sample items only (never the catalogue). The
-        # bias rides along as an input of 1: one product gives the scores, and one the
-        # output rows' weight and bias gradients (faster than addmm's bias broadcast).
-        top = _with_bias_input(layer_in)
-        scores = torch.mm(top, rows.t())
-        if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
-            loss, d_distinct = scores.new_zeros(()), torch.zeros_like(scores)
-        elif config.loss == "cross-entropy" and config.activation == "linear" and fused:
-            loss = _kernels.sampled_cross_entropy_(scores, column_of, score_shift)
-            d_distinct = scores  # the kernel wrote the gradient over the scores
-        elif config.loss == "cross-entropy" and config.activation == "linear":
-            weight = (torch.ones_like(columns, dtype=scores.dtype) if score_shift is None
-                      else score_shift.exp())
-            log_weight = torch.zeros(len(distinct), device=scores.device)
-            log_weight.index_add_(0, column_of, weight).log_()
-            target_cols = column_of[:n]
-            loss, d_distinct = cross_entropy_distinct(scores, target_cols, log_weight)
-            constant = log_weight.index_select(0, target_cols).sum()
-            if score_shift is not None:
-                constant = constant - score_shift[:n].sum()
-            loss = loss + constant
-        else:
-            col_scores = scores.index_select(1, column_of)
-            if score_shift is not None:
-                col_scores.add_(score_shift)
-            loss, d_cols = loss_and_grad(col_scores, config.loss, bpreg=config.bpreg,
-                                         activation=config.activation,
-                                         elu_param=config.elu_param)
-            d_distinct = torch.zeros_like(scores).index_add_(1, column_of, d_cols)
+        # The output layer: scores of the distinct target and sample items only (never
+        # the catalogue), the loss, and the gradients of the rows and of the last state.
+        loss, out_grad, d_h = _output_layer(layer_in, rows, weights, columns, column_of, n,
+                                            score_shift, config, fused)
 
-        # Backward: output layer (per distinct item), then the layers top-down (no step
-        # back in time).
-        out_grad = torch.mm(d_distinct.t(), top)
-        d_h = torch.mm(d_distinct, weights)
+        # Backward through the layers, top-down (no step back in time).
         in_grad = None
         for i in reversed(range(len(views))):
             d_gi = gru_backward(d_h, caches[i], views[i].wh, grads[i].wrz, grads[i].wh,
@@ -377,7 +389,7 @@ class GRU4RecNetwork(nn.Module):
         if constrained:
             out_grad[:, :width].index_add_(0, inverse[:n], in_grad)
             # Rows touched only as inputs have no bias gradient: leave their bias alone.
-            keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=scores.device)
+            keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=out_grad.device)
             keep_bias.index_fill_(0, column_of, False)
         else:
             merged = torch.zeros(len(in_rows), in_table.width, device=in_grad.device)
