@@ -148,9 +148,8 @@ def sparse_adagrad_(buffer: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor
     column must not change. Same rule as :meth:`AdagradMomentum.rows_step`.
     """
     n_planes, n_rows, width = buffer.shape
-    rows = rows.to(torch.int64).contiguous()
-    grad = grad.to(torch.float32).contiguous()
-    keep = None if keep_last is None else keep_last.to(torch.bool).contiguous()
+    rows, grad = _input(rows, torch.int64), _input(grad, torch.float32)
+    keep = None if keep_last is None else _input(keep_last, torch.bool)
     _library.sr_sparse_adagrad_f32(_output(buffer).data_ptr(), n_planes, n_rows * width,
                                    width, rows.data_ptr(), len(rows), grad.data_ptr(),
                                    _pointer(keep), lr, momentum, _threads())
@@ -160,7 +159,7 @@ def dense_adagrad_(param: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
                    mom: torch.Tensor | None, lr: float, momentum: float) -> None:
     """Adagrad-with-momentum step on every element of the flat, contiguous ``param``."""
     _library.sr_dense_adagrad_f32(_output(param).data_ptr(),
-                                  grad.to(torch.float32).contiguous().data_ptr(),
+                                  _input(grad, torch.float32).data_ptr(),
                                   _output(acc).data_ptr(),
                                   _pointer(mom if mom is None else _output(mom)),
                                   param.numel(), lr, momentum, _threads())
@@ -201,9 +200,8 @@ def output_cross_entropy(h: torch.Tensor, rows: torch.Tensor, column_of: torch.T
     if rows.shape[1] != size + 1:
         raise ValueError(f"rows have {rows.shape[1]} columns, expected {size + 1}")
     rows = _dense(rows)
-    column_of = column_of if column_of.dtype == torch.int64 else column_of.long()
-    column_of = column_of.contiguous()
-    shift = None if score_shift is None else score_shift.to(torch.float32).contiguous()
+    column_of = _input(column_of, torch.int64)
+    shift = None if score_shift is None else _input(score_shift, torch.float32)
     out_grad = torch.empty(n_items, size + 1)
     d_h = torch.empty(batch, size)
     scratch = torch.empty(_library.sr_output_xent_scratch(batch, size, n_items))
@@ -213,7 +211,15 @@ def output_cross_entropy(h: torch.Tensor, rows: torch.Tensor, column_of: torch.T
                                        len(column_of), _pointer(shift), out_grad.data_ptr(),
                                        d_h.data_ptr(), scratch.data_ptr(), parts.data_ptr(),
                                        _threads())
-    return torch.tensor(loss, dtype=torch.float32), out_grad, d_h
+    return torch.full((), loss), out_grad, d_h
+
+
+def _input(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An input the kernels read as one block of ``dtype`` (converted only if need be:
+    ``Tensor.to`` costs microseconds even when it has nothing to do)."""
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:
