@@ -16,10 +16,12 @@ class NegativeSampler:
 
     As in the official GRU4Rec code, samples come from a store of many mini-batches' worth
     that lives on the training device and is regenerated when used up, so a training step
-    only takes a view of the next row. The store is filled by inverse-CDF sampling with a
-    guide table (one lookup resolves most draws; the rest fall back to a binary search),
-    which takes a few milliseconds per million samples where the official binary-search
-    loop takes seconds.
+    only takes the next row. The store holds 32-bit item indices where the catalogue
+    allows (half the memory of int64: 40 MB for the official default of 10 million
+    samples); each row is widened to int64 when taken. The store is filled by inverse-CDF
+    sampling with a guide table (one lookup resolves most draws; the rest fall back to a
+    binary search), which takes a few milliseconds per million samples where the official
+    binary-search loop takes seconds.
 
     Parameters
     ----------
@@ -54,13 +56,14 @@ class NegativeSampler:
         self.n_rows = max(1, int(store_size) // self.n_sample)
         self.device = device
         self.generator = generator
-        self.store = torch.empty(0, self.n_sample, dtype=torch.int64, device=device)
+        self.dtype = torch.int32 if n_items <= torch.iinfo(torch.int32).max else torch.int64
+        self.store = torch.empty(0, self.n_sample, dtype=self.dtype, device=device)
         self.pointer = self.n_rows
 
     def _refill(self) -> None:
         total = self.n_rows * self.n_sample
         if self.store.numel() != total:
-            self.store = torch.empty(self.n_rows, self.n_sample, dtype=torch.int64,
+            self.store = torch.empty(self.n_rows, self.n_sample, dtype=self.dtype,
                                      device=self.device)
         flat = self.store.view(-1)
         # In chunks, so the temporaries of a refill stay small next to the store itself.
@@ -85,9 +88,9 @@ class NegativeSampler:
         return drawn.clamp_(max=n_items - 1)  # u < 1 == cdf[-1]; guards rounding at the top
 
     def next(self) -> torch.Tensor:
-        """The samples of the next mini-batch (a view into the store)."""
+        """The samples of the next mini-batch (int64)."""
         if self.pointer >= self.n_rows:
             self._refill()
-        row = self.store[self.pointer]
+        row = self.store[self.pointer].long()
         self.pointer += 1
         return row
