@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
-           "unique_rows_marked", "output_cross_entropy",
-           "gru_gates_",
-           "gru_candidate_", "gru_backward_", "gru_reset_grad_"]
+           "unique_rows_marked", "output_cross_entropy", "gru_gates_", "gru_candidate_",
+           "gru_backward_", "gru_reset_grad_"]
 
 
 def _openmp_runtimes() -> set[str]:
