@@ -13,7 +13,7 @@ from sessionrec import GRU4RecRecommender
 from sessionrec.datasets import make_sessions
 from sessionrec.nn import _kernels
 from sessionrec.nn._layers import gru_backward, gru_forward
-from sessionrec.nn._losses import cross_entropy_distinct
+from sessionrec.nn._network import StepConfig, _output_layer
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows
 
 needs_library = pytest.mark.skipif(not _kernels.available(),
@@ -110,16 +110,10 @@ def test_unique_kernel_rejects_rows_out_of_range():
 
 
 def _output_layer_reference(h, rows, column_of, shift):
-    """The PyTorch path: scores, cross_entropy_distinct, the two gradient products."""
-    n = h.shape[0]
-    weight = torch.ones(len(column_of)) if shift is None else shift.exp()
-    log_weight = torch.zeros(len(rows)).index_add_(0, column_of, weight).log_()
-    top = torch.nn.functional.pad(h, (0, 1), value=1.0)
-    loss, grad = cross_entropy_distinct(top @ rows.t(), column_of[:n], log_weight)
-    loss = loss + log_weight[column_of[:n]].sum()
-    if shift is not None:
-        loss = loss - shift[:n].sum()
-    return loss, grad.t() @ top, grad @ rows[:, :-1]
+    """The PyTorch path of the step's output layer: scores, cross_entropy_distinct, the two
+    gradient products (only the columns' count matters, so column_of stands for them)."""
+    return _output_layer(h, rows, column_of, column_of, h.shape[0], shift, StepConfig(),
+                         fused=False)
 
 
 @needs_library

@@ -32,13 +32,12 @@ def _with_bias_input(h: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(h, (0, 1), value=1.0)
 
 
-def _output_layer(top_state, rows, weights, columns, column_of, n, score_shift, config,
-                  fused):
+def _output_layer(top_state, rows, columns, column_of, n, score_shift, config, fused):
     """Loss and gradients of a training step's output layer over its distinct items.
 
-    ``rows`` holds the distinct items' ``[W_u | b_u]`` (``weights`` is its ``W`` part);
-    ``column_of`` maps the ``B + S`` columns (the ``n`` targets first) to them. Returns
-    the loss summed over the batch, the gradient of the rows and that of ``top_state``.
+    ``rows`` holds the distinct items' ``[W_u | b_u]``; ``column_of`` maps the ``B + S``
+    columns (the ``n`` targets first) to them. Returns the loss summed over the batch, the
+    gradient of the rows and that of ``top_state``.
     """
     if (fused and config.loss == "cross-entropy" and config.activation == "linear"
             and len(columns) >= 2):
@@ -69,7 +68,7 @@ def _output_layer(top_state, rows, weights, columns, column_of, n, score_shift, 
                                      activation=config.activation,
                                      elu_param=config.elu_param)
         d_distinct = torch.zeros_like(scores).index_add_(1, column_of, d_cols)
-    return loss, torch.mm(d_distinct.t(), top), torch.mm(d_distinct, weights)
+    return loss, torch.mm(d_distinct.t(), top), torch.mm(d_distinct, rows[:, :-1])
 
 
 @dataclass
@@ -362,7 +361,7 @@ class GRU4RecNetwork(nn.Module):
 
         # The output layer: scores of the distinct target and sample items only (never
         # the catalogue), the loss, and the gradients of the rows and of the last state.
-        loss, out_grad, d_h = _output_layer(layer_in, rows, weights, columns, column_of, n,
+        loss, out_grad, d_h = _output_layer(layer_in, rows, columns, column_of, n,
                                             score_shift, config, fused)
 
         # Backward through the layers, top-down (no step back in time).
