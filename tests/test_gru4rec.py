@@ -324,7 +324,9 @@ def test_item_gate_table_gives_the_scores_of_the_input_product(mode, train_test,
     items = torch.arange(net.n_items)
     table = net.item_gate_table(views)
     assert table.shape == (net.n_items, 3 * 16)
-    torch.testing.assert_close(table, net._gate_inputs(0, items, net._input(items), views[0]))
+    expected = (net.onehot + views[0].b if net.input_mode == "onehot"
+                else torch.addmm(views[0].b, net._input(items), views[0].wx))
+    torch.testing.assert_close(table, expected)
     hidden_a, hidden_b = net.zero_state(net.n_items), net.zero_state(net.n_items)
     torch.testing.assert_close(net.advance(items, hidden_a, views, table),
                                net.advance(items, hidden_b, views))

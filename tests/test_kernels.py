@@ -12,7 +12,7 @@ import torch
 from sessionrec import GRU4RecRecommender
 from sessionrec.datasets import make_sessions
 from sessionrec.nn import _kernels
-from sessionrec.nn._layers import gru_backward, gru_forward
+from sessionrec.nn._layers import gru_backward, gru_forward, gru_layer_backward, gru_layer_forward
 from sessionrec.nn._network import StepConfig, _output_layer
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows
 
@@ -206,6 +206,51 @@ def test_fused_gru_step_equals_the_pytorch_step(reset_after, with_bias, with_mas
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def _layer_pair(reset_after: bool, with_mask: bool, batch: int, size: int, n_in: int):
+    """A layer step fed by an input x, forward and backward, on both paths."""
+    generator = torch.Generator().manual_seed(1)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=generator) * scale
+
+    x_full = randn(batch, n_in + 3)
+    x = x_full[:, :n_in]  # a row stride other than the width
+    w_x, b = randn(n_in, 3 * size, scale=0.3), randn(3 * size)
+    h = randn(batch, size)
+    w_rz, w_h = randn(size, 2 * size, scale=0.3), randn(size, size, scale=0.3)
+    b_h = randn(3 * size) if reset_after else None
+    mask = ((torch.rand(batch, size, generator=generator) < 0.7).float() / 0.7
+            if with_mask else None)
+    dh = randn(batch, size)
+    out = {}
+    for fused in (True, False):
+        h_new, cache = gru_layer_forward(x, w_x, b, h, w_rz, w_h, reset_after=reset_after,
+                                         b_h=b_h, mask=mask, fused=fused)
+        grads = [torch.full((n_in, 3 * size), 7.0), torch.full((3 * size,), 7.0),
+                 torch.full((size, 2 * size), 7.0), torch.full((size, size), 7.0),
+                 torch.full((3 * size,), 7.0) if reset_after else None]
+        dgi, dx = gru_layer_backward(dh, cache, x, w_x, w_h, *grads, mask=mask,
+                                     need_dx=True, fused=fused)
+        out[fused] = [h_new, *cache.arrays(), dgi, dx, *grads]
+    return out
+
+
+@needs_library
+@pytest.mark.parametrize("reset_after", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("batch,size,n_in", [(5, 11, 7), (33, 20, 19), (70, 40, 33)])
+def test_fused_gru_layer_equals_the_pytorch_layer(reset_after, with_mask, batch, size, n_in):
+    """The one-call layer step (gate input product, GRU, and every gradient product) gives
+    what PyTorch's operations give, for widths that fill whole tiles of 16 and 8 columns
+    and partial ones, and batches with and without a partial tile of 4 rows."""
+    out = _layer_pair(reset_after, with_mask, batch, size, n_in)
+    for k, (got, expected) in enumerate(zip(out[True], out[False])):
+        if expected is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5, msg=str(k))
+
+
 @needs_library
 def test_fused_gru_saturates_like_tanh_and_sigmoid():
     gi = torch.tensor([[80.0, -80.0, 200.0, -200.0, 60.0, -60.0]])  # H = 2
@@ -262,9 +307,11 @@ def test_gru_step_under_autograd_keeps_its_graph(reset_after):
 def test_kernels_refuse_to_write_into_a_copy():
     """A kernel writing into a strided or float64 tensor would update a temporary copy:
     it raises instead."""
-    rz = torch.zeros(4, 20)[:, :10]
+    h = torch.zeros(4, 5)
+    dw_rz = torch.zeros(10, 5).t()  # 5 x 10, strided
     with pytest.raises(ValueError, match="contiguous float32"):
-        _kernels.gru_gates_(rz, torch.zeros(4, 5), None)
+        _kernels.gru_step_backward(h, None, torch.full((80,), 0.5), h, torch.zeros(5, 5),
+                                   dw_rz, torch.zeros(5, 5))
     with pytest.raises(ValueError, match="contiguous float32"):
         _kernels.dense_adagrad_(torch.zeros(3, dtype=torch.float64), torch.zeros(3),
                                 torch.ones(3), None, 0.1, 0.0)
@@ -311,26 +358,32 @@ def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
     dense = [randn(70_001) for _ in range(3)]
     top, out_rows = randn(67, 100), randn(1389, 101) * 0.4
     column_of, shift = torch.randint(0, 1389, (2115,), generator=generator), randn(2115)
-    batch, size = 97, 100
-    h, gi, rz = randn(batch, 2 * size)[:, :size], randn(batch, 3 * size), randn(batch, 2 * size)
+    batch, size, n_in = 97, 100, 37
+    h, x = randn(batch, 2 * size)[:, :size], randn(batch, n_in)
+    w_x, b, b_h = randn(n_in, 3 * size) * 0.2, randn(3 * size), randn(3 * size)
+    w_rz, w_h = randn(size, 2 * size) * 0.1, randn(size, size) * 0.1
     mask, dh = (torch.rand(batch, size, generator=generator) > 0.4) / 0.6, randn(batch, size)
-    rec_after = randn(batch, size)
 
     def run():
         out = {"table": table.clone(), "param": dense[0].clone(), "acc": dense[2].abs(),
-               "mom": dense[1].clone(), "rz": rz.clone(),
-               "rec": torch.empty(batch, size), "c": randn(batch, size).clone(),
-               "out": torch.empty(batch, size), "dgi": torch.empty(batch, 3 * size),
-               "d_rec": torch.empty(batch, size)}
+               "mom": dense[1].clone()}
         _kernels.sparse_adagrad_(out["table"], rows, grad, keep, 0.1, 0.3)
         _kernels.dense_adagrad_(out["param"], dense[1], out["acc"], out["mom"], 0.2, 0.3)
         out["loss"], out["out_grad"], out["d_h"] = _kernels.output_cross_entropy(
             top, out_rows, column_of, shift)
-        _kernels.gru_gates_(out["rz"], h, out["rec"])
-        _kernels.gru_candidate_(out["c"], h, out["rz"], gi, rec_after, mask, out["out"])
-        _kernels.gru_backward_(dh, mask, out["rz"], out["c"], h, rec_after, out["dgi"],
-                               out["d_rec"])
-        _kernels.gru_reset_grad_(dh, out["rz"], h, out["dgi"])
+        for reset_after in (False, True):
+            bias = b_h if reset_after else None
+            h_new, state = _kernels.gru_step(h, w_rz, w_h, bias, x=x, w_x=w_x, b=b,
+                                             reset_after=reset_after, mask=mask)
+            grads = [torch.empty(n_in, 3 * size), torch.empty(3 * size),
+                     torch.empty(size, 2 * size), torch.empty(size, size),
+                     torch.empty(3 * size) if reset_after else None]
+            dgi, dx = _kernels.gru_step_backward(
+                dh, mask, state, h, w_h, grads[2], grads[3], reset_after=reset_after,
+                db=grads[1], db_h=grads[4], x=x, w_x=w_x, dw_x=grads[0], need_dx=True)
+            for k, value in enumerate([h_new, state[:4 * batch * size], dgi, dx, *grads]):
+                if value is not None:
+                    out[f"gru {reset_after} {k}"] = value
         return out
 
     start = generator.get_state()

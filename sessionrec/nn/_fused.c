@@ -225,150 +225,6 @@ static inline vf8 sigmoid8(vf8 x) { return 1.0f / (1.0f + exp8(-x)); }
 /* tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error within a few 1e-8. */
 static inline vf8 tanh8(vf8 x) { return 1.0f - 2.0f / (exp8(x + x) + 1.0f); }
 
-/* Element-wise parts of one GRU step (see gru_forward and gru_backward in _layers.py).
- * Matrices are row-major with the given row strides (ld*). Rows are processed eight
- * lanes at a time; a row's last, partial group goes through a zero-padded copy. */
-#define ROW_LOOP(H, ...)                                                      \
-    for (int64_t j0 = 0; j0 < (H); j0 += 8) {                                  \
-        const int64_t width = (H) - j0 < 8 ? (H) - j0 : 8;                     \
-        __VA_ARGS__                                                            \
-    }
-
-static inline vf8 load_part(const float *p, int64_t width) {
-    if (width == 8) return load8(p);
-    vf8 v = splat8(0.0f);
-    for (int64_t l = 0; l < width; ++l) v[l] = p[l];
-    return v;
-}
-static inline void store_part(float *p, vf8 v, int64_t width) {
-    if (width == 8) { store8(p, v); return; }
-    for (int64_t l = 0; l < width; ++l) p[l] = v[l];
-}
-
-/* The GRU kernels split the batch's rows between threads above this many elements: their
- * per-element work (exponentials) is heavier than the optimiser's. */
-#define MIN_PARALLEL_GRU 2048
-
-/* Gates: rz (B x 2H, contiguous) = sigmoid(rz) in place; for the paper's GRU also
- * rec = r * h (B x H, contiguous), the input of the candidate's recurrent product.
- * The *_rows functions do rows [lo, hi) of the batch. */
-static KERNEL void gru_gates_rows(float *rz, int64_t H, const float *h, int64_t ldh,
-                                  float *rec, int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-        float *gates = rz + b * 2 * H;
-        ROW_LOOP(2 * H, store_part(gates + j0, sigmoid8(load_part(gates + j0, width)), width);)
-        if (rec) {
-            ROW_LOOP(H, store_part(rec + b * H + j0,
-                                   load_part(gates + j0, width) *
-                                       load_part(h + b * ldh + j0, width),
-                                   width);)
-        }
-    }
-}
-
-EXPORT void sr_gru_gates_f32(float *rz, int64_t B, int64_t H, const float *h, int64_t ldh,
-                             float *rec, int64_t n_threads) {
-    SPLIT(B, B * H, MIN_PARALLEL_GRU, 1, gru_gates_rows(rz, H, h, ldh, rec, lo, hi));
-}
-
-/* Candidate and new state: c (B x H, contiguous) holds the candidate's pre-activation
- * (the paper's GRU) or, with rec_after (reset-after GRU: rec_after = h W_h + b_h_c),
- * becomes tanh(gi_c + r * rec_after); then out (B x H, contiguous) =
- * (h + z * (c - h)) * mask. mask may be NULL. */
-static KERNEL void gru_candidate_rows(float *c, int64_t H, const float *h, int64_t ldh,
-                                      const float *rz, const float *gi, int64_t ldgi,
-                                      const float *rec_after, const float *mask, float *out,
-                                      int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-        float *cand = c + b * H;
-        const float *r = rz + b * 2 * H, *z = r + H, *hb = h + b * ldh;
-        ROW_LOOP(H, {
-            vf8 pre = load_part(cand + j0, width);
-            if (rec_after)
-                pre = load_part(gi + b * ldgi + j0, width) +
-                      load_part(r + j0, width) * load_part(rec_after + b * H + j0, width);
-            const vf8 cv = tanh8(pre);
-            store_part(cand + j0, cv, width);
-            const vf8 hv = load_part(hb + j0, width);
-            vf8 next = hv + load_part(z + j0, width) * (cv - hv);
-            if (mask) next = next * load_part(mask + b * H + j0, width);
-            store_part(out + b * H + j0, next, width);
-        })
-    }
-}
-
-EXPORT void sr_gru_candidate_f32(float *c, int64_t B, int64_t H, const float *h, int64_t ldh,
-                                 const float *rz, const float *gi, int64_t ldgi,
-                                 const float *rec_after, const float *mask, float *out,
-                                 int64_t n_threads) {
-    SPLIT(B, B * H, MIN_PARALLEL_GRU, 1,
-          gru_candidate_rows(c, H, h, ldh, rz, gi, ldgi, rec_after, mask, out, lo, hi));
-}
-
-/* Backward through the element-wise parts, no step back in time. dh (row stride lddh) is
- * the gradient of the step's output, before its dropout mask (NULL for none). Writes the
- * gradient of the gate pre-activations into dgi (B x 3H, contiguous: candidate, reset,
- * update). The reset gate's part needs, for the paper's GRU, the product
- * (d_cand W_h^T) computed after this call: it is left for sr_gru_reset_grad_f32. For the
- * reset-after GRU (rec_after non-NULL) it is done here, and d_rec = d_cand * r, the
- * gradient of h W_h + b_h_c, is written (B x H, contiguous). */
-static KERNEL void gru_backward_rows(const float *dh, int64_t lddh, const float *mask,
-                                     int64_t H, const float *rz, const float *c,
-                                     const float *h, int64_t ldh, const float *rec_after,
-                                     float *dgi, float *d_rec, int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-        const float *r = rz + b * 2 * H, *z = r + H, *hb = h + b * ldh, *cb = c + b * H;
-        float *d_cand = dgi + b * 3 * H, *d_r = d_cand + H, *d_z = d_r + H;
-        ROW_LOOP(H, {
-            vf8 g = load_part(dh + b * lddh + j0, width);
-            if (mask) g = g * load_part(mask + b * H + j0, width);
-            const vf8 cv = load_part(cb + j0, width), zv = load_part(z + j0, width);
-            const vf8 dc = g * zv * (1.0f - cv * cv);
-            store_part(d_cand + j0, dc, width);
-            store_part(d_z + j0, g * (cv - load_part(hb + j0, width)) * (zv * (1.0f - zv)),
-                       width);
-            if (rec_after) {
-                const vf8 rv = load_part(r + j0, width);
-                store_part(d_rec + b * H + j0, dc * rv, width);
-                store_part(d_r + j0,
-                           dc * load_part(rec_after + b * H + j0, width) * (rv * (1.0f - rv)),
-                           width);
-            }
-        })
-    }
-}
-
-EXPORT void sr_gru_backward_f32(const float *dh, int64_t lddh, const float *mask, int64_t B,
-                                int64_t H, const float *rz, const float *c, const float *h,
-                                int64_t ldh, const float *rec_after, float *dgi,
-                                float *d_rec, int64_t n_threads) {
-    SPLIT(B, B * H, MIN_PARALLEL_GRU, 1,
-          gru_backward_rows(dh, lddh, mask, H, rz, c, h, ldh, rec_after, dgi, d_rec, lo, hi));
-}
-
-/* The paper's GRU: d_r = (d_cand W_h^T) * h through the reset gate's sigmoid, written
- * into dgi's reset block. dr_h holds d_cand W_h^T (B x H, contiguous). */
-static KERNEL void gru_reset_grad_rows(const float *dr_h, int64_t H, const float *rz,
-                                       const float *h, int64_t ldh, float *dgi, int64_t lo,
-                                       int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-        const float *r = rz + b * 2 * H;
-        ROW_LOOP(H, {
-            const vf8 rv = load_part(r + j0, width);
-            store_part(dgi + b * 3 * H + H + j0,
-                       load_part(dr_h + b * H + j0, width) *
-                           load_part(h + b * ldh + j0, width) * (rv * (1.0f - rv)),
-                       width);
-        })
-    }
-}
-
-EXPORT void sr_gru_reset_grad_f32(const float *dr_h, int64_t B, int64_t H, const float *rz,
-                                  const float *h, int64_t ldh, float *dgi, int64_t n_threads) {
-    SPLIT(B, B * H, MIN_PARALLEL_GRU, 1,
-          gru_reset_grad_rows(dr_h, H, rz, h, ldh, dgi, lo, hi));
-}
-
 /* ---- The output layer of a cross-entropy training step, products included ----
  *
  * scores = [h | 1] W^T over the U distinct sampled items, the sampled softmax
@@ -718,4 +574,433 @@ EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t l
     double loss = 0.0;
     for (int64_t k = 0; k < 2 * B; ++k) loss += parts[k];
     return loss;
+}
+
+/* ---- One step of a GRU layer, products included (see gru_forward in _layers.py) ----
+ *
+ * The forward step computes the gate inputs gi = x W_x + b (or takes them as given), the
+ * gates r, z = sigmoid(gi_rz + b_h_rz + h W_rz), the candidate (the paper's
+ * c = tanh(gi_c + (r * h) W_h), or the reset-after c = tanh(gi_c + r * (h W_h + b_h_c)))
+ * and the new state (h + z * (c - h)) * mask; the backward step the gradients of the gate
+ * inputs, of every weight and, if asked, of the layer input (no step back in time). Each
+ * is one call with one fork and a few barriers, instead of the dozen PyTorch operations
+ * (each a dispatch and a pass over memory) that it replaces.
+ *
+ * The products are register tiles of fused multiply-adds where the processor has them.
+ * Threads split the columns of each product and the rows of each element-wise pass; each
+ * element is written by one thread, and each product element is one chain of
+ * multiply-adds in a fixed order whichever tile computes it, so the results do not depend
+ * on the number of threads. The element-wise arithmetic is the plain IEEE sequence. */
+
+/* Rows are processed eight lanes at a time; a row's last, partial group of its columns
+ * [lo, hi) goes through a zero-padded copy. */
+#define RANGE_LOOP(LO, HI, ...)                                                \
+    for (int64_t j0 = (LO); j0 < (HI); j0 += 8) {                              \
+        const int64_t width = (HI) - j0 < 8 ? (HI) - j0 : 8;                   \
+        __VA_ARGS__                                                            \
+    }
+
+static inline vf8 load_part(const float *p, int64_t width) {
+    if (width == 8) return load8(p);
+    vf8 v = splat8(0.0f);
+    for (int64_t l = 0; l < width; ++l) v[l] = p[l];
+    return v;
+}
+static inline void store_part(float *p, vf8 v, int64_t width) {
+    if (width == 8) { store8(p, v); return; }
+    for (int64_t l = 0; l < width; ++l) p[l] = v[l];
+}
+
+/* The GRU steps run on several threads from this many batch rows x units. */
+#define MIN_PARALLEL_GRU 2048
+
+/* Range [lo, hi) of [0, n) for thread t of T, cut at multiples of align. */
+static inline void share(int64_t n, int64_t t, int64_t T, int64_t align, int64_t *lo,
+                         int64_t *hi) {
+    *lo = t == 0 ? 0 : n * t / T / align * align;
+    *hi = t == T - 1 ? n : n * (t + 1) / T / align * align;
+}
+
+#ifdef _OPENMP
+#define BARRIER _Pragma("omp barrier")
+#else
+#define BARRIER
+#endif
+
+/* C[r, c0:c0+8*NV] for rows r..r+NR-1: one accumulator chain per element over k. */
+#define MM_TILE(NR, NV)                                                                  \
+    do {                                                                                 \
+        vf8 acc[NR][NV];                                                                 \
+        for (int x = 0; x < NR; ++x)                                                     \
+            for (int y = 0; y < NV; ++y) acc[x][y] = VSPLAT(0.0f);                       \
+        const float *a = A + r * ars, *bk = Bm + c0;                                     \
+        for (int64_t k = 0; k < K; ++k, bk += ldb) {                                     \
+            vf8 bv[NV];                                                                  \
+            for (int y = 0; y < NV; ++y) bv[y] = VLOAD(bk + 8 * y);                      \
+            for (int x = 0; x < NR; ++x) {                                               \
+                const vf8 av = VSPLAT(a[x * ars + k * aks]);                             \
+                for (int y = 0; y < NV; ++y) acc[x][y] += av * bv[y];                    \
+            }                                                                            \
+        }                                                                                \
+        for (int x = 0; x < NR; ++x)                                                     \
+            for (int y = 0; y < NV; ++y)                                                 \
+                VSTORE(C + (r + x) * ldc + c0 + 8 * y,                                   \
+                       bias ? acc[x][y] + VLOAD(bias + c0 + 8 * y) : acc[x][y]);         \
+    } while (0)
+
+/* The last w < 8 columns of a product with at least 8: the tile of the 8 columns that end
+ * there, of which only the last w are stored (the others are computed the same way by the
+ * tile that stores them). */
+#define MM_TAIL(NR)                                                                      \
+    do {                                                                                 \
+        vf8 acc[NR];                                                                     \
+        for (int x = 0; x < NR; ++x) acc[x] = VSPLAT(0.0f);                              \
+        const float *a = A + r * ars, *bk = Bm + c_hi - 8;                               \
+        for (int64_t k = 0; k < K; ++k, bk += ldb) {                                     \
+            const vf8 bv = VLOAD(bk);                                                    \
+            for (int x = 0; x < NR; ++x) acc[x] += VSPLAT(a[x * ars + k * aks]) * bv;    \
+        }                                                                                \
+        for (int x = 0; x < NR; ++x)                                                     \
+            for (int64_t e = 8 - w; e < 8; ++e)                                          \
+                C[(r + x) * ldc + c_hi - 8 + e] =                                        \
+                    bias ? acc[x][e] + bias[c_hi - 8 + e] : acc[x][e];                   \
+    } while (0)
+
+/* The same for products narrower than 8 columns, through zero-padded copies of B. */
+#define MM_PART(NR)                                                                      \
+    do {                                                                                 \
+        vf8 acc[NR];                                                                     \
+        for (int x = 0; x < NR; ++x) acc[x] = VSPLAT(0.0f);                              \
+        const float *a = A + r * ars, *bk = Bm + c0;                                     \
+        for (int64_t k = 0; k < K; ++k, bk += ldb) {                                     \
+            vf8 bv = VSPLAT(0.0f);                                                       \
+            for (int64_t e = 0; e < w; ++e) bv[e] = bk[e];                               \
+            for (int x = 0; x < NR; ++x) acc[x] += VSPLAT(a[x * ars + k * aks]) * bv;    \
+        }                                                                                \
+        for (int x = 0; x < NR; ++x)                                                     \
+            for (int64_t e = 0; e < w; ++e)                                              \
+                C[(r + x) * ldc + c0 + e] = bias ? acc[x][e] + bias[c0 + e] : acc[x][e]; \
+    } while (0)
+
+/* C[r, c] = sum_k A(r, k) B[k, c] (+ bias[c]) for rows [0, M) and columns [c_lo, c_hi),
+ * with A(r, k) = A[r * ars + k * aks] (a row-major matrix, or the transpose of one), B
+ * and C row-major with row strides ldb and ldc. Column strips of 16 go down all rows
+ * while the strip of B stays in the first-level cache. */
+static GEMM_KERNEL void gemm_columns(int64_t M, int64_t K, const float *A, int64_t ars,
+                                     int64_t aks, const float *Bm, int64_t ldb,
+                                     const float *bias, float *C, int64_t ldc, int64_t c_lo,
+                                     int64_t c_hi) {
+    int64_t c0 = c_lo;
+    for (; c0 + 16 <= c_hi; c0 += 16) {
+        int64_t r = 0;
+        for (; r + 4 <= M; r += 4) MM_TILE(4, 2);
+        for (; r < M; ++r) MM_TILE(1, 2);
+    }
+    for (; c0 + 8 <= c_hi; c0 += 8) {
+        int64_t r = 0;
+        for (; r + 4 <= M; r += 4) MM_TILE(4, 1);
+        for (; r < M; ++r) MM_TILE(1, 1);
+    }
+    if (c0 < c_hi) {
+        const int64_t w = c_hi - c0;
+        int64_t r = 0;
+        if (c_hi >= 8) {
+            for (; r + 4 <= M; r += 4) MM_TAIL(4);
+            for (; r < M; ++r) MM_TAIL(1);
+        } else {
+            for (; r + 4 <= M; r += 4) MM_PART(4);
+            for (; r < M; ++r) MM_PART(1);
+        }
+    }
+}
+
+/* C[r, c0 + y] = sum_k A[r + x, k] Bt[c0 + y, k] for an NR x NC tile: both operands are
+ * read along k, eight lanes at a time (the last, partial group through zero-padded
+ * copies); each element's lanes are then added in a fixed order. */
+#define NT_TILE(NR, NC)                                                                  \
+    do {                                                                                 \
+        vf8 acc[NR][NC];                                                                 \
+        for (int x = 0; x < NR; ++x)                                                     \
+            for (int y = 0; y < NC; ++y) acc[x][y] = VSPLAT(0.0f);                       \
+        int64_t k = 0;                                                                   \
+        for (; k + 8 <= K; k += 8) {                                                     \
+            vf8 bv[NC];                                                                  \
+            for (int y = 0; y < NC; ++y) bv[y] = VLOAD(Bt + (c0 + y) * ldbt + k);        \
+            for (int x = 0; x < NR; ++x) {                                               \
+                const vf8 av = VLOAD(A + (r + x) * lda + k);                             \
+                for (int y = 0; y < NC; ++y) acc[x][y] += av * bv[y];                    \
+            }                                                                            \
+        }                                                                                \
+        if (k < K) {                                                                     \
+            vf8 bv[NC];                                                                  \
+            for (int y = 0; y < NC; ++y) {                                               \
+                bv[y] = VSPLAT(0.0f);                                                    \
+                for (int64_t e = k; e < K; ++e) bv[y][e - k] = Bt[(c0 + y) * ldbt + e];  \
+            }                                                                            \
+            for (int x = 0; x < NR; ++x) {                                               \
+                vf8 av = VSPLAT(0.0f);                                                   \
+                for (int64_t e = k; e < K; ++e) av[e - k] = A[(r + x) * lda + e];         \
+                for (int y = 0; y < NC; ++y) acc[x][y] += av * bv[y];                    \
+            }                                                                            \
+        }                                                                                \
+        for (int x = 0; x < NR; ++x)                                                     \
+            for (int y = 0; y < NC; ++y) {                                               \
+                const vf8 v = acc[x][y];                                                 \
+                C[(r + x) * ldc + c0 + y] =                                              \
+                    ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));   \
+            }                                                                            \
+    } while (0)
+
+/* C[r, c] = sum_k A[r, k] Bt[c, k] (a product with a transposed matrix) for rows [0, M)
+ * and columns [c_lo, c_hi); A, Bt and C row-major with row strides lda, ldbt, ldc. */
+static GEMM_KERNEL void gemm_nt_columns(int64_t M, int64_t K, const float *A, int64_t lda,
+                                        const float *Bt, int64_t ldbt, float *C, int64_t ldc,
+                                        int64_t c_lo, int64_t c_hi) {
+    int64_t c0 = c_lo;
+    for (; c0 + 2 <= c_hi; c0 += 2) {
+        int64_t r = 0;
+        for (; r + 4 <= M; r += 4) NT_TILE(4, 2);
+        for (; r < M; ++r) NT_TILE(1, 2);
+    }
+    for (; c0 < c_hi; ++c0) {
+        int64_t r = 0;
+        for (; r + 4 <= M; r += 4) NT_TILE(4, 1);
+        for (; r < M; ++r) NT_TILE(1, 1);
+    }
+}
+
+/* Columns [lo, hi) of a product split between the threads, for thread t of T. */
+#define SHARED_PRODUCT(N, M, K, A, ars, aks, Bm, ldb, bias, C, ldc)                      \
+    do {                                                                                 \
+        int64_t lo_, hi_;                                                                \
+        share((N), t, T, 8, &lo_, &hi_);                                                 \
+        gemm_columns((M), (K), (A), (ars), (aks), (Bm), (ldb), (bias), (C), (ldc), lo_,  \
+                     hi_);                                                               \
+    } while (0)
+
+typedef struct {
+    int64_t B, I, H, ldx, ldh, ldgi;
+    const float *x, *wx, *b;   /* the layer input (B x I) and its weights, or NULL */
+    const float *h, *wrz, *wh, *bh, *mask;
+    float *gi;                 /* B x 3H: written when x is given, else read */
+    float *rz, *rec, *c, *out; /* B x 2H, B x H, B x H, B x H */
+    int reset_after;
+} GruForward;
+
+/* Gates of rows [lo, hi): rz = sigmoid(gi_rz + b_h_rz + h W_rz), rz holding the product
+ * on entry. The paper's GRU: rec = r * h. Reset-after (rec = h W_h + b_h_c on entry):
+ * the candidate and the new state. */
+static KERNEL void gru_gate_rows(const GruForward *s, int64_t lo, int64_t hi) {
+    const int64_t H = s->H;
+    for (int64_t b = lo; b < hi; ++b) {
+        float *rz = s->rz + b * 2 * H;
+        const float *gi = s->gi + b * s->ldgi, *hb = s->h + b * s->ldh;
+        RANGE_LOOP(0, 2 * H, {
+            vf8 pre = load_part(gi + H + j0, width);
+            if (s->bh) pre = pre + load_part(s->bh + H + j0, width);
+            store_part(rz + j0, sigmoid8(pre + load_part(rz + j0, width)), width);
+        })
+        if (!s->reset_after) {
+            RANGE_LOOP(0, H, store_part(s->rec + b * H + j0,
+                                        load_part(rz + j0, width) * load_part(hb + j0, width),
+                                        width);)
+            continue;
+        }
+        RANGE_LOOP(0, H, {
+            const vf8 cv = tanh8(load_part(gi + j0, width) +
+                                 load_part(rz + j0, width) *
+                                     load_part(s->rec + b * H + j0, width));
+            store_part(s->c + b * H + j0, cv, width);
+            const vf8 hv = load_part(hb + j0, width);
+            vf8 next = hv + load_part(rz + H + j0, width) * (cv - hv);
+            if (s->mask) next = next * load_part(s->mask + b * H + j0, width);
+            store_part(s->out + b * H + j0, next, width);
+        })
+    }
+}
+
+/* The paper's GRU, columns [lo, hi) of every row: c = tanh(gi_c + c), c holding
+ * (r * h) W_h on entry, and the new state. */
+static KERNEL void gru_candidate_columns(const GruForward *s, int64_t lo, int64_t hi) {
+    const int64_t H = s->H;
+    for (int64_t b = 0; b < s->B; ++b) {
+        const float *z = s->rz + b * 2 * H + H, *hb = s->h + b * s->ldh;
+        float *c = s->c + b * H;
+        RANGE_LOOP(lo, hi, {
+            const vf8 cv = tanh8(load_part(s->gi + b * s->ldgi + j0, width) +
+                                 load_part(c + j0, width));
+            store_part(c + j0, cv, width);
+            const vf8 hv = load_part(hb + j0, width);
+            vf8 next = hv + load_part(z + j0, width) * (cv - hv);
+            if (s->mask) next = next * load_part(s->mask + b * H + j0, width);
+            store_part(s->out + b * H + j0, next, width);
+        })
+    }
+}
+
+static void gru_forward_phases(const GruForward *s, int64_t t, int64_t T) {
+    const int64_t B = s->B, H = s->H;
+    if (s->x) SHARED_PRODUCT(3 * H, B, s->I, s->x, s->ldx, 1, s->wx, 3 * H, s->b, s->gi, 3 * H);
+    SHARED_PRODUCT(2 * H, B, H, s->h, s->ldh, 1, s->wrz, 2 * H, 0, s->rz, 2 * H);
+    if (s->reset_after) SHARED_PRODUCT(H, B, H, s->h, s->ldh, 1, s->wh, H, s->bh, s->rec, H);
+    BARRIER;
+    int64_t lo, hi;
+    share(B, t, T, 1, &lo, &hi);
+    gru_gate_rows(s, lo, hi);
+    if (s->reset_after) return;
+    BARRIER;
+    share(H, t, T, 8, &lo, &hi);
+    gemm_columns(B, H, s->rec, H, 1, s->wh, H, 0, s->c, H, lo, hi);
+    gru_candidate_columns(s, lo, hi);
+}
+
+/* Runs PHASES(&s, t, T) on USE threads (one: on the calling thread). */
+#ifdef _OPENMP
+#define RUN_PHASES(PHASES, s, USE)                                                       \
+    do {                                                                                 \
+        const int use_ = (int)(USE);                                                     \
+        if (use_ > 1) {                                                                  \
+            _Pragma("omp parallel num_threads(use_)")                                    \
+            PHASES(&(s), omp_get_thread_num(), omp_get_num_threads());                   \
+        } else {                                                                         \
+            PHASES(&(s), 0, 1);                                                          \
+        }                                                                                \
+    } while (0)
+#else
+#define RUN_PHASES(PHASES, s, USE) PHASES(&(s), 0, 1)
+#endif
+
+/* One GRU step. x (B x I, row stride ldx) and wx (I x 3H) give the gate inputs, written
+ * into gi (B x 3H) with the bias b (3H); with x NULL, gi (row stride ldgi) holds them.
+ * h: B x H (row stride ldh); wrz: H x 2H; wh: H x H; bh (3H, or NULL): the recurrent
+ * bias, with reset_after only; mask (B x H, or NULL): dropout. Writes rz (B x 2H), rec
+ * (B x H: r * h, or h W_h + b_h_c with reset_after), c (B x H) and out (B x H). Every
+ * matrix is row-major, and contiguous where no stride is given. */
+EXPORT void sr_gru_forward_f32(int64_t B, int64_t I, int64_t H, const float *x, int64_t ldx,
+                               const float *wx, const float *b, float *gi, int64_t ldgi,
+                               const float *h, int64_t ldh, const float *wrz,
+                               const float *wh, const float *bh, int64_t reset_after,
+                               const float *mask, float *rz, float *rec, float *c,
+                               float *out, int64_t n_threads) {
+    GruForward s = {B, I, H, ldx, ldh, x ? 3 * H : ldgi, x, wx, b, h, wrz, wh, bh, mask,
+                    gi, rz, rec, c, out, (int)reset_after};
+    const int64_t use = n_threads > 1 && B * H >= MIN_PARALLEL_GRU ? n_threads : 1;
+    RUN_PHASES(gru_forward_phases, s, use);
+}
+
+typedef struct {
+    int64_t B, I, H, lddh, ldh, ldx;
+    const float *dh, *mask, *rz, *c, *h, *rec, *x, *wx, *wh;
+    float *dgi, *d_rec;        /* B x 3H, B x H */
+    float *dwx, *db, *dwrz, *dwh, *dbh, *dx;
+    int reset_after;
+} GruBackward;
+
+/* Rows [lo, hi): the gradients of the candidate's and the update gate's pre-activations
+ * and, for the reset-after GRU, d_rec (the gradient of h W_h + b_h_c) and the reset
+ * gate's. */
+static KERNEL void gru_backward_rows(const GruBackward *s, int64_t lo, int64_t hi) {
+    const int64_t H = s->H;
+    for (int64_t b = lo; b < hi; ++b) {
+        const float *r = s->rz + b * 2 * H, *z = r + H, *hb = s->h + b * s->ldh;
+        const float *cb = s->c + b * H;
+        float *d_cand = s->dgi + b * 3 * H, *d_r = d_cand + H, *d_z = d_r + H;
+        RANGE_LOOP(0, H, {
+            vf8 g = load_part(s->dh + b * s->lddh + j0, width);
+            if (s->mask) g = g * load_part(s->mask + b * H + j0, width);
+            const vf8 cv = load_part(cb + j0, width), zv = load_part(z + j0, width);
+            const vf8 dc = g * zv * (1.0f - cv * cv);
+            store_part(d_cand + j0, dc, width);
+            store_part(d_z + j0, g * (cv - load_part(hb + j0, width)) * (zv * (1.0f - zv)),
+                       width);
+            if (s->reset_after) {
+                const vf8 rv = load_part(r + j0, width);
+                store_part(s->d_rec + b * H + j0, dc * rv, width);
+                store_part(d_r + j0,
+                           dc * load_part(s->rec + b * H + j0, width) * (rv * (1.0f - rv)),
+                           width);
+            }
+        })
+    }
+}
+
+/* The paper's GRU, columns [lo, hi): the reset gate's gradient from
+ * d_rec = d_cand W_h^T, the gradient of r * h. */
+static KERNEL void gru_reset_columns(const GruBackward *s, int64_t lo, int64_t hi) {
+    const int64_t H = s->H;
+    for (int64_t b = 0; b < s->B; ++b) {
+        const float *r = s->rz + b * 2 * H;
+        RANGE_LOOP(lo, hi, {
+            const vf8 rv = load_part(r + j0, width);
+            store_part(s->dgi + b * 3 * H + H + j0,
+                       load_part(s->d_rec + b * H + j0, width) *
+                           load_part(s->h + b * s->ldh + j0, width) * (rv * (1.0f - rv)),
+                       width);
+        })
+    }
+}
+
+/* out[c] = sum over rows of m[:, c] in row order, for columns [lo, hi). */
+static KERNEL void column_sums(const float *m, int64_t rows, int64_t ld, float *out,
+                               int64_t lo, int64_t hi) {
+    RANGE_LOOP(lo, hi, {
+        vf8 total = splat8(0.0f);
+        for (int64_t b = 0; b < rows; ++b) total = total + load_part(m + b * ld + j0, width);
+        store_part(out + j0, total, width);
+    })
+}
+
+static void gru_backward_phases(const GruBackward *s, int64_t t, int64_t T) {
+    const int64_t B = s->B, I = s->I, H = s->H;
+    int64_t lo, hi;
+    share(B, t, T, 1, &lo, &hi);
+    gru_backward_rows(s, lo, hi);
+    BARRIER;
+    if (!s->reset_after) {
+        share(H, t, T, 8, &lo, &hi);
+        gemm_nt_columns(B, H, s->dgi, 3 * H, s->wh, H, s->d_rec, H, lo, hi);
+        gru_reset_columns(s, lo, hi);
+        BARRIER;
+    }
+    /* weight gradients: sums over the batch's rows, A being a transposed input */
+    if (s->dwx) SHARED_PRODUCT(3 * H, I, B, s->x, 1, s->ldx, s->dgi, 3 * H, 0, s->dwx, 3 * H);
+    SHARED_PRODUCT(2 * H, H, B, s->h, 1, s->ldh, s->dgi + H, 3 * H, 0, s->dwrz, 2 * H);
+    if (s->reset_after)
+        SHARED_PRODUCT(H, H, B, s->h, 1, s->ldh, s->d_rec, H, 0, s->dwh, H);
+    else
+        SHARED_PRODUCT(H, H, B, s->rec, 1, H, s->dgi, 3 * H, 0, s->dwh, H);
+    if (s->db) {
+        share(3 * H, t, T, 8, &lo, &hi);
+        column_sums(s->dgi, B, 3 * H, s->db, lo, hi);
+    }
+    if (s->dbh) { /* b_h_c takes part in the reset-after candidate only */
+        share(H, t, T, 8, &lo, &hi);
+        if (s->reset_after) column_sums(s->d_rec, B, H, s->dbh, lo, hi);
+        share(2 * H, t, T, 8, &lo, &hi);
+        column_sums(s->dgi + H, B, 3 * H, s->dbh + H, lo, hi);
+    }
+    if (s->dx) {
+        share(I, t, T, 2, &lo, &hi);
+        gemm_nt_columns(B, 3 * H, s->dgi, 3 * H, s->wx, 3 * H, s->dx, I, lo, hi);
+    }
+}
+
+/* Gradients of one GRU step (no step back in time) from dh (B x H, row stride lddh), the
+ * gradient of the step's output before its mask (NULL for none), and the forward step's
+ * rz, c, h (row stride ldh) and rec. Writes dgi (B x 3H), the gradient of the gate
+ * inputs, d_rec (B x H), that of rec, and the weights' gradients dwrz (H x 2H), dwh
+ * (H x H), and where not NULL: db (3H) and dbh (3H; its first H only with reset_after),
+ * the biases'; dwx
+ * (I x 3H) = x^T dgi for the input x (B x I, row stride ldx); dx (B x I) = dgi wx^T. */
+EXPORT void sr_gru_backward_f32(int64_t B, int64_t I, int64_t H, const float *dh,
+                                int64_t lddh, const float *mask, const float *rz,
+                                const float *c, const float *h, int64_t ldh, const float *rec,
+                                int64_t reset_after, const float *x, int64_t ldx,
+                                const float *wx, const float *wh, float *dgi, float *d_rec,
+                                float *dwx, float *db, float *dwrz, float *dwh, float *dbh,
+                                float *dx, int64_t n_threads) {
+    GruBackward s = {B, I, H, lddh, ldh, ldx, dh, mask, rz, c, h, rec, x, wx, wh,
+                     dgi, d_rec, dwx, db, dwrz, dwh, dbh, dx, (int)reset_after};
+    const int64_t use = n_threads > 1 && B * H >= MIN_PARALLEL_GRU ? n_threads : 1;
+    RUN_PHASES(gru_backward_phases, s, use);
 }

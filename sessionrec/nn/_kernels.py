@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
-           "unique_rows_marked", "output_cross_entropy", "gru_gates_", "gru_candidate_",
-           "gru_backward_", "gru_reset_grad_"]
+           "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
+           "gru_step_backward"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -69,10 +69,10 @@ def _load():
         "sr_sparse_adagrad_f32": ([p, i64, i64, i64, p, i64, p, p, f32, f32, i64], None),
         "sr_dense_adagrad_f32": ([p, p, p, p, i64, f32, f32, i64], None),
         "sr_unique_marked": ([p, i64, i64, p, p, p], i64),
-        "sr_gru_gates_f32": ([p, i64, i64, p, i64, p, i64], None),
-        "sr_gru_candidate_f32": ([p, i64, i64, p, i64, p, p, i64, p, p, p, i64], None),
-        "sr_gru_backward_f32": ([p, i64, p, i64, i64, p, p, p, i64, p, p, p, i64], None),
-        "sr_gru_reset_grad_f32": ([p, i64, i64, p, p, i64, p, i64], None),
+        "sr_gru_forward_f32": ([i64, i64, i64, p, i64, p, p, p, i64, p, i64, p, p, p, i64,
+                                p, p, p, p, p, i64], None),
+        "sr_gru_backward_f32": ([i64, i64, i64, p, i64, p, p, p, p, i64, p, i64, p, i64, p,
+                                 p, p, p, p, p, p, p, p, p, i64], None),
         "sr_output_xent_scratch": ([i64, i64, i64], i64),
         "sr_output_xent_f32": ([p, i64, i64, i64, p, i64, p, i64, p, p, p, p, p, i64],
                                ctypes.c_double),
@@ -238,49 +238,95 @@ def _output(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def gru_gates_(rz: torch.Tensor, h: torch.Tensor, rec: torch.Tensor | None) -> None:
-    """``rz = sigmoid(rz)`` in place (B x 2H, contiguous) and, if given,
-    ``rec = r * h`` (B x H, contiguous)."""
+def gru_step(h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
+             b_h: torch.Tensor | None, *, gi: torch.Tensor | None = None,
+             x: torch.Tensor | None = None, w_x: torch.Tensor | None = None,
+             b: torch.Tensor | None = None, reset_after: bool = False,
+             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GRU step, products included (see :func:`~sessionrec.nn._layers.gru_forward`).
+
+    The gate inputs are ``gi`` (B x 3H) or ``x W_x + b`` for the layer input ``x``
+    (B x I). Returns ``(h_new, state)``: the new state, and one flat buffer that holds
+    what :func:`gru_step_backward` needs (see :func:`gru_state_arrays`). One buffer
+    rather than three tensors: on a small step, making each view of a buffer costs
+    about as much as the kernel's element-wise work.
+    """
     h = _rows(h)
     batch, size = h.shape
-    _library.sr_gru_gates_f32(_output(rz).data_ptr(), batch, size, h.data_ptr(),
-                              h.stride(0), _pointer(rec if rec is None else _output(rec)),
-                              _threads())
+    if w_rz.shape != (size, 2 * size) or w_h.shape != (size, size):
+        raise ValueError(f"GRU weights of shapes {tuple(w_rz.shape)} and "
+                         f"{tuple(w_h.shape)} do not fit {size} units")
+    n_in, ldgi = 0, 0
+    if x is not None:
+        x = _rows(x)
+        n_in = x.shape[1]
+        if w_x.shape != (n_in, 3 * size) or b.shape != (3 * size,):
+            raise ValueError(f"input weights of shape {tuple(w_x.shape)} do not fit "
+                             f"{n_in} inputs and {size} units")
+    elif gi is None or gi.shape != (batch, 3 * size):
+        raise ValueError(f"the gate inputs must be {batch} x {3 * size}")
+    else:
+        gi = _rows(gi)
+        ldgi = gi.stride(0)
+    block = batch * size
+    # [rz (B x 2H) | rec (B x H) | c (B x H)], then the gate inputs when computed here
+    state = torch.empty(block * (4 if x is None else 7))
+    out = torch.empty(batch, size)
+    at = state.data_ptr()
+    _library.sr_gru_forward_f32(
+        batch, n_in, size, _pointer(x), 0 if x is None else x.stride(0),
+        _pointer(_dense(w_x)), _pointer(_dense(b)),
+        gi.data_ptr() if x is None else at + 16 * block, ldgi, h.data_ptr(), h.stride(0),
+        _dense(w_rz).data_ptr(), _dense(w_h).data_ptr(), _pointer(_dense(b_h)),
+        int(reset_after), _pointer(_dense(mask)), at, at + 8 * block, at + 12 * block,
+        out.data_ptr(), _threads())
+    return out, state
 
 
-def gru_candidate_(c: torch.Tensor, h: torch.Tensor, rz: torch.Tensor, gi: torch.Tensor,
-                   rec_after: torch.Tensor | None, mask: torch.Tensor | None,
-                   out: torch.Tensor) -> None:
-    """Candidate ``c`` (B x H, contiguous; the pre-activation on entry unless
-    ``rec_after``) and ``out = (h + z * (c - h)) * mask``."""
-    h, gi = _rows(h), _rows(gi)
-    batch, size = h.shape
-    _library.sr_gru_candidate_f32(_output(c).data_ptr(), batch, size, h.data_ptr(),
-                                  h.stride(0), _dense(rz).data_ptr(), gi.data_ptr(),
-                                  gi.stride(0), _pointer(_dense(rec_after)),
-                                  _pointer(_dense(mask)), _output(out).data_ptr(), _threads())
+def gru_state_arrays(state: torch.Tensor, batch: int, size: int):
+    """``(rz, rec, c)``, views of a :func:`gru_step` state: the gates (B x 2H), ``r * h``
+    (or ``h W_h + b_h_c`` with ``reset_after``) and the candidate (B x H each)."""
+    block = batch * size
+    return (state[:2 * block].view(batch, 2 * size),
+            state[2 * block:3 * block].view(batch, size),
+            state[3 * block:4 * block].view(batch, size))
 
 
-def gru_backward_(dh: torch.Tensor, mask: torch.Tensor | None, rz: torch.Tensor,
-                  c: torch.Tensor, h: torch.Tensor, rec_after: torch.Tensor | None,
-                  dgi: torch.Tensor, d_rec: torch.Tensor | None) -> None:
-    """Gradient of the gate pre-activations into ``dgi`` (B x 3H, contiguous); the
-    paper's GRU leaves the reset block to :func:`gru_reset_grad_`."""
+def gru_step_backward(dh: torch.Tensor, mask: torch.Tensor | None, state: torch.Tensor,
+                      h: torch.Tensor, w_h: torch.Tensor, dw_rz: torch.Tensor,
+                      dw_h: torch.Tensor, *, reset_after: bool = False,
+                      db: torch.Tensor | None = None, db_h: torch.Tensor | None = None,
+                      x: torch.Tensor | None = None, w_x: torch.Tensor | None = None,
+                      dw_x: torch.Tensor | None = None, need_dx: bool = False,
+                      need_dgi: bool = True):
+    """Gradients of one GRU step (no step back in time), products included.
+
+    ``dh`` is the gradient of the step's output (before its dropout ``mask``), ``state``
+    and ``h`` those of the :func:`gru_step` that made it. Writes the weight gradients
+    ``dw_rz``, ``dw_h`` and, where given, ``db``, ``db_h`` and ``dw_x = x^T dgi``; returns
+    ``(dgi, dx)``: the gradient of the gate inputs (B x 3H) if ``need_dgi`` and, with
+    ``need_dx``, that of the layer input, ``dgi W_x^T`` (else None each).
+    """
     dh, h = _rows(dh), _rows(h)
     batch, size = h.shape
-    _library.sr_gru_backward_f32(dh.data_ptr(), dh.stride(0), _pointer(_dense(mask)), batch,
-                                 size, _dense(rz).data_ptr(), _dense(c).data_ptr(),
-                                 h.data_ptr(), h.stride(0), _pointer(_dense(rec_after)),
-                                 _output(dgi).data_ptr(),
-                                 _pointer(d_rec if d_rec is None else _output(d_rec)),
-                                 _threads())
-
-
-def gru_reset_grad_(dr_h: torch.Tensor, rz: torch.Tensor, h: torch.Tensor,
-                    dgi: torch.Tensor) -> None:
-    """The paper's GRU: ``dgi``'s reset block from ``dr_h = d_cand W_h^T``."""
-    h = _rows(h)
-    batch, size = h.shape
-    _library.sr_gru_reset_grad_f32(_dense(dr_h).data_ptr(), batch, size,
-                                   _dense(rz).data_ptr(), h.data_ptr(), h.stride(0),
-                                   _output(dgi).data_ptr(), _threads())
+    block = batch * size
+    if state.numel() < 4 * block:
+        raise ValueError("state must come from gru_step on the same batch")
+    n_in = 0 if w_x is None else w_x.shape[0]
+    if x is not None:
+        x = _rows(x)
+    if (dw_x is not None and x is None) or (need_dx and w_x is None):
+        raise ValueError("dw_x needs the layer input x, and dx its weights w_x")
+    work = torch.empty(4 * block)  # [dgi (B x 3H) | d_rec (B x H)]
+    dx = torch.empty(batch, n_in) if need_dx else None
+    at, held = work.data_ptr(), state.data_ptr()
+    _library.sr_gru_backward_f32(
+        batch, n_in, size, dh.data_ptr(), dh.stride(0), _pointer(_dense(mask)), held,
+        held + 12 * block, h.data_ptr(), h.stride(0), held + 8 * block, int(reset_after),
+        _pointer(x), 0 if x is None else x.stride(0), _pointer(_dense(w_x)),
+        _dense(w_h).data_ptr(), at, at + 12 * block,
+        _pointer(dw_x if dw_x is None else _output(dw_x)),
+        _pointer(db if db is None else _output(db)), _output(dw_rz).data_ptr(),
+        _output(dw_h).data_ptr(), _pointer(db_h if db_h is None else _output(db_h)),
+        _pointer(dx), _threads())
+    return (work[:3 * block].view(batch, 3 * size) if need_dgi else None), dx

@@ -8,8 +8,8 @@ import torch
 
 from . import _kernels
 
-__all__ = ["init_uniform_", "GRUCache", "gru_forward", "gru_backward", "dropout_mask",
-           "DropoutMasks"]
+__all__ = ["init_uniform_", "GRUCache", "gru_forward", "gru_backward", "gru_layer_forward",
+           "gru_layer_backward", "dropout_mask", "DropoutMasks"]
 
 
 @torch.no_grad()
@@ -27,13 +27,21 @@ def init_uniform_(tensor: torch.Tensor, n_blocks: int = 1, generator=None) -> to
 
 @dataclass
 class GRUCache:
-    """What the backward pass of one GRU step needs."""
+    """What the backward pass of one GRU step needs: the previous state, and the arrays
+    below as tensors (PyTorch's path) or packed in the fused kernel's ``state`` buffer."""
 
-    h: torch.Tensor    # previous hidden state (B, H)
-    rz: torch.Tensor   # reset and update gates (B, 2H)
-    rec: torch.Tensor  # (r * h) before the recurrent product, or h W_h + b_h after it
-    c: torch.Tensor    # candidate state (B, H)
+    h: torch.Tensor           # previous hidden state (B, H)
+    rz: torch.Tensor | None   # reset and update gates (B, 2H)
+    rec: torch.Tensor | None  # (r * h) before the recurrent product, or h W_h + b_h after
+    c: torch.Tensor | None    # candidate state (B, H)
     reset_after: bool = False
+    state: torch.Tensor | None = None  # from _kernels.gru_step
+
+    def arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rz, rec, c)``, wherever they are kept."""
+        if self.state is None:
+            return self.rz, self.rec, self.c
+        return _kernels.gru_state_arrays(self.state, *self.h.shape)
 
 
 def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
@@ -57,41 +65,58 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
     bias (a second parameter of the same sum, as in ``GRUCell``).
 
     ``mask`` (B, H), optional, multiplies the new state (dropout). ``fused`` picks the
-    fused CPU kernels for the element-wise parts (None: wherever they apply, see
-    :mod:`._kernels`, and autograd is not recording: the kernels have no autograd
-    formula, so HRNN and p-RNN, which differentiate through this step, keep PyTorch's
-    operations while training); both ways compute the same values up to rounding.
+    fused CPU kernel, one call for the whole step, products included (None: wherever it
+    applies, see :mod:`._kernels`, and autograd is not recording: the kernels have no
+    autograd formula, so HRNN and p-RNN, which differentiate through this step, keep
+    PyTorch's operations while training); both ways compute the same values up to
+    rounding.
     """
+    if fused is None:
+        fused = _use_kernels(h, gi, w_rz, w_h, b_h)
+    if fused:
+        h_new, state = _kernels.gru_step(h, w_rz, w_h, b_h, gi=gi, reset_after=reset_after,
+                                         mask=mask)
+        return h_new, (GRUCache(h, None, None, None, reset_after, state)
+                       if need_cache else None)
     size = h.shape[1]
     rz_in = gi[:, size:] if b_h is None else gi[:, size:] + b_h[size:]
-    rz = torch.addmm(rz_in, h, w_rz)
-    if fused is None:
-        recording = rz.requires_grad or (torch.is_grad_enabled() and w_h.requires_grad)
-        fused = _kernels.enabled_for(h) and not recording
+    rz = torch.addmm(rz_in, h, w_rz).sigmoid_()
     if reset_after:  # the recurrent product needs no gate: h W_h (+ b_h_c)
         rec = torch.mm(h, w_h) if b_h is None else torch.addmm(b_h[:size], h, w_h)
-    if fused:
-        h_new = torch.empty_like(rz[:, :size])
-        if reset_after:
-            _kernels.gru_gates_(rz, h, None)
-            c = torch.empty_like(h_new)
-            _kernels.gru_candidate_(c, h, rz, gi, rec, mask, h_new)
-        else:
-            rec = torch.empty_like(h_new)
-            _kernels.gru_gates_(rz, h, rec)
-            c = torch.addmm(gi[:, :size], rec, w_h)
-            _kernels.gru_candidate_(c, h, rz, gi, None, mask, h_new)
+        c = torch.addcmul(gi[:, :size], rz[:, :size], rec).tanh_()
     else:
-        rz.sigmoid_()
-        if reset_after:
-            c = torch.addcmul(gi[:, :size], rz[:, :size], rec).tanh_()
-        else:
-            rec = rz[:, :size] * h
-            c = torch.addmm(gi[:, :size], rec, w_h).tanh_()
-        h_new = torch.addcmul(h, rz[:, size:], c - h)
-        if mask is not None:
-            h_new.mul_(mask)
+        rec = rz[:, :size] * h
+        c = torch.addmm(gi[:, :size], rec, w_h).tanh_()
+    h_new = torch.addcmul(h, rz[:, size:], c - h)
+    if mask is not None:
+        h_new.mul_(mask)
     return h_new, (GRUCache(h, rz, rec, c, reset_after) if need_cache else None)
+
+
+def _use_kernels(h: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
+    """The default of ``fused``: the kernels have no autograd formula, so a step that
+    autograd records (HRNN and p-RNN train through it) takes PyTorch's operations."""
+    recording = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (h, *tensors))
+    return _kernels.enabled_for(h) and not recording
+
+
+def gru_layer_forward(x: torch.Tensor, w_x: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
+                      w_rz: torch.Tensor, w_h: torch.Tensor, need_cache: bool = True,
+                      reset_after: bool = False, b_h: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None, fused: bool | None = None
+                      ) -> tuple[torch.Tensor, GRUCache | None]:
+    """:func:`gru_forward` from the layer's input ``x`` (B x I): the gate inputs are
+    ``x W_x + b`` (``w_x``: I x 3H). The fused kernel computes them in the same call."""
+    if fused is None:
+        fused = _use_kernels(h, x, w_x, b, w_rz, w_h, b_h)
+    if fused:
+        h_new, state = _kernels.gru_step(h, w_rz, w_h, b_h, x=x, w_x=w_x, b=b,
+                                         reset_after=reset_after, mask=mask)
+        return h_new, (GRUCache(h, None, None, None, reset_after, state)
+                       if need_cache else None)
+    return gru_forward(torch.addmm(b, x, w_x), h, w_rz, w_h, need_cache=need_cache,
+                       reset_after=reset_after, b_h=b_h, mask=mask, fused=False)
 
 
 def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
@@ -105,34 +130,29 @@ def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
     (B, 3H), from which the caller gets the input weights', bias's and input's gradients.
     ``mask`` is the forward step's dropout mask, ``fused`` as in :func:`gru_forward`.
     """
-    h, rz, rec, c = cache.h, cache.rz, cache.rec, cache.c
+    if fused is None:
+        fused = _kernels.enabled_for(cache.h)
+    if fused:
+        return gru_layer_backward(dh_new, cache, None, None, w_h, None, None, dw_rz, dw_h,
+                                  db_h, mask=mask, fused=True)[0]
+    h, (rz, rec, c) = cache.h, cache.arrays()
     size = h.shape[1]
     z = rz[:, size:]
     dgi = torch.empty(h.shape[0], 3 * size, dtype=h.dtype, device=h.device)
     d_cand, d_rz = dgi[:, :size], dgi[:, size:]
-    if fused is None:
-        fused = _kernels.enabled_for(h)
+    if mask is not None:
+        dh_new = dh_new * mask
+    # d(candidate pre-activation) = dh' * z * (1 - c^2)
+    torch.mul(dh_new, z, out=d_cand)
+    d_cand.mul_(1.0 - c * c)
     d_rec = None  # reset-after: the gradient of h W_h + b_h_c
-    if fused:
-        d_rec = torch.empty_like(c) if cache.reset_after else None
-        _kernels.gru_backward_(dh_new, mask, rz, c, h, rec if cache.reset_after else None,
-                               dgi, d_rec)
-        if not cache.reset_after:
-            _kernels.gru_reset_grad_(torch.mm(d_cand, w_h.t()), rz, h, dgi)
+    if cache.reset_after:
+        d_rec = d_cand * rz[:, :size]
+        torch.mul(d_cand, rec, out=d_rz[:, :size])             # d r
     else:
-        if mask is not None:
-            dh_new = dh_new * mask
-        # d(candidate pre-activation) = dh' * z * (1 - c^2)
-        torch.mul(dh_new, z, out=d_cand)
-        d_cand.mul_(1.0 - c * c)
-        if cache.reset_after:
-            d_rec = d_cand * rz[:, :size]
-            torch.mul(d_cand, rec, out=d_rz[:, :size])             # d r
-        else:
-            d_rz[:, :size] = torch.mm(d_cand, w_h.t()).mul_(h)     # d r
-        torch.mul(dh_new, c - h, out=d_rz[:, size:])               # d z
-        d_rz.mul_(rz * (1.0 - rz))                                 # through the sigmoids
-    # Weight gradients, the same for both ways of computing the gate gradients.
+        d_rz[:, :size] = torch.mm(d_cand, w_h.t()).mul_(h)     # d r
+    torch.mul(dh_new, c - h, out=d_rz[:, size:])               # d z
+    d_rz.mul_(rz * (1.0 - rz))                                 # through the sigmoids
     if cache.reset_after:
         torch.mm(h.t(), d_rec, out=dw_h)
         if db_h is not None:
@@ -143,6 +163,38 @@ def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
     if db_h is not None:
         torch.sum(d_rz, dim=0, out=db_h[size:])
     return dgi
+
+
+def gru_layer_backward(dh_new: torch.Tensor, cache: GRUCache, x: torch.Tensor | None,
+                       w_x: torch.Tensor | None, w_h: torch.Tensor,
+                       dw_x: torch.Tensor | None, db: torch.Tensor, dw_rz: torch.Tensor,
+                       dw_h: torch.Tensor, db_h: torch.Tensor | None = None,
+                       mask: torch.Tensor | None = None, need_dx: bool = False,
+                       need_dgi: bool = True, fused: bool | None = None
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`gru_backward` with the gate inputs' bias ``db`` (if not None) and, for a
+    layer fed by ``x`` through ``w_x`` (None for a one-hot layer), ``dw_x = x^T dgi``.
+
+    Returns ``(dgi, dx)``: the gradient of the gate inputs (None unless ``need_dgi``; the
+    fused path then skips making a tensor of it) and, with ``need_dx``, that of the
+    layer's input, ``dgi W_x^T`` (else None).
+    """
+    if fused is None:
+        fused = _kernels.enabled_for(cache.h)
+    if fused:
+        state = cache.state
+        if state is None:  # a step of PyTorch's path: pack its arrays as the kernel's
+            state = torch.cat([t.reshape(-1) for t in cache.arrays()])
+        return _kernels.gru_step_backward(
+            dh_new, mask, state, cache.h, w_h, dw_rz, dw_h, reset_after=cache.reset_after,
+            db=db, db_h=db_h, x=x, w_x=w_x, dw_x=dw_x, need_dx=need_dx,
+            need_dgi=need_dgi)
+    dgi = gru_backward(dh_new, cache, w_h, dw_rz, dw_h, db_h, mask=mask, fused=False)
+    if db is not None:
+        torch.sum(dgi, dim=0, out=db)
+    if dw_x is not None:
+        torch.mm(x.t(), dgi, out=dw_x)
+    return (dgi if need_dgi else None), (torch.mm(dgi, w_x.t()) if need_dx else None)
 
 
 def dropout_mask(shape, p: float, *, device, generator, dtype=torch.float32) -> torch.Tensor:

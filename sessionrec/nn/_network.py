@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import _kernels
-from ._layers import DropoutMasks, gru_backward, gru_forward, init_uniform_
+from ._layers import DropoutMasks, gru_forward, gru_layer_backward, gru_layer_forward, init_uniform_
 from ._losses import cross_entropy_distinct, loss_and_grad
 from ._optim import AdagradMomentum, PackedTable, unique_rows
 
@@ -196,12 +196,16 @@ class GRU4RecNetwork(nn.Module):
         """
         x = self._input(items) if gate_table is None else None
         for i, view in enumerate(views):
-            if i == 0 and gate_table is not None:
-                gi = gate_table.index_select(0, items)
+            reset_after = self.layer_resets_after[i]
+            if view.wx is None or (i == 0 and gate_table is not None):
+                gi = (gate_table.index_select(0, items) if gate_table is not None
+                      else self.onehot.index_select(0, items).add_(view.b))
+                x, _ = gru_forward(gi, hidden[i], view.wrz, view.wh, need_cache=False,
+                                   reset_after=reset_after, b_h=view.bh)
             else:
-                gi = self._gate_inputs(i, items, x, view)
-            x, _ = gru_forward(gi, hidden[i], view.wrz, view.wh, need_cache=False,
-                               reset_after=self.layer_resets_after[i], b_h=view.bh)
+                x, _ = gru_layer_forward(x, view.wx, view.b, hidden[i], view.wrz, view.wh,
+                                         need_cache=False, reset_after=reset_after,
+                                         b_h=view.bh)
             hidden[i] = x
         return x
 
@@ -243,11 +247,6 @@ class GRU4RecNetwork(nn.Module):
         if self.input_mode == "embedding":
             return self.embed.index_select(0, items)
         return None
-
-    def _gate_inputs(self, layer: int, items, x, view: _LayerViews) -> torch.Tensor:
-        if layer == 0 and self.input_mode == "onehot":
-            return self.onehot.index_select(0, items).add_(view.b)
-        return torch.addmm(view.b, x, view.wx)
 
     # -- training -------------------------------------------------------------------------
 
@@ -343,17 +342,20 @@ class GRU4RecNetwork(nn.Module):
         caches, layer_inputs, hidden_masks, new_hidden = [], [], [], []
         layer_in = x
         for i, view in enumerate(views):
-            if view.wx is None:  # one-hot input: gather the rows of the input table
-                gi = in_packed[0].index_select(0, in_inverse).add_(view.b)
-            else:
-                gi = torch.addmm(view.b, layer_in, view.wx)
             mask = None
             if state.hidden_masks is not None:
                 mask = state.hidden_masks[i].next(n)
                 hidden_masks.append(mask)
-            h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh,
-                                   reset_after=self.layer_resets_after[i], b_h=view.bh,
-                                   mask=mask, fused=fused)
+            reset_after = self.layer_resets_after[i]
+            if view.wx is None:  # one-hot input: gather the rows of the input table
+                gi = in_packed[0].index_select(0, in_inverse).add_(view.b)
+                h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh,
+                                       reset_after=reset_after, b_h=view.bh, mask=mask,
+                                       fused=fused)
+            else:
+                h, cache = gru_layer_forward(layer_in, view.wx, view.b, hidden[i], view.wrz,
+                                             view.wh, reset_after=reset_after, b_h=view.bh,
+                                             mask=mask, fused=fused)
             caches.append(cache)
             layer_inputs.append(layer_in)
             new_hidden.append(h)  # the official code carries the dropped-out state, as here
@@ -367,16 +369,16 @@ class GRU4RecNetwork(nn.Module):
         # Backward through the layers, top-down (no step back in time).
         in_grad = None
         for i in reversed(range(len(views))):
-            d_gi = gru_backward(d_h, caches[i], views[i].wh, grads[i].wrz, grads[i].wh,
-                                grads[i].bh, mask=hidden_masks[i] if hidden_masks else None,
-                                fused=fused)
-            torch.sum(d_gi, dim=0, out=grads[i].b)
-            if views[i].wx is None:
+            view, grad = views[i], grads[i]
+            need_dx = view.wx is not None and (i > 0 or x is not None)
+            d_gi, d_x = gru_layer_backward(
+                d_h, caches[i], layer_inputs[i], view.wx, view.wh, grad.wx, grad.b,
+                grad.wrz, grad.wh, grad.bh, mask=hidden_masks[i] if hidden_masks else None,
+                need_dx=need_dx, need_dgi=view.wx is None, fused=fused)
+            if view.wx is None:
                 in_grad = d_gi
-            else:
-                torch.mm(layer_inputs[i].t(), d_gi, out=grads[i].wx)
-                if i > 0 or x is not None:
-                    d_h = torch.mm(d_gi, views[i].wx.t())
+            elif need_dx:
+                d_h = d_x
         if x is not None:
             if embed_mask is not None:
                 d_h.mul_(embed_mask)
