@@ -109,11 +109,21 @@ def test_unique_kernel_rejects_rows_out_of_range():
         _kernels.unique_rows_marked(torch.tensor([-1]), 5)
 
 
-def _output_layer_reference(h, rows, column_of, shift):
+def _output_layer_reference(h, table, row_index, column_of, shift):
     """The PyTorch path of the step's output layer: scores, cross_entropy_distinct, the two
     gradient products (only the columns' count matters, so column_of stands for them)."""
-    return _output_layer(h, rows, column_of, column_of, h.shape[0], shift, StepConfig(),
-                         fused=False)
+    return _output_layer(h, table, row_index, column_of, column_of, h.shape[0], shift,
+                         StepConfig(), fused=False)
+
+
+def _in_table(rows: torch.Tensor, extra: int = 5, seed: int = 0):
+    """``rows`` scattered, in shuffled order, among ``extra`` other rows of a table, as
+    a step's distinct items lie in the item table; returns the table and their rows."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(rows) + extra, generator=generator)[:len(rows)]
+    table = torch.randn(len(rows) + extra, rows.shape[1], generator=generator)
+    table[order] = rows
+    return table, order
 
 
 @needs_library
@@ -134,8 +144,9 @@ def test_output_layer_kernel_equals_the_pytorch_path(shifted, batch, size, n_dis
     h = torch.randn(batch, size)
     rows = torch.randn(n_distinct, size + 1) * (4.0 / size ** 0.5)
     shift = torch.randn(n_cols) * 2 if shifted else None
-    expected = _output_layer_reference(h, rows, column_of, shift)
-    got = _kernels.output_cross_entropy(h, rows, column_of, shift)
+    table, row_index = _in_table(rows)
+    expected = _output_layer_reference(h, table, row_index, column_of, shift)
+    got = _kernels.output_cross_entropy(h, table, row_index, column_of, shift)
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-4)
     for g, e in zip(got[1:], expected[1:]):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
@@ -146,8 +157,9 @@ def test_output_layer_kernel_reads_strided_states():
     torch.manual_seed(0)
     h = torch.randn(9, 24)[:, 4:14]
     rows, column_of = torch.randn(40, 11), torch.randint(0, 40, (60,))
-    expected = _output_layer_reference(h.contiguous(), rows, column_of, None)
-    got = _kernels.output_cross_entropy(h, rows, column_of, None)
+    table, row_index = _in_table(rows)
+    expected = _output_layer_reference(h.contiguous(), table, row_index, column_of, None)
+    got = _kernels.output_cross_entropy(h, table, row_index, column_of, None)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
@@ -157,8 +169,9 @@ def test_output_layer_kernel_survives_extreme_scores():
     h = torch.tensor([[300.0], [-1e4]])
     rows = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 5.0]])
     column_of = torch.tensor([0, 1, 2])
-    got = _kernels.output_cross_entropy(h, rows, column_of, None)
-    expected = _output_layer_reference(h, rows, column_of, None)
+    row_index = torch.arange(3)
+    got = _kernels.output_cross_entropy(h, rows, row_index, column_of, None)
+    expected = _output_layer_reference(h, rows, row_index, column_of, None)
     assert all(torch.isfinite(g).all() for g in got)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
@@ -168,7 +181,7 @@ def test_output_layer_kernel_survives_extreme_scores():
 def test_output_layer_kernel_checks_the_row_width():
     with pytest.raises(ValueError, match="expected 5"):
         _kernels.output_cross_entropy(torch.zeros(2, 4), torch.zeros(3, 4),
-                                      torch.tensor([0, 1]), None)
+                                      torch.tensor([0, 1]), torch.tensor([0, 1]), None)
 
 
 def _gru_pair(reset_after: bool, with_bias: bool, with_mask: bool, strided: bool):
@@ -356,7 +369,7 @@ def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
     rows = torch.randperm(n_rows, generator=generator)[:n].sort().values
     grad, keep = randn(n, width), torch.rand(n, generator=generator) < 0.3
     dense = [randn(70_001) for _ in range(3)]
-    top, out_rows = randn(67, 100), randn(1389, 101) * 0.4
+    top, (out_table, out_index) = randn(67, 100), _in_table(randn(1389, 101) * 0.4, 17)
     column_of, shift = torch.randint(0, 1389, (2115,), generator=generator), randn(2115)
     batch, size, n_in = 97, 100, 37
     h, x = randn(batch, 2 * size)[:, :size], randn(batch, n_in)
@@ -370,7 +383,7 @@ def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
         _kernels.sparse_adagrad_(out["table"], rows, grad, keep, 0.1, 0.3)
         _kernels.dense_adagrad_(out["param"], dense[1], out["acc"], out["mom"], 0.2, 0.3)
         out["loss"], out["out_grad"], out["d_h"] = _kernels.output_cross_entropy(
-            top, out_rows, column_of, shift)
+            top, out_table, out_index, column_of, shift)
         for reset_after in (False, True):
             bias = b_h if reset_after else None
             h_new, state = _kernels.gru_step(h, w_rz, w_h, bias, x=x, w_x=w_x, b=b,

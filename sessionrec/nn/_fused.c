@@ -260,7 +260,8 @@ static inline vf8 tanh8(vf8 x) { return 1.0f - 2.0f / (exp8(x + x) + 1.0f); }
 
 typedef struct {
     int64_t B, H, K, Kp, U, n_chunks, n_blocks;
-    const float *rows;  /* U x K: [W_u | b_u] */
+    const float *table;       /* rows of K: [W_u | b_u] of every item */
+    const int64_t *row_index; /* U: the distinct items' rows of the table */
     const int64_t *column_of;
     const float *shift;
     const float *log_weight;
@@ -286,7 +287,9 @@ static GEMM_KERNEL void output_logits(const OutputStep *s, int64_t chunk, int64_
         const int64_t hi = lo + OUT_BLOCK < s->U ? lo + OUT_BLOCK : s->U;
         int64_t j = lo;
         for (; j + 3 <= hi; j += 3) {
-            const float *r0 = s->rows + j * K, *r1 = r0 + K, *r2 = r1 + K;
+            const float *r0 = s->table + s->row_index[j] * K,
+                        *r1 = s->table + s->row_index[j + 1] * K,
+                        *r2 = s->table + s->row_index[j + 2] * K;
             vf8 a00 = VSPLAT(0.0f), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00,
                 a12 = a00, a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00;
             for (int64_t k = 0; k < K; ++k) {
@@ -304,7 +307,7 @@ static GEMM_KERNEL void output_logits(const OutputStep *s, int64_t chunk, int64_
             VSTORE(o + 64, a20); VSTORE(o + 72, a21); VSTORE(o + 80, a22); VSTORE(o + 88, a23);
         }
         for (; j < hi; ++j) {
-            const float *r0 = s->rows + j * K;
+            const float *r0 = s->table + s->row_index[j] * K;
             vf8 a0 = VSPLAT(0.0f), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t k = 0; k < K; ++k) {
                 const float *t = top_t + k * LANES;
@@ -424,8 +427,9 @@ static GEMM_KERNEL void output_grad_rows(const OutputStep *s, int64_t block_lo,
         vf8 acc[NC][4];                                                                  \
         for (int x = 0; x < NC; ++x)                                                     \
             for (int v = 0; v < 4; ++v) acc[x][v] = VSPLAT(0.0f);                        \
-        const float *d = st, *r = s->rows + k;                                           \
-        for (int64_t j = 0; j < U; ++j, d += LANES, r += K) {                            \
+        const float *d = st;                                                             \
+        for (int64_t j = 0; j < U; ++j, d += LANES) {                                    \
+            const float *r = s->table + s->row_index[j] * K + k;                         \
             const vf8 d0 = VLOAD(d), d1 = VLOAD(d + 8), d2 = VLOAD(d + 16),              \
                       d3 = VLOAD(d + 24);                                                \
             for (int x = 0; x < NC; ++x) {                                               \
@@ -521,14 +525,16 @@ EXPORT int64_t sr_output_xent_scratch(int64_t B, int64_t H, int64_t U) {
     return n_chunks * LANES * (K + Kp + U + 2 * n_blocks + 2) + U;
 }
 
-/* h: B x H (row stride ldh), the last layer's output; rows: U x (H + 1), the distinct
- * items' [W_u | b_u]; column_of: the distinct item of each of n_cols columns (the rows'
- * targets first); shift: the columns' logQ corrections, or NULL. Writes out_grad
+/* h: B x H (row stride ldh), the last layer's output; table: rows of H + 1 holding each
+ * item's [W_u | b_u], read where it lies (no gathered copy); row_index: the table's rows
+ * of the U distinct items; column_of: the distinct item of each of n_cols columns (the
+ * rows' targets first); shift: the columns' logQ corrections, or NULL. Writes out_grad
  * (U x (H + 1)) and d_h (B x H), the gradients of the mean loss; returns the loss summed
  * over rows, in the columns' space. scratch: sr_output_xent_scratch(B, H, U) floats;
  * parts: 2 * B doubles. */
 EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t ldh,
-                                 const float *rows, int64_t U, const int64_t *column_of,
+                                 const float *table, const int64_t *row_index, int64_t U,
+                                 const int64_t *column_of,
                                  int64_t n_cols, const float *shift, float *out_grad,
                                  float *d_h, float *scratch, double *parts,
                                  int64_t n_threads) {
@@ -536,7 +542,7 @@ EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t l
     s.B = B; s.H = H; s.K = H + 1; s.Kp = (s.K + 7) / 8 * 8; s.U = U;
     s.n_chunks = (B + LANES - 1) / LANES;
     s.n_blocks = (U + OUT_BLOCK - 1) / OUT_BLOCK;
-    s.rows = rows; s.column_of = column_of; s.shift = shift;
+    s.table = table; s.row_index = row_index; s.column_of = column_of; s.shift = shift;
     s.out_grad = out_grad; s.d_h = d_h; s.parts = parts;
     const int64_t lanes = s.n_chunks * LANES;
     float *next = scratch;

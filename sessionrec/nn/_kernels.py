@@ -74,7 +74,7 @@ def _load():
         "sr_gru_backward_f32": ([i64, i64, i64, p, i64, p, p, p, p, i64, p, i64, p, i64, p,
                                  p, p, p, p, p, p, p, p, p, i64], None),
         "sr_output_xent_scratch": ([i64, i64, i64], i64),
-        "sr_output_xent_f32": ([p, i64, i64, i64, p, i64, p, i64, p, p, p, p, p, i64],
+        "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, p, i64],
                                ctypes.c_double),
     }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
     for name, (arguments, result) in signatures.items():
@@ -179,37 +179,39 @@ def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, t
     return distinct[:count], inverse
 
 
-def output_cross_entropy(h: torch.Tensor, rows: torch.Tensor, column_of: torch.Tensor,
-                         score_shift: torch.Tensor | None
+def output_cross_entropy(h: torch.Tensor, table: torch.Tensor, row_index: torch.Tensor,
+                         column_of: torch.Tensor, score_shift: torch.Tensor | None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The output layer of a linear cross-entropy step, products included.
 
-    ``h`` (B x H) is the last layer's output, ``rows`` (U x (H + 1), contiguous) the
-    distinct items' ``[W_u | b_u]``, ``column_of`` (int64) the distinct item of each
-    column (the rows' targets first, then the samples), ``score_shift`` the columns'
+    ``h`` (B x H) is the last layer's output; ``table`` (rows of H + 1, contiguous) holds
+    the items' ``[W_u | b_u]``, read in place; ``row_index`` (int64, every entry a row of
+    ``table``) the U distinct items; ``column_of`` (int64) the distinct item of each
+    column (the rows' targets first, then the samples); ``score_shift`` the columns'
     logQ corrections or None. Returns the loss summed over rows (0-d float32, in the
     columns' space: ``sum_i logsumexp_j(r_ij + s_j) - (r_i,target + s_i)``), the
-    gradient of the mean loss for ``rows`` (U x (H + 1)) and for ``h`` (B x H): what
-    scoring ``[h | 1] rows^T``, :func:`~sessionrec.nn._losses.cross_entropy_distinct`
-    and the two gradient products give, up to rounding.
+    gradient of the mean loss for the distinct items' rows (U x (H + 1)) and for ``h``
+    (B x H): what scoring ``[h | 1] rows^T``,
+    :func:`~sessionrec.nn._losses.cross_entropy_distinct` and the two gradient products
+    give, up to rounding.
     """
     h = _rows(h)
     batch, size = h.shape
-    n_items = rows.shape[0]
-    if rows.shape[1] != size + 1:
-        raise ValueError(f"rows have {rows.shape[1]} columns, expected {size + 1}")
-    rows = _dense(rows)
-    column_of = _input(column_of, torch.int64)
+    n_items = len(row_index)
+    if table.shape[1] != size + 1:
+        raise ValueError(f"table rows have {table.shape[1]} columns, expected {size + 1}")
+    table = _dense(table)
+    row_index, column_of = _input(row_index, torch.int64), _input(column_of, torch.int64)
     shift = None if score_shift is None else _input(score_shift, torch.float32)
     out_grad = torch.empty(n_items, size + 1)
     d_h = torch.empty(batch, size)
     scratch = torch.empty(_library.sr_output_xent_scratch(batch, size, n_items))
     parts = torch.empty(2 * batch, dtype=torch.float64)
     loss = _library.sr_output_xent_f32(h.data_ptr(), batch, size, h.stride(0),
-                                       rows.data_ptr(), n_items, column_of.data_ptr(),
-                                       len(column_of), _pointer(shift), out_grad.data_ptr(),
-                                       d_h.data_ptr(), scratch.data_ptr(), parts.data_ptr(),
-                                       _threads())
+                                       table.data_ptr(), row_index.data_ptr(), n_items,
+                                       column_of.data_ptr(), len(column_of), _pointer(shift),
+                                       out_grad.data_ptr(), d_h.data_ptr(),
+                                       scratch.data_ptr(), parts.data_ptr(), _threads())
     return torch.full((), loss), out_grad, d_h
 
 

@@ -32,17 +32,23 @@ def _with_bias_input(h: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(h, (0, 1), value=1.0)
 
 
-def _output_layer(top_state, rows, columns, column_of, n, score_shift, config, fused):
+def _output_layer(top_state, table, distinct, columns, column_of, n, score_shift, config,
+                  fused, rows=None):
     """Loss and gradients of a training step's output layer over its distinct items.
 
-    ``rows`` holds the distinct items' ``[W_u | b_u]``; ``column_of`` maps the ``B + S``
+    ``table`` holds every item's ``[W_u | b_u]``, ``distinct`` the step's distinct items
+    (``rows``, if given, their rows of the table); ``column_of`` maps the ``B + S``
     columns (the ``n`` targets first) to them. Returns the loss summed over the batch, the
-    gradient of the rows and that of ``top_state``.
+    gradient of the distinct items' rows and that of ``top_state``.
     """
     if (fused and config.loss == "cross-entropy" and config.activation == "linear"
             and len(columns) >= 2):
-        # One C call: scores, sampled softmax and both gradient products (_fused.c).
-        return _kernels.output_cross_entropy(top_state, rows, column_of, score_shift)
+        # One C call: scores, sampled softmax and both gradient products (_fused.c); it
+        # reads the rows where they lie in the table.
+        return _kernels.output_cross_entropy(top_state, table, distinct, column_of,
+                                             score_shift)
+    if rows is None:
+        rows = table.index_select(0, distinct)
     # The bias rides along as an input of 1: one product gives the scores, and one the
     # output rows' weight and bias gradients (faster than addmm's bias broadcast).
     top = _with_bias_input(top_state)
@@ -320,13 +326,13 @@ class GRU4RecNetwork(nn.Module):
         fused = out_table.fused  # the fused CPU kernels (decided once per training run)
         touched = torch.cat([items, columns]) if constrained else columns
         distinct, inverse = unique_rows(touched, self.n_items)
-        packed = out_table.gather(distinct)
-        rows = packed[0]  # [W_y | b_y] of the distinct items
-        weights = rows[:, :width]
+        # PyTorch's path steps a gathered copy of the rows (every plane); the fused kernels
+        # read and update them in place.
+        packed = None if fused else out_table.gather(distinct)
         column_of = inverse[n:] if constrained else inverse
         in_table = in_rows = in_inverse = in_packed = None
         if constrained:
-            x = weights.index_select(0, inverse[:n])
+            x = self.out.index_select(0, items)[:, :width]
         else:
             in_table = state.tables["embed" if self.input_mode == "embedding" else "onehot"]
             in_rows, in_inverse = unique_rows(items, self.n_items)
@@ -363,8 +369,9 @@ class GRU4RecNetwork(nn.Module):
 
         # The output layer: scores of the distinct target and sample items only (never
         # the catalogue), the loss, and the gradients of the rows and of the last state.
-        loss, out_grad, d_h = _output_layer(layer_in, rows, columns, column_of, n,
-                                            score_shift, config, fused)
+        loss, out_grad, d_h = _output_layer(layer_in, out_table.buffer[0], distinct, columns,
+                                            column_of, n, score_shift, config, fused,
+                                            rows=None if packed is None else packed[0])
 
         # Backward through the layers, top-down (no step back in time).
         in_grad = None
