@@ -34,6 +34,7 @@ from .metrics import (
     ndcg_at_k,
     recall_at_k,
 )
+from .nn import _kernels
 
 __all__ = ["ranks_from_scores", "evaluate", "TIE_MODES"]
 
@@ -60,6 +61,11 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     ranks : Tensor of float64, shape (n_rows,)
         1-based ranks, on the device of ``scores``.
 
+    Notes
+    -----
+    Float32 scores on the CPU are counted by a C kernel (``sessionrec.nn._kernels``) in
+    one pass, without the boolean matrix a comparison writes; the counts are the same.
+
     Examples
     --------
     >>> scores = [[0.5, 0.9, 0.5, 0.1]]
@@ -71,8 +77,20 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-dimensional, got shape {tuple(scores.shape)}.")
     targets = torch.as_tensor(targets, device=scores.device).to(torch.long).reshape(-1, 1)
-    target_scores = scores.gather(1, targets)
     n_items = scores.shape[1]
+    if _kernels.enabled_for(scores) and len(targets) == len(scores):
+        # One pass over the scores in C (sessionrec/nn/_fused.c), the same counts.
+        at_least, above = _kernels.rank_counts(scores, targets, ties != "conservative")
+        if ties == "conservative":
+            ranks = at_least
+        elif ties == "optimistic":
+            ranks = above + 1.0
+        else:
+            ranks = (at_least + above + 1.0) / 2.0
+        target_scores = scores.gather(1, targets)
+        nan_target = torch.isnan(target_scores.reshape(-1))
+        return torch.where(nan_target, torch.full_like(ranks, float(n_items)), ranks)
+    target_scores = scores.gather(1, targets)
     # Comparisons written straight into a float buffer and summed: counting a boolean
     # tensor casts it to int64 first, which costs several times more than this. Float
     # counts are exact while the number of items is below 2**24 (float32) or 2**53.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +26,7 @@ from sessionrec.metrics import (
     popularity_bias,
     recall_at_k,
 )
+from sessionrec.nn import _kernels
 
 SCORES = np.array([
     [0.9, 0.5, 0.5, 0.5, 0.1],   # target 1 ties with 2 and 3, one item above
@@ -39,14 +42,37 @@ TARGETS = np.array([1, 4, 2, 3])
     ("optimistic", [2.0, 1.0, 1.0, 5.0]),
     ("median", [3.0, 3.0, 1.0, 5.0]),
 ])
-def test_tie_modes_by_definition(ties, expected):
-    assert ranks_from_scores(SCORES, TARGETS, ties).tolist() == expected
+@pytest.mark.parametrize("fused", [True, False])
+def test_tie_modes_by_definition(ties, expected, fused):
+    with contextlib.nullcontext() if fused else _kernels.disabled():
+        assert ranks_from_scores(SCORES, TARGETS, ties).tolist() == expected
 
 
-def test_nan_scores_rank_last():
-    scores = np.array([[np.nan, 0.5, 0.1], [0.2, np.nan, 0.9]])
-    assert ranks_from_scores(scores, [0, 1]).tolist() == [3.0, 3.0]
-    assert ranks_from_scores(scores, [1, 2]).tolist() == [1.0, 1.0]
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fused", [True, False])
+def test_nan_scores_rank_last(dtype, fused):
+    scores = np.array([[np.nan, 0.5, 0.1], [0.2, np.nan, 0.9]], dtype=dtype)
+    with contextlib.nullcontext() if fused else _kernels.disabled():
+        assert ranks_from_scores(scores, [0, 1]).tolist() == [3.0, 3.0]
+        assert ranks_from_scores(scores, [1, 2]).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("ties", ["conservative", "optimistic", "median"])
+def test_counting_kernel_gives_the_ranks_of_the_comparisons(ties):
+    """The C kernel that counts in one pass (float32 on the CPU) against PyTorch's
+    comparisons: wide rows with a partial group of eight, ties, NaNs, strided rows."""
+    if not _kernels.available():
+        pytest.skip("the fused kernels are not built or disabled")
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (50, 45), generator=generator).float()[:, 3:40] / 4
+    scores[torch.rand(scores.shape, generator=generator) < 0.05] = float("nan")
+    targets = torch.randint(0, 37, (50,), generator=generator)
+    got = ranks_from_scores(scores, targets, ties)
+    with _kernels.disabled():
+        expected = ranks_from_scores(scores, targets, ties)
+    assert torch.equal(got, expected)
+    with pytest.raises(IndexError, match=r"outside \[0, 37\)"):
+        ranks_from_scores(scores, torch.full((50,), 37), ties)
 
 
 @given(arrays(np.float32, (6, 9), elements=st.sampled_from([0.0, 0.25, 0.5, 1.0])),

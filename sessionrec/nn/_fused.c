@@ -1010,3 +1010,47 @@ EXPORT void sr_gru_backward_f32(int64_t B, int64_t I, int64_t H, const float *dh
     const int64_t use = n_threads > 1 && B * H >= MIN_PARALLEL_GRU ? n_threads : 1;
     RUN_PHASES(gru_backward_phases, s, use);
 }
+
+/* ---- Ranks of the evaluation protocol (see ranks_from_scores in evaluation.py) ---- */
+
+/* Rows [lo, hi): ge[r] (and gt[r] if not NULL) = the number of columns whose score is
+ * >= (>) the score of column targets[r]. NaN scores never count. */
+static KERNEL void rank_count_rows(const float *scores, int64_t n, int64_t ld,
+                                   const int64_t *targets, double *ge, double *gt,
+                                   int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+        const float *row = scores + r * ld;
+        const float t = row[targets[r]];
+        const vf8 tv = splat8(t);
+        vi8 n_ge = {0, 0, 0, 0, 0, 0, 0, 0}, n_gt = n_ge;
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) { /* a true comparison is -1 in its lane */
+            const vf8 v = load8(row + j);
+            n_ge -= (vi8)(v >= tv);
+            if (gt) n_gt -= (vi8)(v > tv);
+        }
+        int64_t count_ge = 0, count_gt = 0;
+        for (int l = 0; l < 8; ++l) {
+            count_ge += n_ge[l];
+            count_gt += n_gt[l];
+        }
+        for (; j < n; ++j) {
+            count_ge += row[j] >= t;
+            count_gt += row[j] > t;
+        }
+        ge[r] = (double)count_ge;
+        if (gt) gt[r] = (double)count_gt;
+    }
+}
+
+/* scores: rows x n (row stride ld); targets: each row's target column. Returns -1
+ * (nothing written) when a target lies outside [0, n), else 0. */
+EXPORT int64_t sr_rank_counts_f32(const float *scores, int64_t rows, int64_t n, int64_t ld,
+                                  const int64_t *targets, double *ge, double *gt,
+                                  int64_t n_threads) {
+    for (int64_t r = 0; r < rows; ++r)
+        if (targets[r] < 0 || targets[r] >= n) return -1;
+    SPLIT(rows, rows * n, MIN_PARALLEL, 1,
+          rank_count_rows(scores, n, ld, targets, ge, gt, lo, hi));
+    return 0;
+}

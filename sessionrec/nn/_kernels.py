@@ -35,7 +35,7 @@ import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
-           "gru_step_backward"]
+           "gru_step_backward", "rank_counts"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -76,6 +76,7 @@ def _load():
         "sr_output_xent_scratch": ([i64, i64, i64], i64),
         "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, p, i64],
                                ctypes.c_double),
+        "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
     }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
     for name, (arguments, result) in signatures.items():
         function = getattr(library, name)
@@ -332,3 +333,21 @@ def gru_step_backward(dh: torch.Tensor, mask: torch.Tensor | None, state: torch.
         _output(dw_h).data_ptr(), _pointer(db_h if db_h is None else _output(db_h)),
         _pointer(dx), _threads())
     return (work[:3 * block].view(batch, 3 * size) if need_dgi else None), dx
+
+
+def rank_counts(scores: torch.Tensor, targets: torch.Tensor, strict: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For each row of ``scores`` (float32, n_rows x n_items), the number of items whose
+    score is >= that of the row's ``targets`` column and, with ``strict``, the number
+    whose score is > it (else None): float64 counts, in one pass over the scores and
+    without the boolean matrix a comparison would write. NaN scores never count."""
+    scores = _rows(scores)
+    n_rows, n_items = scores.shape
+    targets = _input(targets, torch.int64)
+    counts = torch.empty(2 if strict else 1, n_rows, dtype=torch.float64)
+    status = _library.sr_rank_counts_f32(
+        scores.data_ptr(), n_rows, n_items, scores.stride(0), targets.data_ptr(),
+        counts.data_ptr(), counts[1].data_ptr() if strict else None, _threads())
+    if status < 0:
+        raise IndexError(f"a target column lies outside [0, {n_items})")
+    return counts[0], (counts[1] if strict else None)
