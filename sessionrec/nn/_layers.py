@@ -167,7 +167,7 @@ def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
 
 def gru_layer_backward(dh_new: torch.Tensor, cache: GRUCache, x: torch.Tensor | None,
                        w_x: torch.Tensor | None, w_h: torch.Tensor,
-                       dw_x: torch.Tensor | None, db: torch.Tensor, dw_rz: torch.Tensor,
+                       dw_x: torch.Tensor | None, db: torch.Tensor | None, dw_rz: torch.Tensor,
                        dw_h: torch.Tensor, db_h: torch.Tensor | None = None,
                        mask: torch.Tensor | None = None, need_dx: bool = False,
                        need_dgi: bool = True, fused: bool | None = None
