@@ -351,6 +351,20 @@ class SessionRecommender(BaseEstimator):
         """
         return self.predict_next(X)
 
+    def _iter_ranks(self, events: SessionEvents, ties: str):
+        """``(positions, ranks)`` blocks: the rank of the item after each position (all
+        positions but the sessions' last), from :meth:`_iter_scores` and
+        :func:`~sessionrec.evaluation.ranks_from_scores`. A model may count ranks
+        without the score matrix instead (same definitions)."""
+        items_t = torch.as_tensor(events.items, device=self.device_)
+        step = rows_per_block(self.n_items_, self.device_)
+        for positions, scores in self._iter_scores(events, ~events.is_last):
+            targets = items_t[torch.as_tensor(positions + 1, device=self.device_)]
+            # Rank in blocks that stay in cache, whatever block size the model scores in.
+            yield positions, torch.cat([
+                ranks_from_scores(scores[a:a + step], targets[a:a + step], ties)
+                for a in range(0, len(positions), step)])
+
     def rank_next_items(self, X, ties: str = "conservative") -> pd.Series:
         """Rank every true next item of ``X`` among all training items.
 
@@ -377,15 +391,7 @@ class SessionRecommender(BaseEstimator):
         events = self._session_events(X)
         n_rows = len(X)
         ranks = np.full(n_rows, np.nan)
-        score_after = ~events.is_last
-        items_t = torch.as_tensor(events.items, device=self.device_)
-        step = rows_per_block(self.n_items_, self.device_)
-        for positions, scores in self._iter_scores(events, score_after):
-            targets = items_t[torch.as_tensor(positions + 1, device=self.device_)]
-            # Rank in blocks that stay in cache, whatever block size the model scores in.
-            block_ranks = torch.cat([
-                ranks_from_scores(scores[a:a + step], targets[a:a + step], ties)
-                for a in range(0, len(positions), step)])
+        for positions, block_ranks in self._iter_ranks(events, ties):
             ranks[events.rows[positions + 1]] = block_ranks.cpu().numpy()
         is_target = np.ones(n_rows, dtype=bool)
         is_target[events.first_rows] = False

@@ -36,7 +36,7 @@ from .metrics import (
 )
 from .nn import _kernels
 
-__all__ = ["ranks_from_scores", "evaluate", "TIE_MODES"]
+__all__ = ["ranks_from_scores", "ranks_from_counts", "evaluate", "TIE_MODES"]
 
 
 def check_ties(ties) -> str:
@@ -81,15 +81,8 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     if _kernels.enabled_for(scores) and len(targets) == len(scores):
         # One pass over the scores in C (sessionrec/nn/_fused.c), the same counts.
         at_least, above = _kernels.rank_counts(scores, targets, ties != "conservative")
-        if ties == "conservative":
-            ranks = at_least
-        elif ties == "optimistic":
-            ranks = above + 1.0
-        else:
-            ranks = (at_least + above + 1.0) / 2.0
-        target_scores = scores.gather(1, targets)
-        nan_target = torch.isnan(target_scores.reshape(-1))
-        return torch.where(nan_target, torch.full_like(ranks, float(n_items)), ranks)
+        return ranks_from_counts(at_least, above, scores.gather(1, targets).reshape(-1),
+                                 n_items, ties)
     target_scores = scores.gather(1, targets)
     # Comparisons written straight into a float buffer and summed: counting a boolean
     # tensor casts it to int64 first, which costs several times more than this. Float
@@ -104,6 +97,23 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
         ranks = torch.ge(scores, target_scores, out=counts).sum(1).double()
         if ties == "median":
             ranks = (ranks + greater + 1.0) / 2.0
+    nan_target = torch.isnan(target_scores.reshape(-1))
+    return torch.where(nan_target, torch.full_like(ranks, float(n_items)), ranks)
+
+
+def ranks_from_counts(at_least: torch.Tensor, above: torch.Tensor | None,
+                      target_scores: torch.Tensor, n_items: int,
+                      ties: str = "conservative") -> torch.Tensor:
+    """:func:`ranks_from_scores` from counts already taken: per row, the number of items
+    scoring >= (``at_least``) and > (``above``; needed unless ``ties`` is
+    ``"conservative"``) the target, and the target's score (NaN ranks last). For models
+    whose kernels count without a score matrix (see ``GRU4RecRecommender``)."""
+    if ties == "conservative":
+        ranks = at_least
+    elif ties == "optimistic":
+        ranks = above + 1.0
+    else:
+        ranks = (at_least + above + 1.0) / 2.0
     nan_target = torch.isnan(target_scores.reshape(-1))
     return torch.where(nan_target, torch.full_like(ranks, float(n_items)), ranks)
 

@@ -405,3 +405,31 @@ def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
     one = _on_threads(False, monkeypatch, run)
     for name in many:
         assert torch.equal(many[name], one[name]), name
+
+
+@needs_library
+@pytest.mark.parametrize("ties", ["conservative", "optimistic", "median"])
+@pytest.mark.parametrize("n_rows", [5, 70, 130])
+def test_product_ranks_count_the_scores_of_the_product(ties, n_rows):
+    """Ranks counted from [h | 1] W^T without a score matrix equal the engine's ranks of
+    that matrix. Quarter-integer values keep every product and sum exact in float32, so
+    the two orders of summation give the same scores, ties included; a row of NaN ranks
+    its target last."""
+    from sessionrec.evaluation import ranks_from_counts, ranks_from_scores
+
+    generator = torch.Generator().manual_seed(n_rows)
+    h = torch.randint(-2, 3, (n_rows, 13), generator=generator).float() / 4
+    h[1] = float("nan")
+    matrix = torch.randint(-2, 3, (14, 45), generator=generator).float() / 4
+    targets = torch.randint(0, 45, (n_rows,), generator=generator)
+    expected = ranks_from_scores(torch.mm(torch.nn.functional.pad(h, (0, 1), value=1.0),
+                                          matrix), targets, ties)
+    for threads in (True, False):  # the rows split between 3 threads, and on one
+        at_least, above, scores = _on_threads(
+            threads, pytest.MonkeyPatch(),
+            lambda: _kernels.product_ranks(h, matrix, targets, ties != "conservative"))
+        got = ranks_from_counts(at_least, above, scores, 45, ties)
+        assert torch.equal(got, expected)
+    assert got[1] == 45
+    with pytest.raises(IndexError, match=r"outside \[0, 45\)"):
+        _kernels.product_ranks(h, matrix, torch.full((n_rows,), 45), False)

@@ -1054,3 +1054,54 @@ EXPORT int64_t sr_rank_counts_f32(const float *scores, int64_t rows, int64_t n, 
           rank_count_rows(scores, n, ld, targets, ge, gt, lo, hi));
     return 0;
 }
+
+/* Ranks straight from a product: the scores of rows [lo, hi) are h W + bias (W: K x N,
+ * row-major), computed 32 rows at a time into buf (32 x N) and counted there, so the
+ * score matrix never leaves the cache. Each row's target score is written out too. */
+static void product_rank_rows(const float *h, int64_t ldh, int64_t K, const float *w,
+                              const float *bias, int64_t N, const int64_t *targets,
+                              double *ge, double *gt, float *target_score, float *buf,
+                              int64_t lo, int64_t hi) {
+    for (int64_t r0 = lo; r0 < hi; r0 += 32) {
+        const int64_t m = hi - r0 < 32 ? hi - r0 : 32;
+        gemm_columns(m, K, h + r0 * ldh, ldh, 1, w, N, bias, buf, N, 0, N);
+        rank_count_rows(buf, N, N, targets + r0, ge + r0, gt ? gt + r0 : 0, 0, m);
+        for (int64_t x = 0; x < m; ++x) target_score[r0 + x] = buf[x * N + targets[r0 + x]];
+    }
+}
+
+/* Floats of scratch sr_product_ranks_f32 needs. */
+EXPORT int64_t sr_product_ranks_scratch(int64_t N, int64_t n_threads) {
+    return 32 * N * (n_threads > 1 ? n_threads : 1);
+}
+
+/* For each of M rows of h (row stride ldh, K columns): the number of the N items whose
+ * score h W + bias (W: K x N row-major; bias: N) is >= (into ge) and, if gt is not NULL,
+ * > (into gt) the score of the row's target item, which goes into target_score. NaN
+ * scores never count. scratch: sr_product_ranks_scratch(N, n_threads) floats. Returns -1
+ * (nothing written) when a target lies outside [0, N), else 0. */
+EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_t ldh,
+                                    const float *w, const float *bias, int64_t N,
+                                    const int64_t *targets, double *ge, double *gt,
+                                    float *target_score, float *scratch, int64_t n_threads) {
+    for (int64_t r = 0; r < M; ++r)
+        if (targets[r] < 0 || targets[r] >= N) return -1;
+#ifdef _OPENMP
+    const int use = n_threads > 1 && M >= 64 ? (int)n_threads : 1;
+    if (use > 1) {
+#pragma omp parallel num_threads(use)
+        {
+            const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+            int64_t lo, hi;
+            share(M, t, T, 32, &lo, &hi);
+            product_rank_rows(h, ldh, K, w, bias, N, targets, ge, gt, target_score,
+                              scratch + t * 32 * N, lo, hi);
+        }
+        return 0;
+    }
+#else
+    (void)n_threads;
+#endif
+    product_rank_rows(h, ldh, K, w, bias, N, targets, ge, gt, target_score, scratch, 0, M);
+    return 0;
+}

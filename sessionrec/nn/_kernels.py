@@ -35,7 +35,7 @@ import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
-           "gru_step_backward", "rank_counts"]
+           "gru_step_backward", "rank_counts", "product_ranks"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -77,6 +77,8 @@ def _load():
         "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, p, i64],
                                ctypes.c_double),
         "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
+        "sr_product_ranks_scratch": ([i64, i64], i64),
+        "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, i64], i64),
     }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
     for name, (arguments, result) in signatures.items():
         function = getattr(library, name)
@@ -351,3 +353,33 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor, strict: bool
     if status < 0:
         raise IndexError(f"a target column lies outside [0, {n_items})")
     return counts[0], (counts[1] if strict else None)
+
+
+def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
+                  strict: bool):
+    """:func:`rank_counts` of the scores ``[h | 1] matrix``, without the score matrix.
+
+    ``h`` (float32, n_rows x K), ``matrix`` ((K + 1) x n_items, contiguous: the items'
+    weights, then their biases in the last row). The scores are computed 32 rows at a
+    time and counted while they are in the cache. Returns ``(at_least, above, scores)``:
+    the counts (``above`` None unless ``strict``) and each row's target score.
+    """
+    h = _rows(h)
+    n_rows, size = h.shape
+    if matrix.shape[0] != size + 1:
+        raise ValueError(f"matrix has {matrix.shape[0]} rows, expected {size + 1}")
+    matrix = _dense(matrix)
+    n_items = matrix.shape[1]
+    targets = _input(targets, torch.int64)
+    threads = _threads()
+    counts = torch.empty(2 if strict else 1, n_rows, dtype=torch.float64)
+    target_scores = torch.empty(n_rows)
+    scratch = torch.empty(_library.sr_product_ranks_scratch(n_items, threads))
+    at = matrix.data_ptr()
+    status = _library.sr_product_ranks_f32(
+        h.data_ptr(), n_rows, size, h.stride(0), at, at + 4 * size * n_items, n_items,
+        targets.data_ptr(), counts.data_ptr(), counts[1].data_ptr() if strict else None,
+        target_scores.data_ptr(), scratch.data_ptr(), threads)
+    if status < 0:
+        raise IndexError(f"a target column lies outside [0, {n_items})")
+    return counts[0], (counts[1] if strict else None), target_scores
