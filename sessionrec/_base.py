@@ -12,7 +12,9 @@ A subclass provides:
 * ``_empty_history_scores(events, sessions)``: the scores of all items for the given
   sessions of ``events``, which have no known event: one vector for all of them, or one
   row per session (personalised models);
-* ``_get_state()`` / ``_set_state(state)`` for :meth:`save` / :meth:`load`.
+* ``_get_state()`` / ``_set_state(state)`` for :meth:`save` / :meth:`load`;
+* optionally ``_iter_ranks(events, ties)``, when it can count ranks without a score
+  matrix (by the definitions of :mod:`sessionrec.evaluation`; see GRU4Rec).
 
 Everything else (validation of frames, prediction, ranking, scoring, pickling, saving)
 is here, once.
