@@ -1,5 +1,5 @@
-/* Fused CPU kernels of the training step (see _kernels.py, which loads this library with
- * ctypes). Plain C with no Python API: each function makes one pass over memory where the
+/* Fused CPU kernels of the training steps and of evaluation (see _kernels.py, which loads
+ * this library with ctypes). Plain C with no Python API: each function makes one pass over memory where the
  * PyTorch code it replaces makes several, each with its own dispatch cost.
  *
  * Built by setup.py as an optional extension: where no C compiler is found the library

@@ -1,10 +1,12 @@
-"""Fused CPU kernels for the optimiser and row bookkeeping (a small optional C library).
+"""Fused CPU kernels of the training steps and of evaluation (a small optional C library).
 
 A CPU training step of the recurrent models is made of a few matrix products and many
 small element-wise operations; each PyTorch operation costs microseconds of dispatch and
 a pass over memory. The sparse Adagrad step alone (gather the touched rows of three
 planes, five arithmetic passes, scatter them back) took more time than the products. The
-kernels of ``_fused.c`` do such work in one pass, in place. ``pip install`` compiles them
+kernels of ``_fused.c`` do such work in one pass, in place; a GRU layer's step, products
+included, is one call each way, and evaluation counts ranks without a comparison matrix
+(GRU4Rec: without a score matrix). ``pip install`` compiles them
 where a C compiler is found (``setup.py``; the extension is optional), and they are then
 used for float32 tensors on the CPU; the GPU, other dtypes, or an installation without
 the library run the PyTorch code they replace, which computes the same values up to
