@@ -78,36 +78,34 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
         raise ValueError(f"scores must be 2-dimensional, got shape {tuple(scores.shape)}.")
     targets = torch.as_tensor(targets, device=scores.device).to(torch.long).reshape(-1, 1)
     n_items = scores.shape[1]
+    strict = ties != "conservative"
     if _kernels.enabled_for(scores) and len(targets) == len(scores):
-        # One pass over the scores in C (sessionrec/nn/_fused.c), the same counts.
-        at_least, above = _kernels.rank_counts(scores, targets, ties != "conservative")
-        return ranks_from_counts(at_least, above, scores.gather(1, targets).reshape(-1),
-                                 n_items, ties)
-    target_scores = scores.gather(1, targets)
-    # Comparisons written straight into a float buffer and summed: counting a boolean
-    # tensor casts it to int64 first, which costs several times more than this. Float
-    # counts are exact while the number of items is below 2**24 (float32) or 2**53.
-    counts = torch.empty(scores.shape, device=scores.device,
-                         dtype=torch.float32 if n_items < 2**24 else torch.float64)
-    greater = (torch.gt(scores, target_scores, out=counts).sum(1).double()
-               if ties != "conservative" else None)
-    if ties == "optimistic":
-        ranks = greater + 1.0
+        # One pass over the scores in C (sessionrec/nn/_fused.c), the same counts; it
+        # checks the targets' range before anything reads them.
+        at_least, above = _kernels.rank_counts(scores, targets, strict)
+        target_scores = scores.gather(1, targets)
     else:
-        ranks = torch.ge(scores, target_scores, out=counts).sum(1).double()
-        if ties == "median":
-            ranks = (ranks + greater + 1.0) / 2.0
-    nan_target = torch.isnan(target_scores.reshape(-1))
-    return torch.where(nan_target, torch.full_like(ranks, float(n_items)), ranks)
+        target_scores = scores.gather(1, targets)
+        # Comparisons written straight into a float buffer and summed: counting a boolean
+        # tensor casts it to int64 first, which costs several times more than this. Float
+        # counts are exact while the number of items is below 2**24 (float32) or 2**53.
+        counts = torch.empty(scores.shape, device=scores.device,
+                             dtype=torch.float32 if n_items < 2**24 else torch.float64)
+        above = (torch.gt(scores, target_scores, out=counts).sum(1).double()
+                 if strict else None)
+        at_least = (torch.ge(scores, target_scores, out=counts).sum(1).double()
+                    if ties != "optimistic" else None)
+    return ranks_from_counts(at_least, above, target_scores, n_items, ties)
 
 
-def ranks_from_counts(at_least: torch.Tensor, above: torch.Tensor | None,
+def ranks_from_counts(at_least: torch.Tensor | None, above: torch.Tensor | None,
                       target_scores: torch.Tensor, n_items: int,
                       ties: str = "conservative") -> torch.Tensor:
     """:func:`ranks_from_scores` from counts already taken: per row, the number of items
-    scoring >= (``at_least``) and > (``above``; needed unless ``ties`` is
-    ``"conservative"``) the target, and the target's score (NaN ranks last). For models
-    whose kernels count without a score matrix (see ``GRU4RecRecommender``)."""
+    scoring >= (``at_least``; needed unless ``ties`` is ``"optimistic"``) and > (``above``;
+    needed unless ``ties`` is ``"conservative"``) the target, and the target's score (NaN
+    ranks last). The tie modes' one definition, also for models whose kernels count
+    without a score matrix (see ``GRU4RecRecommender``)."""
     if ties == "conservative":
         ranks = at_least
     elif ties == "optimistic":
