@@ -536,3 +536,98 @@ def test_ranks_counted_without_scores_match_the_scored_ranks(train_test):
     known = ~np.isnan(plain.to_numpy())
     assert known.sum() > 50
     assert (fused.to_numpy()[known] == plain.to_numpy()[known]).mean() >= 0.99
+
+
+@pytest.fixture(scope="module")
+def large_catalogue():
+    """Sessions over 4,000 items: far more rows than a step touches."""
+    return make_sessions(n_sessions=400, n_items=4000, random_state=1)
+
+
+@pytest.mark.skipif(not _kernels.available(), reason="needs the fused kernels")
+@pytest.mark.parametrize("data,params", [
+    ("small", dict(dropout_p_hidden=0.3, dropout_p_embed=0.2, logq=1.0, momentum=0.2)),
+    ("small", dict(layers=(12, 9), reset_after=True, n_sample=0, momentum=0.0,
+                   dropout_p_hidden=0.2)),
+    ("small", dict(layers=(10,), batch_size=7, n_sample=0, logq=0.0)),
+    ("large", dict(logq=1.0, sample_alpha=0.5, dropout_p_hidden=0.1, momentum=0.3)),
+])
+def test_fused_step_trains_exactly_like_the_python_step(data, params, train_test,
+                                                         large_catalogue, monkeypatch):
+    """The whole step in one C call (constrained embedding, linear cross-entropy) calls
+    the kernels the Python step calls, in the same order: same samples, masks, updates
+    and losses, bit for bit. Covered: dropout on the input and the layers, logQ,
+    momentum or none, several layers of either GRU, shrinking mini-batches down to one
+    row without samples (which the Python step takes), and a catalogue large enough for
+    the sorted distinct-row path."""
+    from sessionrec.nn._fused_step import FusedGRU4RecStep
+
+    train = train_test[0] if data == "small" else large_catalogue
+    merged = {**FAST, **params, "constrained_embedding": True}
+    calls = []
+    original = FusedGRU4RecStep.__call__
+
+    def counted(self, start, stop, hidden):
+        calls.append(stop - start)
+        return original(self, start, stop, hidden)
+
+    python_steps = []
+    original_python = GRU4RecNetwork.train_step
+
+    def counted_python(self, items, *args, **kwargs):
+        python_steps.append(len(items))
+        return original_python(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(FusedGRU4RecStep, "__call__", counted)
+    monkeypatch.setattr(GRU4RecNetwork, "train_step", counted_python)
+    fused = GRU4RecRecommender(**merged).fit(train)
+    assert len(calls) > 20 and min(calls) < merged["batch_size"]  # widths shrink
+    # only one-row steps without samples go to the Python step
+    assert set(python_steps) <= ({1} if merged["n_sample"] == 0 else set())
+    if merged["batch_size"] == 7:
+        assert python_steps
+    if data == "large":
+        n_touched = 2 * merged["batch_size"] + merged["n_sample"]
+        assert fused.n_items_ > 16 * n_touched  # the sorted path of distinct_rows
+    monkeypatch.setattr(FusedGRU4RecStep, "applies", staticmethod(lambda *args: False))
+    plain = GRU4RecRecommender(**merged).fit(train)
+    for name, value in plain.network_.state_dict().items():
+        assert torch.equal(value, fused.network_.state_dict()[name]), name
+    assert [h["loss"] for h in plain.history_] == [h["loss"] for h in fused.history_]
+
+
+@pytest.mark.skipif(not _kernels.available(), reason="needs the fused kernels")
+def test_fused_step_rejects_an_item_outside_the_catalogue():
+    from sessionrec.nn._fused_step import FusedGRU4RecStep
+
+    net = GRU4RecNetwork(30, (6,), constrained_embedding=True)
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    config = StepConfig()
+    training = net.start_training(AdagradMomentum(0.1, 0.5), config, 2,
+                                  torch.Generator().manual_seed(0))
+    assert FusedGRU4RecStep.applies(net, training, config)
+    before = net.out.detach().clone()
+    step = FusedGRU4RecStep(net, training, 2, None, None, None, torch.tensor([1, 2]),
+                            torch.tensor([3, 30]), torch.ones(2, 1))
+    with pytest.raises(IndexError, match="outside the catalogue"):
+        step(0, 2, net.zero_state(2))
+    assert torch.equal(net.out, before)  # nothing changed
+    training.finish()
+
+
+@pytest.mark.skipif(not _kernels.available() or not _kernels._library.sr_openmp(),
+                    reason="needs the fused kernels built with OpenMP")
+def test_fused_step_fit_does_not_depend_on_the_number_of_threads(train_test, monkeypatch):
+    """Steps wide enough for every kernel to split its work between 3 threads give the
+    fit that one thread gives, bit for bit."""
+    train = train_test[0]
+    params = dict(FAST, layers=(100,), batch_size=32, n_sample=64, n_epochs=1,
+                  dropout_p_hidden=0.2, logq=1.0, momentum=0.2)
+    fits = []
+    for parallel in (True, False):
+        with monkeypatch.context() as patch:
+            patch.setattr(_kernels, "_parallel", parallel)
+            patch.setattr(torch, "get_num_threads", lambda p=parallel: 3 if p else 1)
+            fits.append(GRU4RecRecommender(**params).fit(train))
+    for name, value in fits[0].network_.state_dict().items():
+        assert torch.equal(value, fits[1].network_.state_dict()[name]), name

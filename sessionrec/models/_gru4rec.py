@@ -17,6 +17,7 @@ from .._validation import (
 from ..evaluation import ranks_from_counts
 from ..nn import _kernels
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
+from ..nn._fused_step import FusedGRU4RecStep
 from ..nn._network import GRU4RecNetwork, StepConfig
 from ..nn._trainer import train_parallel
 from ._recurrent import SampledTrainingMixin
@@ -256,10 +257,18 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
                                       hidden_inplace=inplace)
 
         replay = _static_step(network, training, run, schedule, sampler, device)
+        fused = None
+        if (replay is None and schedule.n_steps > 0
+                and FusedGRU4RecStep.applies(network, training, config)):
+            fused = FusedGRU4RecStep(network, training, int(schedule.widths().max()), sampler,
+                                     score_shift.batch, score_shift.sample, inputs, targets,
+                                     keep)
 
-        def step(start: int, stop: int, hidden: list) -> torch.Tensor:
+        def step(start: int, stop: int, hidden: list) -> torch.Tensor | float:
             if replay is not None and replay.accepts(stop - start, hidden):
                 return replay(keep[start:stop], inputs[start:stop], targets[start:stop])
+            if fused is not None and fused.accepts(stop - start):
+                return fused(start, stop, hidden)
             samples = sampler.next() if sampler is not None else None
             return run(inputs[start:stop], targets[start:stop], samples, keep[start:stop],
                        hidden, training, False)

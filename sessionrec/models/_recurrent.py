@@ -24,11 +24,34 @@ from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 
-__all__ = ["SampledTrainingMixin", "EVAL_BATCH"]
+__all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH"]
 
 # Slots of a session-parallel evaluation batch: as many rows as one scoring block holds,
 # within these bounds.
 EVAL_BATCH = (64, 8192)
+
+
+class LogQShift:
+    """The per-column score shift of the logQ correction (cross-entropy with ``logq``).
+
+    In-batch targets occur by support and samples by support^alpha, so a column's score
+    is shifted by ``-logq * log(support)`` (``batch``, per item) or that times alpha
+    (``sample``); both None without the correction.
+    """
+
+    def __init__(self, batch: torch.Tensor | None, sample: torch.Tensor | None):
+        self.batch, self.sample = batch, sample
+
+    def __call__(self, targets: torch.Tensor, samples: torch.Tensor | None
+                 ) -> torch.Tensor | None:
+        """The shifts of the columns ``targets`` then ``samples`` (None: no shift)."""
+        if self.batch is None:
+            return None
+        # index_select: several times cheaper than advanced indexing on the CPU.
+        batch = self.batch.index_select(0, targets)
+        if samples is None:
+            return batch
+        return torch.cat([batch, self.sample.index_select(0, samples)])
 
 
 class SampledTrainingMixin:
@@ -83,9 +106,8 @@ class SampledTrainingMixin:
     def _negatives(self, generator: torch.Generator):
         """The negative sampler (None for in-batch only) and the logQ shift function.
 
-        The shift function maps ``(targets, samples)`` to the per-column score shift of
-        the logQ correction, or None: in-batch targets occur by support, samples by
-        support^alpha.
+        The shift (a :class:`LogQShift`) maps ``(targets, samples)`` to the per-column
+        score shift of the logQ correction, or None.
         """
         device, support = self.device_, self.item_index_.support
         sampler = None
@@ -93,19 +115,10 @@ class SampledTrainingMixin:
             sampler = NegativeSampler(support, float(self.sample_alpha), int(self.n_sample),
                                       int(self.sample_store_size), device, generator)
         if not (self.loss == "cross-entropy" and self.logq > 0):
-            return sampler, lambda targets, samples: None
+            return sampler, LogQShift(None, None)
         log_support = torch.log(torch.as_tensor(support, dtype=torch.float32, device=device))
         shift_batch = -float(self.logq) * log_support
-        shift_sample = shift_batch * float(self.sample_alpha)
-
-        def shift(targets, samples):
-            # index_select: several times cheaper than advanced indexing on the CPU.
-            batch = shift_batch.index_select(0, targets)
-            if samples is None:
-                return batch
-            return torch.cat([batch, shift_sample.index_select(0, samples)])
-
-        return sampler, shift
+        return sampler, LogQShift(shift_batch, shift_batch * float(self.sample_alpha))
 
     def _session_parallel_scores(self, events, score_after, zero_state, step, score):
         """The evaluation walk of a session RNN: yield ``(positions, scores)`` blocks.

@@ -15,6 +15,8 @@
  * in a fixed order afterwards: the results do not depend on the number of threads.
  */
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -1103,5 +1105,239 @@ EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_
     (void)n_threads;
 #endif
     product_rank_rows(h, ldh, K, w, bias, N, targets, ge, gt, target_score, scratch, 0, M);
+    return 0;
+}
+
+/* ---- A whole GRU4Rec training step: constrained embedding, linear cross-entropy ----
+ *
+ * The step of GRU4RecNetwork.train_step (_network.py) for its most used configuration
+ * (the official defaults: the input embedding is the output matrix), made of the kernels
+ * above in the same order on the same values, so it trains bit for bit like the Python
+ * step that calls them one by one; what it saves is the Python and PyTorch dispatch
+ * between them (about 40 small operations, a third of a step's time on two cores). */
+
+typedef struct {
+    int64_t n_items, n_layers, n_sample, samples_int32, max_batch, n_threads;
+    const int64_t *sizes;       /* units of each layer */
+    const int64_t *layout;      /* per layer: input width, then the offsets of wx, wrz, wh,
+                                   b and bh in the flat weight buffers (-1: none) */
+    const int64_t *reset_after; /* per layer */
+    float *table;               /* the packed output table: n_planes planes [param, acc(,
+                                   mom)] of plane_stride floats, rows of H + 1 */
+    int64_t n_planes, plane_stride;
+    float *dense, *grad, *acc, *mom; /* flat GRU weights, gradient, Adagrad state (mom:
+                                        NULL without momentum) */
+    int64_t n_dense;
+    const float *shift_batch, *shift_sample; /* per-item logQ shifts, or NULL */
+    double lr, momentum;
+    int64_t *index;             /* sr_gru4rec_step_scratch's first count of int64, all -1 */
+    float *work;                /* its second count of floats */
+    double *parts;              /* 2 * max_batch */
+    uint8_t *keep_bias;         /* 2 * max_batch + n_sample */
+} Gru4recStep;
+
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+/* Layer l's part of the layers' scratch: 8 max_batch H_l floats. */
+static float *layer_state(const Gru4recStep *p, float *layer_work, int64_t l) {
+    for (int64_t k = 0; k < l; ++k) layer_work += round16(8 * p->max_batch * p->sizes[k]);
+    return layer_work;
+}
+
+static int64_t widest_input(const Gru4recStep *p) {
+    int64_t most = 0;
+    for (int64_t l = 0; l < p->n_layers; ++l)
+        most = p->layout[6 * l] > most ? p->layout[6 * l] : most;
+    return most;
+}
+
+/* Scratch of a plan, split into its parts (any pointer may be NULL); returns the floats
+ * the parts take. Every part is sized for max_batch rows, the most any step has. */
+static int64_t step_scratch(const Gru4recStep *p, float **x, float **layer_work,
+                            float **out_grad, float **d_h, float **xent, float **shift,
+                            float **back, float **dx) {
+    const int64_t B = p->max_batch, L = p->n_layers, H = p->sizes[L - 1];
+    int64_t most_units = 0, layers = 0;
+    for (int64_t l = 0; l < L; ++l) {
+        const int64_t units = p->sizes[l];
+        most_units = units > most_units ? units : most_units;
+        layers += round16(8 * B * units); /* the kernel's state (7 B H), then the output */
+    }
+    int64_t U = 2 * B + p->n_sample;
+    U = U < p->n_items ? U : p->n_items;
+    const int64_t sizes[8] = {round16(B * p->layout[0]), layers, round16(U * (H + 1)),
+                              round16(B * H), round16(sr_output_xent_scratch(B, H, U)),
+                              round16(B + p->n_sample), round16(4 * B * most_units),
+                              2 * round16(B * widest_input(p))};
+    float **parts[8] = {x, layer_work, out_grad, d_h, xent, shift, back, dx};
+    int64_t total = 0;
+    for (int k = 0; k < 8; ++k) {
+        if (parts[k]) *parts[k] = p->work + total;
+        total += sizes[k];
+    }
+    return total;
+}
+
+/* Scratch a plan needs: int64 (into *n_index) and floats (returned). */
+EXPORT int64_t sr_gru4rec_step_scratch(Gru4recStep *p, int64_t *n_index) {
+    *n_index = p->n_items + 3 * (2 * p->max_batch + p->n_sample);
+    float *saved = p->work;
+    p->work = 0;
+    const int64_t total = step_scratch(p, 0, 0, 0, 0, 0, 0, 0, 0);
+    p->work = saved;
+    return total;
+}
+
+static int compare_rows(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* sr_unique_marked's result (sorted distinct rows and positions) with a position table
+ * that is all -1 before and after: a small catalogue is scanned, a large one (over 16
+ * rows per touched row) sorts the distinct rows instead, so a step's cost does not grow
+ * with the catalogue. Returns -1 when a row lies outside [0, n_rows). */
+static int64_t distinct_rows(const int64_t *rows, int64_t n, int64_t n_rows,
+                             int64_t *position, int64_t *distinct, int64_t *inverse) {
+    for (int64_t k = 0; k < n; ++k)
+        if (rows[k] < 0 || rows[k] >= n_rows) return -1;
+    int64_t count = 0;
+    if (n_rows <= 16 * n) {
+        for (int64_t k = 0; k < n; ++k) position[rows[k]] = 0;
+        for (int64_t r = 0; r < n_rows; ++r) {
+            if (position[r] == 0) {
+                distinct[count] = r;
+                position[r] = count++;
+            }
+        }
+    } else {
+        for (int64_t k = 0; k < n; ++k) {
+            if (position[rows[k]] < 0) {
+                position[rows[k]] = 0;
+                distinct[count++] = rows[k];
+            }
+        }
+        qsort(distinct, (size_t)count, sizeof(int64_t), compare_rows);
+        for (int64_t u = 0; u < count; ++u) position[distinct[u]] = u;
+    }
+    for (int64_t k = 0; k < n; ++k) inverse[k] = position[rows[k]];
+    for (int64_t u = 0; u < count; ++u) position[distinct[u]] = -1;
+    return count;
+}
+
+/* One training step on B slots (B <= max_batch): items and targets (B each), samples
+ * (n_sample, int32 or int64 as the plan says, or NULL for none), keep (B: 0 where a
+ * session starts, else 1; NULL: none starts), hidden (n_layers pointers to B x H_l
+ * states, updated in place), embed_mask (B x H, or NULL) and masks (n_layers pointers,
+ * or NULL: no hidden dropout). Writes the summed loss, rounded to float as the Python
+ * step returns it, into *loss and returns 0, or -1 (nothing changed) when an item lies
+ * outside the catalogue. */
+EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_t *items,
+                                   const int64_t *targets, const void *samples,
+                                   const float *keep, float *const *hidden,
+                                   const float *embed_mask, const float *const *masks,
+                                   double *loss) {
+    const int64_t L = p->n_layers, H = p->sizes[L - 1], K = H + 1, nt = p->n_threads;
+    const int64_t S = samples ? p->n_sample : 0, n_cols = B + S, n_touch = B + n_cols;
+    const float lr = (float)p->lr, momentum = (float)p->momentum;
+    float *x, *layer_work, *out_grad, *d_h, *xent, *shift, *back, *dx;
+    step_scratch(p, &x, &layer_work, &out_grad, &d_h, &xent, &shift, &back, &dx);
+    int64_t *touched = p->index + p->n_items, *distinct = touched + n_touch;
+    int64_t *inverse = distinct + n_touch;
+
+    /* The rows the step touches: the inputs (their output rows are the embedding), then
+     * the columns (targets, then samples), and their distinct rows. */
+    for (int64_t b = 0; b < B; ++b) {
+        touched[b] = items[b];
+        touched[B + b] = targets[b];
+    }
+    for (int64_t s = 0; s < S; ++s)
+        touched[2 * B + s] = p->samples_int32 ? (int64_t)((const int32_t *)samples)[s]
+                                              : ((const int64_t *)samples)[s];
+    const int64_t U = distinct_rows(touched, n_touch, p->n_items, p->index, distinct, inverse);
+    if (U < 0) return -1;
+    const int64_t *column_of = inverse + B;
+
+    if (keep) { /* reset the slots whose session starts here */
+        for (int64_t l = 0; l < L; ++l) {
+            const int64_t units = p->sizes[l];
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t j = 0; j < units; ++j) hidden[l][b * units + j] *= keep[b];
+        }
+    }
+    for (int64_t b = 0; b < B; ++b) { /* the input: the items' output weights */
+        const float *row = p->table + items[b] * K;
+        for (int64_t j = 0; j < H; ++j)
+            x[b * H + j] = embed_mask ? row[j] * embed_mask[b * H + j] : row[j];
+    }
+
+    /* Forward through the layers; layer l keeps [rz | rec | c | gi] (7 B H_l), then its
+     * output (B H_l), in its part of layer_work (layer_state). */
+    const float *in = x;
+    for (int64_t l = 0; l < L; ++l) {
+        const int64_t *at = p->layout + 6 * l, I = at[0], units = p->sizes[l];
+        const int64_t block = B * units;
+        float *state = layer_state(p, layer_work, l);
+        sr_gru_forward_f32(B, I, units, in, I, p->dense + at[1], p->dense + at[4],
+                           state + 4 * block, 0, hidden[l], units, p->dense + at[2],
+                           p->dense + at[3], at[5] >= 0 ? p->dense + at[5] : 0,
+                           p->reset_after[l], masks ? masks[l] : 0, state, state + 2 * block,
+                           state + 3 * block, state + 7 * block, nt);
+        in = state + 7 * block;
+    }
+    const float *top = in;
+
+    /* The output layer over the distinct rows, with the columns' logQ shifts. */
+    float *shifts = 0;
+    if (p->shift_batch) {
+        shifts = shift;
+        for (int64_t b = 0; b < B; ++b) shifts[b] = p->shift_batch[targets[b]];
+        for (int64_t s = 0; s < S; ++s) shifts[B + s] = p->shift_sample[touched[2 * B + s]];
+    }
+    const double total = sr_output_xent_f32(top, B, H, H, p->table, distinct, U, column_of,
+                                            n_cols, shifts, out_grad, d_h, xent, p->parts, nt);
+
+    /* Backward through the layers, top-down (no step back in time); each layer's input
+     * gradient goes into the half of dx the layer above did not use. */
+    const float *d = d_h;
+    const int64_t dx_half = round16(p->max_batch * widest_input(p));
+    for (int64_t l = L - 1; l >= 0; --l) {
+        const int64_t *at = p->layout + 6 * l, I = at[0], units = p->sizes[l];
+        const int64_t block = B * units;
+        float *d_x = dx + ((L - 1 - l) % 2) * dx_half, *state = layer_state(p, layer_work, l);
+        const float *layer_in = l == 0 ? x : layer_state(p, layer_work, l - 1) +
+                                                 7 * B * p->sizes[l - 1];
+        sr_gru_backward_f32(B, I, units, d, units, masks ? masks[l] : 0, state,
+                            state + 3 * block, hidden[l], units, state + 2 * block,
+                            p->reset_after[l], layer_in, I, p->dense + at[1],
+                            p->dense + at[3], back, back + 3 * block, p->grad + at[1],
+                            p->grad + at[4], p->grad + at[2], p->grad + at[3],
+                            at[5] >= 0 ? p->grad + at[5] : 0, d_x, nt);
+        d = d_x;
+    }
+    float *in_grad = dx + ((L - 1) % 2) * dx_half; /* d, writable */
+    if (embed_mask)
+        for (int64_t k = 0; k < B * H; ++k) in_grad[k] *= embed_mask[k];
+
+    /* Updates, after every gradient is known: the GRU weights; then the output rows, the
+     * inputs' gradients added to their rows' weights (in row order, as index_add_ does),
+     * and the bias left alone on rows touched only as inputs. */
+    sr_dense_adagrad_f32(p->dense, p->grad, p->acc, p->mom, p->n_dense, lr, momentum, nt);
+    for (int64_t b = 0; b < B; ++b) {
+        float *row = out_grad + inverse[b] * K;
+        for (int64_t j = 0; j < H; ++j) row[j] += in_grad[b * H + j];
+    }
+    for (int64_t u = 0; u < U; ++u) p->keep_bias[u] = 1;
+    for (int64_t c = 0; c < n_cols; ++c) p->keep_bias[column_of[c]] = 0;
+    sr_sparse_adagrad_f32(p->table, p->n_planes, p->plane_stride, K, distinct, U, out_grad,
+                          p->keep_bias, lr, momentum, nt);
+
+    /* The new states, after the backward pass read the old ones. */
+    for (int64_t l = 0; l < L; ++l) {
+        const int64_t block = B * p->sizes[l];
+        memcpy(hidden[l], layer_state(p, layer_work, l) + 7 * block,
+               (size_t)block * sizeof(float));
+    }
+    *loss = (double)(float)total;
     return 0;
 }

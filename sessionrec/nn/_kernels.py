@@ -37,7 +37,8 @@ import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
-           "gru_step_backward", "rank_counts", "product_ranks"]
+           "gru_step_backward", "rank_counts", "product_ranks", "Gru4recStepPlan",
+           "gru4rec_step_scratch", "gru4rec_step_function", "threads"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -81,6 +82,8 @@ def _load():
         "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
         "sr_product_ranks_scratch": ([i64, i64], i64),
         "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, i64], i64),
+        "sr_gru4rec_step_scratch": ([p, p], i64),
+        "sr_gru4rec_step_f32": ([p, i64, p, p, p, p, p, p, p, p], i64),
     }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
     for name, (arguments, result) in signatures.items():
         function = getattr(library, name)
@@ -97,9 +100,10 @@ _library, _parallel = _load()
 _enabled = _library is not None and os.environ.get("SESSIONREC_FUSED", "1") != "0"
 
 
-def _threads() -> int:
+def threads() -> int:
     """Threads the kernels may use: PyTorch's intra-op setting, when the pool is shared."""
     return torch.get_num_threads() if _parallel else 1
+
 
 
 def available() -> bool:
@@ -156,7 +160,7 @@ def sparse_adagrad_(buffer: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor
     keep = None if keep_last is None else _input(keep_last, torch.bool)
     _library.sr_sparse_adagrad_f32(_output(buffer).data_ptr(), n_planes, n_rows * width,
                                    width, rows.data_ptr(), len(rows), grad.data_ptr(),
-                                   _pointer(keep), lr, momentum, _threads())
+                                   _pointer(keep), lr, momentum, threads())
 
 
 def dense_adagrad_(param: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
@@ -166,7 +170,7 @@ def dense_adagrad_(param: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
                                   _input(grad, torch.float32).data_ptr(),
                                   _output(acc).data_ptr(),
                                   _pointer(mom if mom is None else _output(mom)),
-                                  param.numel(), lr, momentum, _threads())
+                                  param.numel(), lr, momentum, threads())
 
 
 def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +220,7 @@ def output_cross_entropy(h: torch.Tensor, table: torch.Tensor, row_index: torch.
                                        table.data_ptr(), row_index.data_ptr(), n_items,
                                        column_of.data_ptr(), len(column_of), _pointer(shift),
                                        out_grad.data_ptr(), d_h.data_ptr(),
-                                       scratch.data_ptr(), parts.data_ptr(), _threads())
+                                       scratch.data_ptr(), parts.data_ptr(), threads())
     return torch.full((), loss), out_grad, d_h
 
 
@@ -286,7 +290,7 @@ def gru_step(h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
         gi.data_ptr() if x is None else at + 16 * block, ldgi, h.data_ptr(), h.stride(0),
         _dense(w_rz).data_ptr(), _dense(w_h).data_ptr(), _pointer(_dense(b_h)),
         int(reset_after), _pointer(_dense(mask)), at, at + 8 * block, at + 12 * block,
-        out.data_ptr(), _threads())
+        out.data_ptr(), threads())
     return out, state
 
 
@@ -335,7 +339,7 @@ def gru_step_backward(dh: torch.Tensor, mask: torch.Tensor | None, state: torch.
         _pointer(dw_x if dw_x is None else _output(dw_x)),
         _pointer(db if db is None else _output(db)), _output(dw_rz).data_ptr(),
         _output(dw_h).data_ptr(), _pointer(db_h if db_h is None else _output(db_h)),
-        _pointer(dx), _threads())
+        _pointer(dx), threads())
     return (work[:3 * block].view(batch, 3 * size) if need_dgi else None), dx
 
 
@@ -351,7 +355,7 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor, strict: bool
     counts = torch.empty(2 if strict else 1, n_rows, dtype=torch.float64)
     status = _library.sr_rank_counts_f32(
         scores.data_ptr(), n_rows, n_items, scores.stride(0), targets.data_ptr(),
-        counts.data_ptr(), counts[1].data_ptr() if strict else None, _threads())
+        counts.data_ptr(), counts[1].data_ptr() if strict else None, threads())
     if status < 0:
         raise IndexError(f"a target column lies outside [0, {n_items})")
     return counts[0], (counts[1] if strict else None)
@@ -373,15 +377,46 @@ def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
     matrix = _dense(matrix)
     n_items = matrix.shape[1]
     targets = _input(targets, torch.int64)
-    threads = _threads()
+    n_threads = threads()
     counts = torch.empty(2 if strict else 1, n_rows, dtype=torch.float64)
     target_scores = torch.empty(n_rows)
-    scratch = torch.empty(_library.sr_product_ranks_scratch(n_items, threads))
+    scratch = torch.empty(_library.sr_product_ranks_scratch(n_items, n_threads))
     at = matrix.data_ptr()
     status = _library.sr_product_ranks_f32(
         h.data_ptr(), n_rows, size, h.stride(0), at, at + 4 * size * n_items, n_items,
         targets.data_ptr(), counts.data_ptr(), counts[1].data_ptr() if strict else None,
-        target_scores.data_ptr(), scratch.data_ptr(), threads)
+        target_scores.data_ptr(), scratch.data_ptr(), n_threads)
     if status < 0:
         raise IndexError(f"a target column lies outside [0, {n_items})")
     return counts[0], (counts[1] if strict else None), target_scores
+
+
+class Gru4recStepPlan(ctypes.Structure):
+    """The C ``Gru4recStep``: what :func:`gru4rec_step_function` needs besides a step's
+    own inputs (addresses of the network's buffers and of scratch; see ``_fused.c``)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in (
+        "n_items", "n_layers", "n_sample", "samples_int32", "max_batch", "n_threads")]
+    _fields_ += [("sizes", ctypes.c_void_p), ("layout", ctypes.c_void_p),
+                 ("reset_after", ctypes.c_void_p), ("table", ctypes.c_void_p),
+                 ("n_planes", ctypes.c_int64), ("plane_stride", ctypes.c_int64),
+                 ("dense", ctypes.c_void_p), ("grad", ctypes.c_void_p),
+                 ("acc", ctypes.c_void_p), ("mom", ctypes.c_void_p),
+                 ("n_dense", ctypes.c_int64), ("shift_batch", ctypes.c_void_p),
+                 ("shift_sample", ctypes.c_void_p), ("lr", ctypes.c_double),
+                 ("momentum", ctypes.c_double), ("index", ctypes.c_void_p),
+                 ("work", ctypes.c_void_p), ("parts", ctypes.c_void_p),
+                 ("keep_bias", ctypes.c_void_p)]
+
+
+def gru4rec_step_scratch(plan: Gru4recStepPlan) -> tuple[int, int]:
+    """The scratch a plan needs: ``(int64 values, float32 values)``."""
+    n_index = ctypes.c_int64()
+    n_work = _library.sr_gru4rec_step_scratch(ctypes.byref(plan), ctypes.byref(n_index))
+    return n_index.value, n_work
+
+
+def gru4rec_step_function():
+    """The C function of a whole GRU4Rec training step (``sr_gru4rec_step_f32``), for a
+    caller that prepares its arguments once (see ``_fused_step.py``)."""
+    return _library.sr_gru4rec_step_f32

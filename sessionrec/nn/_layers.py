@@ -221,12 +221,22 @@ class DropoutMasks:
         self.block = None
         self.pointer = self.n_masks
 
-    def next(self, rows: int) -> torch.Tensor:
-        """A mask for ``rows`` rows (at most the ``rows`` given at construction)."""
+    def _take(self) -> int:
+        """The index of the next mask in the block, made anew when used up."""
         if self.pointer >= self.n_masks:
             self.block = dropout_mask((self.n_masks, self.rows, self.width), self.p,
                                       device=self.device, generator=self.generator)
             self.pointer = 0
-        mask = self.block[self.pointer, :rows]
         self.pointer += 1
-        return mask
+        return self.pointer - 1
+
+    def next(self, rows: int) -> torch.Tensor:
+        """A mask for ``rows`` rows (at most the ``rows`` given at construction)."""
+        index = self._take()  # first: it may make the block
+        return self.block[index, :rows]
+
+    def next_address(self) -> int:
+        """:meth:`next` as the address of the mask (its rows of ``width`` float32 are
+        contiguous), for the fused step: the same masks, without making a tensor."""
+        index = self._take()
+        return self.block.data_ptr() + index * self.rows * self.width * self.block.itemsize

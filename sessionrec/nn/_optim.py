@@ -85,14 +85,7 @@ class AdagradMomentum:
     @torch.no_grad()
     def dense_step(self, param: torch.Tensor, grad: torch.Tensor) -> None:
         """Update every element of ``param`` (e.g. the flat buffer of all GRU weights)."""
-        key = id(param)
-        if key not in self._dense_state:
-            # The accumulator starts at eps, so sqrt(acc) is sqrt(sum g^2 + eps): one
-            # operation fewer per step than adding eps every time.
-            self._dense_state[key] = (torch.full_like(param, self.eps),
-                                      torch.zeros_like(param) if self.momentum > 0 else None,
-                                      _kernels.enabled_for(param))
-        acc, mom, fused = self._dense_state[key]
+        acc, mom, fused = self.dense_state(param)
         if fused:
             _kernels.dense_adagrad_(param, grad, acc, mom, self.lr, self.momentum)
             return
@@ -103,6 +96,18 @@ class AdagradMomentum:
         else:
             mom.mul_(self.momentum).addcdiv_(grad, denom, value=self.lr)
             param.sub_(mom)
+
+    def dense_state(self, param: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """``(accumulator, momentum or None, fused)`` of ``param``, made at first use."""
+        key = id(param)
+        if key not in self._dense_state:
+            # The accumulator starts at eps, so sqrt(acc) is sqrt(sum g^2 + eps): one
+            # operation fewer per step than adding eps every time.
+            self._dense_state[key] = (torch.full_like(param, self.eps),
+                                      torch.zeros_like(param) if self.momentum > 0 else None,
+                                      _kernels.enabled_for(param))
+        return self._dense_state[key]
 
     def rows_step(self, gathered: torch.Tensor, grad: torch.Tensor) -> None:
         """Sparse step on gathered rows of a :class:`PackedTable`, in place.

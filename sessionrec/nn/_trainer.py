@@ -44,7 +44,7 @@ def train_parallel(
     step : callable ``(start, stop, state) -> loss``
         Trains on entries ``start:stop`` of the schedule (one mini-batch), updating the
         per-slot ``state`` tensors in place (or replacing list items), and returns the
-        mini-batch's summed loss as a 0-d tensor (not synchronised).
+        mini-batch's summed loss as a 0-d tensor (not synchronised) or a float.
     schedule : ParallelSchedule
     state : callable ``(batch_size) -> list of Tensor``
         Fresh per-slot state (e.g. zero hidden states) at the start of each epoch. When the
@@ -78,14 +78,19 @@ def train_parallel(
         start_time = time.perf_counter()
         slots = state(first_width)
         total = torch.zeros((), dtype=torch.float64, device=device)
+        host_total = 0.0  # the losses that steps return as floats
         for t in range(schedule.n_steps):
             if t in shrink:
                 rows = shrink[t]
                 slots = [s.index_select(0, rows) for s in slots]
-            total += step(bounds[t], bounds[t + 1], slots)
+            loss = step(bounds[t], bounds[t + 1], slots)
+            if isinstance(loss, float):
+                host_total += loss
+            else:
+                total += loss
             if (t + 1) % _CHECK_EVERY == 0:
-                _check_finite(total, epoch, advice)
-        mean_loss = _check_finite(total, epoch, advice) / max(n_pairs, 1)
+                _check_finite(total, host_total, epoch, advice)
+        mean_loss = _check_finite(total, host_total, epoch, advice) / max(n_pairs, 1)
         _synchronize(device)
         seconds = time.perf_counter() - start_time
         record = {"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds,
@@ -98,8 +103,8 @@ def train_parallel(
     return history
 
 
-def _check_finite(total: torch.Tensor, epoch: int, advice: str) -> float:
-    value = float(total)
+def _check_finite(total: torch.Tensor, host_total: float, epoch: int, advice: str) -> float:
+    value = float(total) + host_total
     if not math.isfinite(value):
         raise TrainingDivergedError(
             f"the training loss became {value} in epoch {epoch + 1}. {advice}"
