@@ -431,5 +431,9 @@ def test_product_ranks_count_the_scores_of_the_product(ties, n_rows):
         got = ranks_from_counts(at_least, above, scores, 45, ties)
         assert torch.equal(got, expected)
     assert got[1] == 45
+    # a scratch kept across calls, or one too small (replaced), gives the same counts
+    for scratch in (_kernels.product_ranks_scratch(45), torch.empty(3)):
+        counts = _kernels.product_ranks(h, matrix, targets, ties != "conservative", scratch)
+        assert torch.equal(ranks_from_counts(*counts, 45, ties), expected)
     with pytest.raises(IndexError, match=r"outside \[0, 45\)"):
         _kernels.product_ranks(h, matrix, torch.full((n_rows,), 45), False)

@@ -324,11 +324,12 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
             yield from super()._iter_ranks(events, ties)
             return
         matrix = network.scoring_matrix()
+        scratch = _kernels.product_ranks_scratch(network.n_items)
         items = torch.as_tensor(events.items)
         for positions, top in self._iter_scores(events, ~events.is_last, score_top=False):
             targets = items.index_select(0, torch.as_tensor(positions + 1))
             at_least, above, target_scores = _kernels.product_ranks(
-                top, matrix, targets, ties != "conservative")
+                top, matrix, targets, ties != "conservative", scratch)
             yield positions, ranks_from_counts(at_least, above, target_scores,
                                                network.n_items, ties)
 

@@ -1095,7 +1095,7 @@ EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_
         {
             const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
             int64_t lo, hi;
-            share(M, t, T, 32, &lo, &hi);
+            share(M, t, T, 4, &lo, &hi); /* in whole tiles of 4 rows */
             product_rank_rows(h, ldh, K, w, bias, N, targets, ge, gt, target_score,
                               scratch + t * 32 * N, lo, hi);
         }

@@ -37,8 +37,8 @@ import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
-           "gru_step_backward", "rank_counts", "product_ranks", "Gru4recStepPlan",
-           "gru4rec_step_scratch", "gru4rec_step_function", "threads"]
+           "gru_step_backward", "rank_counts", "product_ranks", "product_ranks_scratch",
+           "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_function", "threads"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -361,14 +361,21 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor, strict: bool
     return counts[0], (counts[1] if strict else None)
 
 
+def product_ranks_scratch(n_items: int) -> torch.Tensor:
+    """Scratch for :func:`product_ranks` over ``n_items`` items, to reuse across calls
+    (each call would otherwise map fresh pages: about 0.4 MB per thread here)."""
+    return torch.empty(_library.sr_product_ranks_scratch(n_items, threads()))
+
+
 def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
-                  strict: bool):
+                  strict: bool, scratch: torch.Tensor | None = None):
     """:func:`rank_counts` of the scores ``[h | 1] matrix``, without the score matrix.
 
     ``h`` (float32, n_rows x K), ``matrix`` ((K + 1) x n_items, contiguous: the items'
     weights, then their biases in the last row). The scores are computed 32 rows at a
-    time and counted while they are in the cache. Returns ``(at_least, above, scores)``:
-    the counts (``above`` None unless ``strict``) and each row's target score.
+    time and counted while they are in the cache. ``scratch``, optional, comes from
+    :func:`product_ranks_scratch`. Returns ``(at_least, above, scores)``: the counts
+    (``above`` None unless ``strict``) and each row's target score.
     """
     h = _rows(h)
     n_rows, size = h.shape
@@ -380,7 +387,9 @@ def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
     n_threads = threads()
     counts = torch.empty(2 if strict else 1, n_rows, dtype=torch.float64)
     target_scores = torch.empty(n_rows)
-    scratch = torch.empty(_library.sr_product_ranks_scratch(n_items, n_threads))
+    needed = _library.sr_product_ranks_scratch(n_items, n_threads)
+    if scratch is None or scratch.numel() < needed or scratch.dtype != torch.float32:
+        scratch = torch.empty(needed)
     at = matrix.data_ptr()
     status = _library.sr_product_ranks_f32(
         h.data_ptr(), n_rows, size, h.stride(0), at, at + 4 * size * n_items, n_items,
