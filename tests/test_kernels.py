@@ -437,3 +437,32 @@ def test_product_ranks_count_the_scores_of_the_product(ties, n_rows):
         assert torch.equal(ranks_from_counts(*counts, 45, ties), expected)
     with pytest.raises(IndexError, match=r"outside \[0, 45\)"):
         _kernels.product_ranks(h, matrix, torch.full((n_rows,), 45), False)
+
+
+@needs_library
+@pytest.mark.parametrize("elu", [False, True])
+@pytest.mark.parametrize("shape", [(4, 6, 9), (5, 5, 5), (32, 700, 1100)])
+def test_bpr_max_kernel_is_the_closed_form_summed_onto_items(elu, shape, monkeypatch):
+    """The fused bpr-max equals the closed form on the columns' scores (shifted or not),
+    with the columns' gradients summed onto their items, up to rounding; its results do
+    not depend on the number of threads."""
+    from sessionrec.nn._losses import bpr_max_closed_form
+
+    batch, n_items, n_cols = shape
+    generator = torch.Generator().manual_seed(n_cols)
+    scores = torch.randn(batch, n_items, generator=generator) * 2
+    column_of = torch.randint(0, n_items, (n_cols,), generator=generator)
+    for shift in (None, torch.randn(n_cols, generator=generator)):
+        columns = scores.index_select(1, column_of)
+        if shift is not None:
+            columns = columns + shift
+        loss, d_columns = bpr_max_closed_form(columns, 0.7, "elu" if elu else "linear", 0.5)
+        expected = torch.zeros(batch, n_items).index_add_(1, column_of, d_columns)
+        results = [_on_threads(parallel, monkeypatch, lambda s=shift: _kernels.bpr_max(
+            scores, column_of, s, 0.7, elu, 0.5)) for parallel in (True, False)]
+        got_loss, got = results[0]
+        torch.testing.assert_close(got_loss, loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got, results[1][1]) and torch.equal(got_loss, results[1][0])
+    with pytest.raises(ValueError, match="at least 4 columns"):
+        _kernels.bpr_max(torch.zeros(4, 5), torch.tensor([0, 1, 2]), None, 1.0, False, 0.5)

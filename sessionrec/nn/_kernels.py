@@ -38,7 +38,8 @@ import torch
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
            "gru_step_backward", "rank_counts", "product_ranks", "product_ranks_scratch",
-           "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_function", "threads"]
+           "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_function", "threads",
+           "bpr_max"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -83,6 +84,8 @@ def _load():
         "sr_product_ranks_scratch": ([i64, i64], i64),
         "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, i64], i64),
         "sr_gru4rec_step_scratch": ([p, p], i64),
+        "sr_bpr_max_scratch": ([i64, i64], i64),
+        "sr_bpr_max_f32": ([p, i64, i64, i64, p, i64, p, f32, i64, f32, p, p, p, i64], None),
         "sr_gru4rec_step_f32": ([p, i64, p, p, p, p, p, p, p, p], i64),
     }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
     for name, (arguments, result) in signatures.items():
@@ -398,6 +401,36 @@ def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
     if status < 0:
         raise IndexError(f"a target column lies outside [0, {n_items})")
     return counts[0], (counts[1] if strict else None), target_scores
+
+
+def bpr_max(scores: torch.Tensor, column_of: torch.Tensor, score_shift: torch.Tensor | None,
+            bpreg: float, elu: bool, elu_param: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """bpr-max over a step's columns, from the scores of its distinct items.
+
+    ``scores`` (B x U) holds the batch's scores of the step's U distinct items,
+    ``column_of`` (int64, N >= B) the distinct item of each column (column i is row i's
+    target), ``score_shift`` (N, or None) a shift added to the columns' scores. Returns
+    the loss summed over rows (0-d float32) and the gradient of the mean loss for
+    ``scores`` (B x U): what :func:`~sessionrec.nn._losses.bpr_max_closed_form` on the
+    columns' scores (with the ELU when ``elu``) and a sum of its columns onto their items
+    give, up to rounding.
+    """
+    scores = _rows(scores)
+    batch, n_items = scores.shape
+    column_of = _input(column_of, torch.int64)
+    n_cols = len(column_of)
+    if n_cols < max(batch, 2):
+        raise ValueError(f"bpr-max needs at least {max(batch, 2)} columns, got {n_cols}")
+    shift = None if score_shift is None else _input(score_shift, torch.float32)
+    n_threads = threads()
+    d_distinct = torch.empty(batch, n_items)
+    row_loss = torch.empty(batch, dtype=torch.float64)
+    work = torch.empty(_library.sr_bpr_max_scratch(n_cols, n_threads))
+    _library.sr_bpr_max_f32(scores.data_ptr(), batch, n_items, scores.stride(0),
+                            column_of.data_ptr(), n_cols, _pointer(shift), bpreg, int(elu),
+                            elu_param, d_distinct.data_ptr(), row_loss.data_ptr(),
+                            work.data_ptr(), n_threads)
+    return row_loss.sum().float(), d_distinct
 
 
 class Gru4recStepPlan(ctypes.Structure):

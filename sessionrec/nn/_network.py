@@ -66,6 +66,11 @@ def _output_layer(top_state, table, distinct, columns, column_of, n, score_shift
         if score_shift is not None:
             constant = constant - score_shift[:n].sum()
         loss = loss + constant
+    elif fused and config.loss == "bpr-max" and config.activation in ("linear", "elu"):
+        # One C call: the columns' scores, bpr-max's closed form and the sum of the
+        # columns' gradients onto their items (_fused.c).
+        loss, d_distinct = _kernels.bpr_max(scores, column_of, score_shift, config.bpreg,
+                                            config.activation == "elu", config.elu_param)
     else:
         col_scores = scores.index_select(1, column_of)
         if score_shift is not None:
