@@ -558,8 +558,9 @@ def test_fused_step_trains_exactly_like_the_python_step(data, params, train_test
     the kernels the Python step calls, in the same order: same samples, masks, updates
     and losses, bit for bit. Covered: dropout on the input and the layers, logQ,
     momentum or none, several layers of either GRU, shrinking mini-batches down to one
-    row without samples (which the Python step takes), and a catalogue large enough for
-    the sorted distinct-row path."""
+    row without samples (which the Python step takes), and a catalogue far larger than a
+    step's rows (distinct rows found through a bitmap of many words, which every step
+    must leave empty)."""
     from sessionrec.nn._fused_step import FusedGRU4RecStep
 
     train = train_test[0] if data == "small" else large_catalogue
@@ -588,7 +589,7 @@ def test_fused_step_trains_exactly_like_the_python_step(data, params, train_test
         assert python_steps
     if data == "large":
         n_touched = 2 * merged["batch_size"] + merged["n_sample"]
-        assert fused.n_items_ > 16 * n_touched  # the sorted path of distinct_rows
+        assert fused.n_items_ > 16 * n_touched
     monkeypatch.setattr(FusedGRU4RecStep, "applies", staticmethod(lambda *args: False))
     plain = GRU4RecRecommender(**merged).fit(train)
     for name, value in plain.network_.state_dict().items():

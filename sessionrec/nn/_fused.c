@@ -15,7 +15,6 @@
  * in a fixed order afterwards: the results do not depend on the number of threads.
  */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -1130,7 +1129,8 @@ typedef struct {
     int64_t n_dense;
     const float *shift_batch, *shift_sample; /* per-item logQ shifts, or NULL */
     double lr, momentum;
-    int64_t *index;             /* sr_gru4rec_step_scratch's first count of int64, all -1 */
+    int64_t *index;             /* sr_gru4rec_step_scratch's first count of int64, prepared
+                                   by sr_gru4rec_step_init */
     float *work;                /* its second count of floats */
     double *parts;              /* 2 * max_batch */
     uint8_t *keep_bias;         /* 2 * max_batch + n_sample */
@@ -1178,9 +1178,13 @@ static int64_t step_scratch(const Gru4recStep *p, float **x, float **layer_work,
     return total;
 }
 
-/* Scratch a plan needs: int64 (into *n_index) and floats (returned). */
+static int64_t bitmap_words(int64_t n_rows) { return (n_rows + 63) / 64; }
+
+/* Scratch a plan needs: int64 (into *n_index) and floats (returned). The int64 scratch
+ * holds a position per item, then the step's touched, distinct and inverse rows, then a
+ * bitmap of the items; sr_gru4rec_step_init prepares it. */
 EXPORT int64_t sr_gru4rec_step_scratch(Gru4recStep *p, int64_t *n_index) {
-    *n_index = p->n_items + 3 * (2 * p->max_batch + p->n_sample);
+    *n_index = p->n_items + 3 * (2 * p->max_batch + p->n_sample) + bitmap_words(p->n_items);
     float *saved = p->work;
     p->work = 0;
     const int64_t total = step_scratch(p, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -1188,37 +1192,50 @@ EXPORT int64_t sr_gru4rec_step_scratch(Gru4recStep *p, int64_t *n_index) {
     return total;
 }
 
-static int compare_rows(const void *a, const void *b) {
-    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
+/* Positions -1 and an empty bitmap, as every step leaves them. */
+EXPORT void sr_gru4rec_step_init(Gru4recStep *p) {
+    int64_t n_index;
+    sr_gru4rec_step_scratch(p, &n_index);
+    const int64_t words = bitmap_words(p->n_items);
+    for (int64_t k = 0; k < n_index - words; ++k) p->index[k] = -1;
+    memset(p->index + n_index - words, 0, (size_t)words * sizeof(int64_t));
 }
 
-/* sr_unique_marked's result (sorted distinct rows and positions) with a position table
- * that is all -1 before and after: a small catalogue is scanned, a large one (over 16
- * rows per touched row) sorts the distinct rows instead, so a step's cost does not grow
- * with the catalogue. Returns -1 when a row lies outside [0, n_rows). */
+static inline int lowest_bit(uint64_t word) {
+#if defined(__GNUC__)
+    return __builtin_ctzll(word);
+#else
+    int b = 0;
+    while (!(word & 1)) {
+        word >>= 1;
+        ++b;
+    }
+    return b;
+#endif
+}
+
+/* sr_unique_marked's result (sorted distinct rows and positions), with position (all -1)
+ * and bits (a bitmap of n_rows bits, all 0) left as they were found: the rows are marked
+ * in the bitmap and read back in order, so a step costs a pass over n_rows / 64 words,
+ * not over the catalogue. Returns -1 when a row lies outside [0, n_rows). */
 static int64_t distinct_rows(const int64_t *rows, int64_t n, int64_t n_rows,
-                             int64_t *position, int64_t *distinct, int64_t *inverse) {
+                             int64_t *position, uint64_t *bits, int64_t *distinct,
+                             int64_t *inverse) {
     for (int64_t k = 0; k < n; ++k)
         if (rows[k] < 0 || rows[k] >= n_rows) return -1;
+    for (int64_t k = 0; k < n; ++k) bits[rows[k] >> 6] |= (uint64_t)1 << (rows[k] & 63);
     int64_t count = 0;
-    if (n_rows <= 16 * n) {
-        for (int64_t k = 0; k < n; ++k) position[rows[k]] = 0;
-        for (int64_t r = 0; r < n_rows; ++r) {
-            if (position[r] == 0) {
-                distinct[count] = r;
-                position[r] = count++;
-            }
+    const int64_t words = bitmap_words(n_rows);
+    for (int64_t w = 0; w < words; ++w) {
+        uint64_t word = bits[w];
+        if (!word) continue;
+        bits[w] = 0;
+        while (word) {
+            const int64_t r = 64 * w + lowest_bit(word);
+            word &= word - 1;
+            distinct[count] = r;
+            position[r] = count++;
         }
-    } else {
-        for (int64_t k = 0; k < n; ++k) {
-            if (position[rows[k]] < 0) {
-                position[rows[k]] = 0;
-                distinct[count++] = rows[k];
-            }
-        }
-        qsort(distinct, (size_t)count, sizeof(int64_t), compare_rows);
-        for (int64_t u = 0; u < count; ++u) position[distinct[u]] = u;
     }
     for (int64_t k = 0; k < n; ++k) inverse[k] = position[rows[k]];
     for (int64_t u = 0; u < count; ++u) position[distinct[u]] = -1;
@@ -1242,8 +1259,10 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
     const float lr = (float)p->lr, momentum = (float)p->momentum;
     float *x, *layer_work, *out_grad, *d_h, *xent, *shift, *back, *dx;
     step_scratch(p, &x, &layer_work, &out_grad, &d_h, &xent, &shift, &back, &dx);
-    int64_t *touched = p->index + p->n_items, *distinct = touched + n_touch;
-    int64_t *inverse = distinct + n_touch;
+    const int64_t most_touched = 2 * p->max_batch + p->n_sample;
+    int64_t *touched = p->index + p->n_items, *distinct = touched + most_touched;
+    int64_t *inverse = distinct + most_touched;
+    uint64_t *bits = (uint64_t *)(inverse + most_touched);
 
     /* The rows the step touches: the inputs (their output rows are the embedding), then
      * the columns (targets, then samples), and their distinct rows. */
@@ -1254,7 +1273,8 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
     for (int64_t s = 0; s < S; ++s)
         touched[2 * B + s] = p->samples_int32 ? (int64_t)((const int32_t *)samples)[s]
                                               : ((const int64_t *)samples)[s];
-    const int64_t U = distinct_rows(touched, n_touch, p->n_items, p->index, distinct, inverse);
+    const int64_t U = distinct_rows(touched, n_touch, p->n_items, p->index, bits, distinct,
+                                    inverse);
     if (U < 0) return -1;
     const int64_t *column_of = inverse + B;
 

@@ -90,12 +90,13 @@ class FusedGRU4RecStep:
             shift_sample=_address(kept["shift_sample"]), lr=optimizer.lr,
             momentum=optimizer.momentum)
         n_index, n_work = _kernels.gru4rec_step_scratch(plan)
-        kept["index"] = torch.full((n_index,), -1, dtype=torch.int64)  # see distinct_rows
+        kept["index"] = torch.empty(n_index, dtype=torch.int64)
         kept["work"] = torch.empty(n_work)
         kept["parts"] = torch.empty(2 * int(max_batch), dtype=torch.float64)
         kept["keep_bias"] = torch.empty(2 * int(max_batch) + n_sample, dtype=torch.uint8)
         plan.index, plan.work = kept["index"].data_ptr(), kept["work"].data_ptr()
         plan.parts, plan.keep_bias = kept["parts"].data_ptr(), kept["keep_bias"].data_ptr()
+        _kernels.gru4rec_step_init(plan)
         self._plan = plan  # the C function reads it at every step
         self._function = _kernels.gru4rec_step_function()
         self._plan_address = ctypes.addressof(plan)

@@ -38,7 +38,8 @@ import torch
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
            "gru_step_backward", "rank_counts", "product_ranks", "product_ranks_scratch",
-           "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_function", "threads",
+           "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
+           "gru4rec_step_function", "threads",
            "bpr_max"]
 
 
@@ -84,6 +85,7 @@ def _load():
         "sr_product_ranks_scratch": ([i64, i64], i64),
         "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, i64], i64),
         "sr_gru4rec_step_scratch": ([p, p], i64),
+        "sr_gru4rec_step_init": ([p], None),
         "sr_bpr_max_scratch": ([i64, i64], i64),
         "sr_bpr_max_f32": ([p, i64, i64, i64, p, i64, p, f32, i64, f32, p, p, p, i64], None),
         "sr_gru4rec_step_f32": ([p, i64, p, p, p, p, p, p, p, p], i64),
@@ -456,6 +458,11 @@ def gru4rec_step_scratch(plan: Gru4recStepPlan) -> tuple[int, int]:
     n_index = ctypes.c_int64()
     n_work = _library.sr_gru4rec_step_scratch(ctypes.byref(plan), ctypes.byref(n_index))
     return n_index.value, n_work
+
+
+def gru4rec_step_init(plan: Gru4recStepPlan) -> None:
+    """Prepare the plan's int64 scratch (once, after it is allocated)."""
+    _library.sr_gru4rec_step_init(ctypes.byref(plan))
 
 
 def gru4rec_step_function():
