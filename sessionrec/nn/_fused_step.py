@@ -58,21 +58,17 @@ class FusedGRU4RecStep:
         optimizer = state.optimizer
         acc, mom, _ = optimizer.dense_state(network.dense)
         # Per layer: the input width and the offsets of wx, wrz, wh, b, bh (-1: none).
-        layout = [[0, -1, -1, -1, -1, -1] for _ in network.layers]
-        names = ("wx", "wrz", "wh", "b", "bh")
-        offset = 0
-        for name, i, rows, cols in network._layout:
-            layout[i][1 + names.index(name)] = offset
-            if name == "wx":
-                layout[i][0] = rows
-            offset += rows * cols
+        layout = [[width] + [offsets.get(name, -1) for name in ("wx", "wrz", "wh", "b", "bh")]
+                  for width, offsets in network.weight_offsets()]
         self._keep_alive = {
             "sizes": torch.tensor(network.layers, dtype=torch.int64),
             "layout": torch.tensor(layout, dtype=torch.int64),
             "reset_after": torch.tensor(network.layer_resets_after, dtype=torch.int64),
             "shift_batch": _contiguous(shift_batch), "shift_sample": _contiguous(shift_sample),
-            "items": items.contiguous(), "targets": targets.contiguous(),
-            "keep": keep.contiguous(), "acc": acc, "mom": mom,
+            # what the C function reads: int64 items, float32 keep flags
+            "items": items.to(torch.int64).contiguous(),
+            "targets": targets.to(torch.int64).contiguous(),
+            "keep": keep.to(torch.float32).contiguous(), "acc": acc, "mom": mom,
         }
         kept = self._keep_alive
         n_sample = 0 if sampler is None else sampler.n_sample

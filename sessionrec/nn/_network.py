@@ -173,6 +173,19 @@ class GRU4RecNetwork(nn.Module):
             offset += rows * cols
         return [_LayerViews(**f) for f in found]
 
+    def weight_offsets(self) -> list[tuple[int, dict[str, int]]]:
+        """Per layer: its input width (0 for the one-hot input) and the offset of each of
+        its weights (``wx``, ``wrz``, ``wh``, ``b``, ``bh``, where it has them) in the
+        flat buffer (the layout :meth:`views` reads)."""
+        found: list[tuple[int, dict[str, int]]] = [(0, {}) for _ in self.layers]
+        offset = 0
+        for name, i, rows, cols in self._layout:
+            found[i][1][name] = offset
+            if name == "wx":
+                found[i] = (rows, found[i][1])
+            offset += rows * cols
+        return found
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """The papers' initialisation: per-gate-block uniform weights, zero biases."""
