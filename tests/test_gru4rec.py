@@ -551,20 +551,26 @@ def large_catalogue():
                    dropout_p_hidden=0.2)),
     ("small", dict(layers=(10,), batch_size=7, n_sample=0, logq=0.0)),
     ("large", dict(logq=1.0, sample_alpha=0.5, dropout_p_hidden=0.1, momentum=0.3)),
+    ("small", dict(**MODES["embedding"], dropout_p_embed=0.3, dropout_p_hidden=0.2,
+                   logq=1.0, momentum=0.2)),
+    ("small", dict(**MODES["onehot"], layers=(12, 9), reset_after=True, momentum=0.1)),
+    ("small", dict(**MODES["onehot"], layers=(10,), batch_size=7, n_sample=0)),
+    ("large", dict(**MODES["embedding"], logq=0.5, momentum=0.3)),
 ])
 def test_fused_step_trains_exactly_like_the_python_step(data, params, train_test,
                                                          large_catalogue, monkeypatch):
-    """The whole step in one C call (constrained embedding, linear cross-entropy) calls
-    the kernels the Python step calls, in the same order: same samples, masks, updates
-    and losses, bit for bit. Covered: dropout on the input and the layers, logQ,
-    momentum or none, several layers of either GRU, shrinking mini-batches down to one
+    """The whole step in one C call (linear cross-entropy) calls the kernels the Python
+    step calls, in the same order: same samples, masks, updates and losses, bit for bit.
+    Covered: each input (the output rows, an embedding table, one-hot), dropout on the
+    input and the layers, logQ, momentum or none, several layers of either GRU,
+    shrinking mini-batches down to one
     row without samples (which the Python step takes), and a catalogue far larger than a
     step's rows (distinct rows found through a bitmap of many words, which every step
     must leave empty)."""
     from sessionrec.nn._fused_step import FusedGRU4RecStep
 
     train = train_test[0] if data == "small" else large_catalogue
-    merged = {**FAST, **params, "constrained_embedding": True}
+    merged = {**FAST, "constrained_embedding": True, **params}
     calls = []
     original = FusedGRU4RecStep.__call__
 
@@ -598,21 +604,26 @@ def test_fused_step_trains_exactly_like_the_python_step(data, params, train_test
 
 
 @pytest.mark.skipif(not _kernels.available(), reason="needs the fused kernels")
-def test_fused_step_rejects_an_item_outside_the_catalogue():
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", ["items", "targets"])
+def test_fused_step_rejects_an_item_outside_the_catalogue(mode, bad):
     from sessionrec.nn._fused_step import FusedGRU4RecStep
 
-    net = GRU4RecNetwork(30, (6,), constrained_embedding=True)
+    net = GRU4RecNetwork(30, (6,), **{**MODES[mode], "embedding": 4 * (mode != "onehot")})
     net.reset_parameters(torch.Generator().manual_seed(0))
     config = StepConfig()
     training = net.start_training(AdagradMomentum(0.1, 0.5), config, 2,
                                   torch.Generator().manual_seed(0))
     assert FusedGRU4RecStep.applies(net, training, config)
-    before = net.out.detach().clone()
-    step = FusedGRU4RecStep(net, training, 2, None, None, None, torch.tensor([1, 2]),
-                            torch.tensor([3, 30]), torch.ones(2, 1))
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    rows = {"items": torch.tensor([1, 2]), "targets": torch.tensor([3, 4])}
+    rows[bad] = torch.tensor([5, 30])
+    step = FusedGRU4RecStep(net, training, 2, None, None, None, rows["items"],
+                            rows["targets"], torch.ones(2, 1))
     with pytest.raises(IndexError, match="outside the catalogue"):
         step(0, 2, net.zero_state(2))
-    assert torch.equal(net.out, before)  # nothing changed
+    for name, value in net.state_dict().items():  # nothing changed
+        assert torch.equal(value, before[name]), name
     training.finish()
 
 

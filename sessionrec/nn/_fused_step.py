@@ -9,10 +9,11 @@ function calls the same kernels, in the same order, on the same values as
 :meth:`GRU4RecNetwork.train_step <._network.GRU4RecNetwork.train_step>` does through
 :mod:`._kernels`, so a fit is bit for bit the same either way (a test checks it).
 
-It covers the most used configuration, the official defaults: the input embedding is the
-output matrix (``constrained_embedding``), the loss is the linear cross-entropy (with or
-without logQ and samples), any number of layers, with or without dropout. Other
-configurations, other dtypes and the GPU take the step of ``_network.py``.
+It covers the linear cross-entropy (the official default loss; with or without logQ and
+samples) with every input (the output matrix, the official default
+``constrained_embedding``; a separate embedding; one-hot), any number of layers of either
+GRU, with or without dropout. Other losses, other dtypes and the GPU take the step of
+``_network.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from . import _kernels
 from ._network import GRU4RecNetwork, StepConfig, TrainingState
 
 __all__ = ["FusedGRU4RecStep"]
+
+# The C step's input modes (GRU4RecNetwork.input_mode): the output rows, a table of
+# embeddings, or a table of the first layer's gate inputs.
+_INPUT_MODES = {"constrained": 0, "embedding": 1, "onehot": 2}
 
 
 class FusedGRU4RecStep:
@@ -84,7 +89,13 @@ class FusedGRU4RecStep:
             acc=acc.data_ptr(), mom=_address(mom), n_dense=network.dense.numel(),
             shift_batch=_address(kept["shift_batch"]),
             shift_sample=_address(kept["shift_sample"]), lr=optimizer.lr,
-            momentum=optimizer.momentum)
+            momentum=optimizer.momentum, input_mode=_INPUT_MODES[network.input_mode])
+        if network.input_mode != "constrained":
+            buffer = state.tables["embed" if network.input_mode == "embedding"
+                                  else "onehot"].buffer
+            plan.in_table, plan.in_planes = buffer.data_ptr(), buffer.shape[0]
+            plan.in_plane_stride = buffer.shape[1] * buffer.shape[2]
+            plan.in_width = buffer.shape[2]
         n_index, n_work = _kernels.gru4rec_step_scratch(plan)
         kept["index"] = torch.empty(n_index, dtype=torch.int64)
         kept["work"] = torch.empty(n_work)
@@ -113,7 +124,6 @@ class FusedGRU4RecStep:
     def applies(network: GRU4RecNetwork, state: TrainingState, config: StepConfig) -> bool:
         """Whether the fused step computes this run's steps (see the module's docstring)."""
         return (state.tables["out"].fused and _kernels.available()
-                and network.input_mode == "constrained"
                 and config.loss == "cross-entropy" and config.activation == "linear")
 
     def accepts(self, width: int) -> bool:

@@ -450,7 +450,9 @@ class Gru4recStepPlan(ctypes.Structure):
                  ("shift_sample", ctypes.c_void_p), ("lr", ctypes.c_double),
                  ("momentum", ctypes.c_double), ("index", ctypes.c_void_p),
                  ("work", ctypes.c_void_p), ("parts", ctypes.c_void_p),
-                 ("keep_bias", ctypes.c_void_p)]
+                 ("keep_bias", ctypes.c_void_p), ("input_mode", ctypes.c_int64),
+                 ("in_table", ctypes.c_void_p), ("in_planes", ctypes.c_int64),
+                 ("in_plane_stride", ctypes.c_int64), ("in_width", ctypes.c_int64)]
 
 
 def gru4rec_step_scratch(plan: Gru4recStepPlan) -> tuple[int, int]:
