@@ -208,3 +208,33 @@ def test_hrnn_wins_where_users_persist_and_does_not_lose_where_they_do_not():
     off = np.mean([planted_recall(0.0, seed) for seed in range(3)], axis=0)
     assert on[1] >= 1.10 * on[0], on
     assert off[1] >= 0.97 * off[0], off
+
+
+def test_ranks_counted_without_scores_match_the_scored_ranks(fitted):
+    """On the CPU, HRNN counts ranks straight from the product of session states and
+    output matrix (fused kernels), as GRU4Rec does; the scores differ from MKL's by
+    rounding only, so the ranks match those of the score matrix but for rare near-ties,
+    and unknown targets stay NaN."""
+    from sessionrec.nn import _kernels
+
+    if not _kernels.available():
+        pytest.skip("needs the fused kernels")
+    model, train, test = fitted
+    calls = []
+    original = _kernels.product_ranks
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[0]))
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_kernels, "product_ranks", counted)
+        fused = model.rank_next_items(test, ties="median")
+    assert sum(calls) > 50  # the ranks came from the product
+    with _kernels.disabled():
+        plain = model.rank_next_items(test, ties="median")
+    assert fused.index.equals(plain.index)
+    assert np.array_equal(np.isnan(fused), np.isnan(plain))
+    known = ~np.isnan(plain.to_numpy())
+    assert known.sum() > 50
+    assert (fused.to_numpy()[known] == plain.to_numpy()[known]).mean() >= 0.99

@@ -14,13 +14,12 @@ from .._validation import (
     check_int_tuple,
     check_real,
 )
-from ..evaluation import ranks_from_counts
 from ..nn import _kernels
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
 from ..nn._network import GRU4RecNetwork, StepConfig
 from ..nn._trainer import train_parallel
-from ._recurrent import SampledTrainingMixin
+from ._recurrent import SampledTrainingMixin, ranks_from_top_states
 
 __all__ = ["GRU4RecRecommender"]
 
@@ -323,15 +322,9 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         if not _kernels.enabled_for(network.out):
             yield from super()._iter_ranks(events, ties)
             return
-        matrix = network.scoring_matrix()
-        scratch = _kernels.product_ranks_scratch(network.n_items)
-        items = torch.as_tensor(events.items)
-        for positions, top in self._iter_scores(events, ~events.is_last, score_top=False):
-            targets = items.index_select(0, torch.as_tensor(positions + 1))
-            at_least, above, target_scores = _kernels.product_ranks(
-                top, matrix, targets, ties != "conservative", scratch)
-            yield positions, ranks_from_counts(at_least, above, target_scores,
-                                               network.n_items, ties)
+        yield from ranks_from_top_states(
+            self._iter_scores(events, ~events.is_last, score_top=False), events,
+            network.scoring_matrix(), ties)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         return self.network_.out[:, -1].detach()

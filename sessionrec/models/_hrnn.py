@@ -10,10 +10,11 @@ from .._base import SessionRecommender, plain_labels, rows_per_block
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents
 from .._validation import check_choice, check_int, check_real
+from ..nn import _kernels
 from ..nn._hierarchical import HRNNNetwork
 from ..nn._network import StepConfig
 from ..nn._trainer import train_parallel
-from ._recurrent import EVAL_BATCH, SampledTrainingMixin
+from ._recurrent import EVAL_BATCH, SampledTrainingMixin, ranks_from_top_states
 
 __all__ = ["HRNNRecommender"]
 
@@ -253,8 +254,10 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         return self.user_labels_.get_indexer(events.user_labels)
 
     def _forward(self, events: SessionEvents, score_after: np.ndarray, *, include_last: bool,
-                 from_training: bool, final: dict | None = None):
-        """Walk the frame's users in parallel; yield ``(positions, top states)`` to score.
+                 from_training: bool, final: dict | None = None, score_top: bool = True):
+        """Walk the frame's users in parallel; yield ``(positions, scores)`` of the
+        positions ``score_after`` selects (with ``score_top=False``: the session states
+        instead, for :meth:`_iter_ranks`).
 
         ``from_training``: a known user's first frame session follows their training
         history (starts from the stored state). ``final``, when given, receives each
@@ -321,7 +324,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                 if not selected.all():
                     top = hidden.index_select(0, torch.as_tensor(np.flatnonzero(selected),
                                                                  device=device))
-                yield positions[start:stop][selected], network.score_all(top, matrix)
+                yield (positions[start:stop][selected],
+                       network.score_all(top, matrix) if score_top else top)
         if final is not None and final_users:
             final["users"] = np.concatenate(final_users)
             final["states"] = torch.cat(final_states)
@@ -330,6 +334,17 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         include_last = bool(score_after[events.is_last].any())
         yield from self._forward(events, score_after, include_last=include_last,
                                  from_training=True)
+
+    def _iter_ranks(self, events: SessionEvents, ties: str):
+        """On the CPU with the fused kernels, ranks counted straight from the product of
+        the session states and the output matrix, as GRU4Rec's (no score matrix)."""
+        network = self.network_
+        if not _kernels.enabled_for(network.out):
+            yield from super()._iter_ranks(events, ties)
+            return
+        yield from ranks_from_top_states(
+            self._forward(events, ~events.is_last, include_last=False, from_training=True,
+                          score_top=False), events, network.scoring_matrix(), ties)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         network = self.network_

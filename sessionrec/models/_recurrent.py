@@ -20,15 +20,36 @@ from .._validation import (
     init_generator,
     torch_generator,
 )
+from ..evaluation import ranks_from_counts
+from ..nn import _kernels
 from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 
-__all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH"]
+__all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH", "ranks_from_top_states"]
 
 # Slots of a session-parallel evaluation batch: as many rows as one scoring block holds,
 # within these bounds.
 EVAL_BATCH = (64, 8192)
+
+
+def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str):
+    """``(positions, ranks)`` blocks from ``(positions, top states)`` blocks, counted
+    straight from the product of the states ``h`` and ``matrix`` (``[h | 1] matrix`` are
+    the scores; ``(H + 1) x n_items``, the output weights and their biases in the last
+    row) by ``_kernels.product_ranks``: 32 rows at a time while their scores are in the
+    cache, never written out. The fused CPU kernels' evaluation path of the models that
+    score with such a product (GRU4Rec, HRNN); same definitions as
+    :func:`~sessionrec.evaluation.ranks_from_scores`.
+    """
+    scratch = _kernels.product_ranks_scratch(matrix.shape[1])
+    items = torch.as_tensor(events.items)
+    for positions, top in blocks:
+        targets = items.index_select(0, torch.as_tensor(positions + 1))
+        at_least, above, target_scores = _kernels.product_ranks(
+            top, matrix, targets, ties != "conservative", scratch)
+        yield positions, ranks_from_counts(at_least, above, target_scores, matrix.shape[1],
+                                           ties)
 
 
 class LogQShift:
