@@ -5,8 +5,9 @@ small element-wise operations; each PyTorch operation costs microseconds of disp
 a pass over memory. The sparse Adagrad step alone (gather the touched rows of three
 planes, five arithmetic passes, scatter them back) took more time than the products. The
 kernels of ``_fused.c`` do such work in one pass, in place; a GRU layer's step, products
-included, is one call each way, and evaluation counts ranks without a comparison matrix
-(GRU4Rec: without a score matrix). ``pip install`` compiles them
+included, is one call each way, bpr-max's loss is one call, a whole GRU4Rec step with the
+cross-entropy is one call (``_fused_step.py``), and evaluation counts ranks without a
+comparison matrix (GRU4Rec and HRNN: without a score matrix). ``pip install`` compiles them
 where a C compiler is found (``setup.py``; the extension is optional), and they are then
 used for float32 tensors on the CPU; the GPU, other dtypes, or an installation without
 the library run the PyTorch code they replace, which computes the same values up to
@@ -38,9 +39,8 @@ import torch
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
            "gru_step_backward", "rank_counts", "product_ranks", "product_ranks_scratch",
-           "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
-           "gru4rec_step_function", "threads",
-           "bpr_max"]
+           "bpr_max", "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
+           "gru4rec_step_function", "threads"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -108,7 +108,6 @@ _enabled = _library is not None and os.environ.get("SESSIONREC_FUSED", "1") != "
 def threads() -> int:
     """Threads the kernels may use: PyTorch's intra-op setting, when the pool is shared."""
     return torch.get_num_threads() if _parallel else 1
-
 
 
 def available() -> bool:
