@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pandas as pd
+import pytest
 
 FAST_PARAMS: dict[str, dict] = {
     "BPRMFRecommender": {"n_factors": 8, "n_epochs": 2, "random_state": 0},
@@ -45,6 +47,35 @@ def has_param(cls, name: str) -> bool:
 def assert_frames_identical(a: pd.DataFrame, b: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert list(a.index) == list(b.index)
+
+
+def assert_counted_ranks_match_scored(model, test: pd.DataFrame) -> None:
+    """A model that counts ranks straight from its scoring product on the CPU (fused
+    kernels) ranks like the score matrix of the PyTorch path: its scores differ from
+    MKL's by rounding only, so the ranks match but for rare near-ties, and unknown
+    targets stay NaN."""
+    from sessionrec.nn import _kernels
+
+    if not _kernels.available():
+        pytest.skip("needs the fused kernels")
+    rows = []
+    original = _kernels.product_ranks
+
+    def counted(h, *args, **kwargs):
+        rows.append(len(h))
+        return original(h, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_kernels, "product_ranks", counted)
+        fused = model.rank_next_items(test, ties="median")
+    assert sum(rows) > 50  # the ranks came from the product
+    with _kernels.disabled():
+        plain = model.rank_next_items(test, ties="median")
+    assert fused.index.equals(plain.index)
+    assert np.array_equal(np.isnan(fused), np.isnan(plain))
+    known = ~np.isnan(plain.to_numpy())
+    assert known.sum() > 50
+    assert (fused.to_numpy()[known] == plain.to_numpy()[known]).mean() >= 0.99
 
 
 def uses_users(cls) -> bool:

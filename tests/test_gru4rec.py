@@ -25,6 +25,7 @@ from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows, uniq
 from sessionrec.nn._sampling import NegativeSampler
 
 from ._reference_gru4rec import recorded_gradients, reference_gradients
+from .estimator_checks import assert_counted_ranks_match_scored
 
 FAST = dict(layers=(16,), n_epochs=2, n_sample=32, batch_size=16, device="cpu",
             random_state=0)
@@ -524,18 +525,8 @@ def test_ranks_counted_without_scores_match_the_scored_ranks(train_test):
     """On the CPU, GRU4Rec counts ranks straight from the product of states and output
     matrix (fused kernels); the scores differ from MKL's by rounding only, so the ranks
     match those of the score matrix but for rare near-ties."""
-    from sessionrec.nn import _kernels
-
     train, test = train_test
-    est = GRU4RecRecommender(**FAST).fit(train)
-    fused = est.rank_next_items(test, ties="median")
-    with _kernels.disabled():
-        plain = est.rank_next_items(test, ties="median")
-    assert fused.index.equals(plain.index)
-    assert np.array_equal(np.isnan(fused), np.isnan(plain))
-    known = ~np.isnan(plain.to_numpy())
-    assert known.sum() > 50
-    assert (fused.to_numpy()[known] == plain.to_numpy()[known]).mean() >= 0.99
+    assert_counted_ranks_match_scored(GRU4RecRecommender(**FAST).fit(train), test)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
 from sessionrec.model_selection import LastSessionSplit, train_test_split
 
+from .estimator_checks import assert_counted_ranks_match_scored
+
 
 def favourite_item_data(n_users=60, per_user=12, seed=0):
     """Sessions (random item, the user's favourite): only the user's past tells the target."""
@@ -212,29 +214,6 @@ def test_hrnn_wins_where_users_persist_and_does_not_lose_where_they_do_not():
 
 def test_ranks_counted_without_scores_match_the_scored_ranks(fitted):
     """On the CPU, HRNN counts ranks straight from the product of session states and
-    output matrix (fused kernels), as GRU4Rec does; the scores differ from MKL's by
-    rounding only, so the ranks match those of the score matrix but for rare near-ties,
-    and unknown targets stay NaN."""
-    from sessionrec.nn import _kernels
-
-    if not _kernels.available():
-        pytest.skip("needs the fused kernels")
+    output matrix (fused kernels), as GRU4Rec does."""
     model, train, test = fitted
-    calls = []
-    original = _kernels.product_ranks
-
-    def counted(*args, **kwargs):
-        calls.append(len(args[0]))
-        return original(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_kernels, "product_ranks", counted)
-        fused = model.rank_next_items(test, ties="median")
-    assert sum(calls) > 50  # the ranks came from the product
-    with _kernels.disabled():
-        plain = model.rank_next_items(test, ties="median")
-    assert fused.index.equals(plain.index)
-    assert np.array_equal(np.isnan(fused), np.isnan(plain))
-    known = ~np.isnan(plain.to_numpy())
-    assert known.sum() > 50
-    assert (fused.to_numpy()[known] == plain.to_numpy()[known]).mean() >= 0.99
+    assert_counted_ranks_match_scored(model, test)
