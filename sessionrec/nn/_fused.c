@@ -140,26 +140,61 @@ EXPORT void sr_dense_adagrad_f32(float *param, const float *grad, float *acc, fl
           dense_adagrad_range(param, grad, acc, mom, lr, momentum, lo, hi));
 }
 
-/* Sorted distinct values of rows[0:n] and each element's position among them, by
- * marking: linear time. position: scratch of n_rows int64. distinct and inverse: n
- * entries each. Returns the number of distinct values, or -1 (nothing written but the
- * scratch) when a value lies outside [0, n_rows). */
-EXPORT int64_t sr_unique_marked(const int64_t *rows, int64_t n, int64_t n_rows,
-                                int64_t *position, int64_t *distinct, int64_t *inverse) {
-    for (int64_t k = 0; k < n; ++k) {
-        if (rows[k] < 0 || rows[k] >= n_rows) return -1;
+static int64_t bitmap_words(int64_t n_rows) { return (n_rows + 63) / 64; }
+
+static inline int lowest_bit(uint64_t word) {
+#if defined(__GNUC__)
+    return __builtin_ctzll(word);
+#else
+    int b = 0;
+    while (!(word & 1)) {
+        word >>= 1;
+        ++b;
     }
-    for (int64_t r = 0; r < n_rows; ++r) position[r] = -1;
-    for (int64_t k = 0; k < n; ++k) position[rows[k]] = 0;
+    return b;
+#endif
+}
+
+/* Sorted distinct values of rows[0:n] (into distinct; returns their number) and each
+ * element's position among them (into inverse), as torch.unique gives, with position
+ * (n_rows int64, all -1) and bits (a bitmap of n_rows bits, all 0) left as they were
+ * found: the rows are marked in the bitmap and read back in order, so with prepared
+ * scratch a call costs a pass over n_rows / 64 words, not over the catalogue. Returns -1
+ * (nothing written) when a row lies outside [0, n_rows). */
+static int64_t distinct_rows(const int64_t *rows, int64_t n, int64_t n_rows,
+                             int64_t *position, uint64_t *bits, int64_t *distinct,
+                             int64_t *inverse) {
+    for (int64_t k = 0; k < n; ++k)
+        if (rows[k] < 0 || rows[k] >= n_rows) return -1;
+    for (int64_t k = 0; k < n; ++k) bits[rows[k] >> 6] |= (uint64_t)1 << (rows[k] & 63);
     int64_t count = 0;
-    for (int64_t r = 0; r < n_rows; ++r) {
-        if (position[r] == 0) {
+    const int64_t words = bitmap_words(n_rows);
+    for (int64_t w = 0; w < words; ++w) {
+        uint64_t word = bits[w];
+        if (!word) continue;
+        bits[w] = 0;
+        while (word) {
+            const int64_t r = 64 * w + lowest_bit(word);
+            word &= word - 1;
             distinct[count] = r;
             position[r] = count++;
         }
     }
     for (int64_t k = 0; k < n; ++k) inverse[k] = position[rows[k]];
+    for (int64_t u = 0; u < count; ++u) position[distinct[u]] = -1;
     return count;
+}
+
+/* distinct_rows for a caller without prepared scratch. scratch: n_rows + (n_rows + 63)
+ * / 64 int64, prepared here (linear time in n_rows); distinct and inverse: n entries
+ * each. Returns the number of distinct values, or -1 (nothing written but the scratch)
+ * when a value lies outside [0, n_rows). */
+EXPORT int64_t sr_unique_marked(const int64_t *rows, int64_t n, int64_t n_rows,
+                                int64_t *scratch, int64_t *distinct, int64_t *inverse) {
+    for (int64_t r = 0; r < n_rows; ++r) scratch[r] = -1;
+    memset(scratch + n_rows, 0, (size_t)bitmap_words(n_rows) * sizeof(int64_t));
+    return distinct_rows(rows, n, n_rows, scratch, (uint64_t *)(scratch + n_rows), distinct,
+                         inverse);
 }
 
 /* Eight floats at a time, with GCC/clang vector extensions: plain loops with a max or a
@@ -1185,8 +1220,6 @@ static int64_t step_scratch(const Gru4recStep *p, float **x, float **layer_work,
     return total;
 }
 
-static int64_t bitmap_words(int64_t n_rows) { return (n_rows + 63) / 64; }
-
 /* Scratch a plan needs: int64 (into *n_index) and floats (returned). The int64 scratch
  * holds a position per item; the step's touched, distinct and inverse rows; the inputs'
  * distinct and inverse rows; then a bitmap of the items. sr_gru4rec_step_init prepares
@@ -1208,47 +1241,6 @@ EXPORT void sr_gru4rec_step_init(Gru4recStep *p) {
     const int64_t words = bitmap_words(p->n_items);
     for (int64_t k = 0; k < n_index - words; ++k) p->index[k] = -1;
     memset(p->index + n_index - words, 0, (size_t)words * sizeof(int64_t));
-}
-
-static inline int lowest_bit(uint64_t word) {
-#if defined(__GNUC__)
-    return __builtin_ctzll(word);
-#else
-    int b = 0;
-    while (!(word & 1)) {
-        word >>= 1;
-        ++b;
-    }
-    return b;
-#endif
-}
-
-/* sr_unique_marked's result (sorted distinct rows and positions), with position (all -1)
- * and bits (a bitmap of n_rows bits, all 0) left as they were found: the rows are marked
- * in the bitmap and read back in order, so a step costs a pass over n_rows / 64 words,
- * not over the catalogue. Returns -1 when a row lies outside [0, n_rows). */
-static int64_t distinct_rows(const int64_t *rows, int64_t n, int64_t n_rows,
-                             int64_t *position, uint64_t *bits, int64_t *distinct,
-                             int64_t *inverse) {
-    for (int64_t k = 0; k < n; ++k)
-        if (rows[k] < 0 || rows[k] >= n_rows) return -1;
-    for (int64_t k = 0; k < n; ++k) bits[rows[k] >> 6] |= (uint64_t)1 << (rows[k] & 63);
-    int64_t count = 0;
-    const int64_t words = bitmap_words(n_rows);
-    for (int64_t w = 0; w < words; ++w) {
-        uint64_t word = bits[w];
-        if (!word) continue;
-        bits[w] = 0;
-        while (word) {
-            const int64_t r = 64 * w + lowest_bit(word);
-            word &= word - 1;
-            distinct[count] = r;
-            position[r] = count++;
-        }
-    }
-    for (int64_t k = 0; k < n; ++k) inverse[k] = position[rows[k]];
-    for (int64_t u = 0; u < count; ++u) position[distinct[u]] = -1;
-    return count;
 }
 
 /* One training step on B slots (B <= max_batch): items and targets (B each), samples

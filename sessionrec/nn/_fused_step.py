@@ -69,7 +69,8 @@ class FusedGRU4RecStep:
             "sizes": torch.tensor(network.layers, dtype=torch.int64),
             "layout": torch.tensor(layout, dtype=torch.int64),
             "reset_after": torch.tensor(network.layer_resets_after, dtype=torch.int64),
-            "shift_batch": _contiguous(shift_batch), "shift_sample": _contiguous(shift_sample),
+            "shift_batch": _kernels._dense(shift_batch),
+            "shift_sample": _kernels._dense(shift_sample),
             # what the C function reads: int64 items, float32 keep flags
             "items": items.to(torch.int64).contiguous(),
             "targets": targets.to(torch.int64).contiguous(),
@@ -86,9 +87,9 @@ class FusedGRU4RecStep:
             n_planes=table.buffer.shape[0],
             plane_stride=table.buffer.shape[1] * table.buffer.shape[2],
             dense=network.dense.data_ptr(), grad=state.grad_flat.data_ptr(),
-            acc=acc.data_ptr(), mom=_address(mom), n_dense=network.dense.numel(),
-            shift_batch=_address(kept["shift_batch"]),
-            shift_sample=_address(kept["shift_sample"]), lr=optimizer.lr,
+            acc=acc.data_ptr(), mom=_kernels._pointer(mom), n_dense=network.dense.numel(),
+            shift_batch=_kernels._pointer(kept["shift_batch"]),
+            shift_sample=_kernels._pointer(kept["shift_sample"]), lr=optimizer.lr,
             momentum=optimizer.momentum, input_mode=_INPUT_MODES[network.input_mode])
         if network.input_mode != "constrained":
             buffer = state.tables["embed" if network.input_mode == "embedding"
@@ -151,11 +152,3 @@ class FusedGRU4RecStep:
         if status < 0:
             raise IndexError("an item of the mini-batch lies outside the catalogue")
         return self._loss.value
-
-
-def _contiguous(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.contiguous()
-
-
-def _address(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()

@@ -183,8 +183,9 @@ def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, t
     in linear time."""
     rows = rows.contiguous()
     n = len(rows)
-    scratch = torch.empty(n_rows + 2 * n, dtype=torch.int64)
-    distinct, inverse = scratch[n_rows:n_rows + n], scratch[n_rows + n:]
+    marks = n_rows + (n_rows + 63) // 64  # positions and a bitmap of the rows
+    scratch = torch.empty(marks + 2 * n, dtype=torch.int64)
+    distinct, inverse = scratch[marks:marks + n], scratch[marks + n:]
     count = _library.sr_unique_marked(rows.data_ptr(), n, n_rows, scratch.data_ptr(),
                                       distinct.data_ptr(), inverse.data_ptr())
     if count < 0:

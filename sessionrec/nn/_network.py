@@ -177,14 +177,11 @@ class GRU4RecNetwork(nn.Module):
         """Per layer: its input width (0 for the one-hot input) and the offset of each of
         its weights (``wx``, ``wrz``, ``wh``, ``b``, ``bh``, where it has them) in the
         flat buffer (the layout :meth:`views` reads)."""
-        found: list[tuple[int, dict[str, int]]] = [(0, {}) for _ in self.layers]
-        offset = 0
-        for name, i, rows, cols in self._layout:
-            found[i][1][name] = offset
-            if name == "wx":
-                found[i] = (rows, found[i][1])
-            offset += rows * cols
-        return found
+        base = self.dense.storage_offset()
+        return [(0 if view.wx is None else view.wx.shape[0],
+                 {name: weight.storage_offset() - base
+                  for name, weight in vars(view).items() if weight is not None})
+                for view in self.views(self.dense)]
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
