@@ -69,6 +69,17 @@ def assert_counted_ranks_match_scored(model, test: pd.DataFrame) -> None:
         patch.setattr(_kernels, "product_ranks", counted)
         fused = model.rank_next_items(test, ties="median")
     assert sum(rows) > 50  # the ranks came from the product
+    # States gathered one walk block at a time (the buffer's cap reached at every block)
+    # give the same ranks, bit for bit, as states gathered all at once.
+    from sessionrec.models import _recurrent
+
+    calls = len(rows)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_kernels, "product_ranks", counted)
+        patch.setattr(_recurrent, "_GATHERED_STATE_VALUES", 1)
+        blockwise = model.rank_next_items(test, ties="median")
+    assert len(rows) - calls > calls
+    pd.testing.assert_series_equal(blockwise, fused)
     with _kernels.disabled():
         plain = model.rank_next_items(test, ties="median")
     assert fused.index.equals(plain.index)

@@ -431,9 +431,18 @@ def test_product_ranks_count_the_scores_of_the_product(ties, n_rows):
         got = ranks_from_counts(at_least, above, scores, 45, ties)
         assert torch.equal(got, expected)
     assert got[1] == 45
-    # a scratch kept across calls, or one too small (replaced), gives the same counts
-    for scratch in (_kernels.product_ranks_scratch(45), torch.empty(3)):
-        counts = _kernels.product_ranks(h, matrix, targets, ties != "conservative", scratch)
+    # Rows repeated bit for bit (NaN rows too) are scored once and counted for each of
+    # their targets; a view with a row stride is read through it.
+    repeats = torch.randint(0, n_rows, (3 * n_rows,), generator=generator)
+    wide = torch.zeros(3 * n_rows, 20)
+    wide[:, :13] = h[repeats]
+    other = torch.randint(0, 45, (3 * n_rows,), generator=generator)
+    expected = ranks_from_scores(torch.mm(torch.nn.functional.pad(h[repeats], (0, 1),
+                                                                  value=1.0), matrix),
+                                 other, ties)
+    for threads in (True, False):
+        counts = _on_threads(threads, pytest.MonkeyPatch(), lambda: _kernels.product_ranks(
+            wide[:, :13], matrix, other, ties != "conservative"))
         assert torch.equal(ranks_from_counts(*counts, 45, ties), expected)
     with pytest.raises(IndexError, match=r"outside \[0, 45\)"):
         _kernels.product_ranks(h, matrix, torch.full((n_rows,), 45), False)

@@ -1091,54 +1091,129 @@ EXPORT int64_t sr_rank_counts_f32(const float *scores, int64_t rows, int64_t n, 
     return 0;
 }
 
-/* Ranks straight from a product: the scores of rows [lo, hi) are h W + bias (W: K x N,
- * row-major), computed 32 rows at a time into buf (32 x N) and counted there, so the
- * score matrix never leaves the cache. Each row's target score is written out too. */
-static void product_rank_rows(const float *h, int64_t ldh, int64_t K, const float *w,
-                              const float *bias, int64_t N, const int64_t *targets,
-                              double *ge, double *gt, float *target_score, float *buf,
-                              int64_t lo, int64_t hi) {
-    for (int64_t r0 = lo; r0 < hi; r0 += 32) {
-        const int64_t m = hi - r0 < 32 ? hi - r0 : 32;
-        gemm_columns(m, K, h + r0 * ldh, ldh, 1, w, N, bias, buf, N, 0, N);
-        rank_count_rows(buf, N, N, targets + r0, ge + r0, gt ? gt + r0 : 0, 0, m);
-        for (int64_t x = 0; x < m; ++x) target_score[r0 + x] = buf[x * N + targets[r0 + x]];
+/* Ranks straight from a product: the scores of rows [lo, hi) of hd (row stride K) are
+ * hd W + bias (W: K x N, row-major), computed 32 rows at a time into buf (32 x N) and
+ * counted there, so the score matrix never leaves the cache. Row d's scores are counted
+ * for each of the rows order[offsets[d]:offsets[d + 1]] of the caller's h, whose target
+ * score is written out too. */
+static void product_rank_rows(const float *hd, int64_t K, const float *w, const float *bias,
+                              int64_t N, const int64_t *offsets, const int64_t *order,
+                              const int64_t *targets, double *ge, double *gt,
+                              float *target_score, float *buf, int64_t lo, int64_t hi) {
+    for (int64_t d0 = lo; d0 < hi; d0 += 32) {
+        const int64_t m = hi - d0 < 32 ? hi - d0 : 32;
+        gemm_columns(m, K, hd + d0 * K, K, 1, w, N, bias, buf, N, 0, N);
+        for (int64_t x = 0; x < m; ++x)
+            for (int64_t k = offsets[d0 + x]; k < offsets[d0 + x + 1]; ++k) {
+                const int64_t r = order[k];
+                rank_count_rows(buf + x * N, N, N, targets + r, ge + r, gt ? gt + r : 0,
+                                0, 1);
+                target_score[r] = buf[x * N + targets[r]];
+            }
     }
 }
 
-/* Floats of scratch sr_product_ranks_f32 needs. */
-EXPORT int64_t sr_product_ranks_scratch(int64_t N, int64_t n_threads) {
-    return 32 * N * (n_threads > 1 ? n_threads : 1);
+/* Slots of the hash table of M rows: a power of two, at least 2 M. */
+static int64_t row_table_size(int64_t M) {
+    int64_t size = 16;
+    while (size < 2 * M) size *= 2;
+    return size;
+}
+
+static uint64_t row_hash(const uint32_t *word, int64_t K) {
+    uint64_t lane[4] = {0x9E3779B97F4A7C15ull, 0xC2B2AE3D27D4EB4Full, 0x165667B19E3779F9ull,
+                        0x27D4EB2F165667C5ull};
+    for (int64_t k = 0; k < K; ++k) { /* four independent chains, then mixed */
+        uint64_t *x = lane + (k & 3);
+        *x = (*x ^ word[k]) * 0xFF51AFD7ED558CCDull;
+        *x ^= *x >> 32;
+    }
+    return (lane[0] ^ (lane[1] * 31) ^ (lane[2] * 961) ^ (lane[3] * 29791)) *
+           0xC4CEB9FE1A85EC53ull;
+}
+
+/* Groups the M rows of h (row stride ldh) that are equal bit for bit: copies each
+ * group's first row into hd (D x K, in order of first appearance) and lists the rows of
+ * group d as order[offsets[d]:offsets[d + 1]], in increasing order. index: the
+ * row_table_size(M) + 3 M + 1 int64 sr_product_ranks_scratch asks for. Returns D. */
+static int64_t group_equal_rows(const float *h, int64_t M, int64_t K, int64_t ldh,
+                                float *hd, int64_t *index, int64_t **offsets_out,
+                                int64_t **order_out) {
+    const int64_t size = row_table_size(M);
+    int64_t *table = index, *group = table + size, *offsets = group + M, *order = offsets + M + 1;
+    for (int64_t s = 0; s < size; ++s) table[s] = -1;
+    int64_t D = 0;
+    for (int64_t r = 0; r < M; ++r) {
+        const float *row = h + r * ldh;
+        int64_t s = (int64_t)(row_hash((const uint32_t *)row, K) & (uint64_t)(size - 1));
+        for (;; s = (s + 1) & (size - 1)) { /* linear probing; D <= M < size */
+            const int64_t d = table[s];
+            if (d < 0) {
+                table[s] = D;
+                memcpy(hd + D * K, row, (size_t)K * sizeof(float));
+                group[r] = D++;
+                break;
+            }
+            if (memcmp(hd + d * K, row, (size_t)K * sizeof(float)) == 0) {
+                group[r] = d;
+                break;
+            }
+        }
+    }
+    /* A counting sort of the rows by group. */
+    memset(offsets, 0, (size_t)(D + 1) * sizeof(int64_t));
+    for (int64_t r = 0; r < M; ++r) ++offsets[group[r] + 1];
+    for (int64_t d = 0; d < D; ++d) offsets[d + 1] += offsets[d];
+    for (int64_t r = 0; r < M; ++r) order[offsets[group[r]]++] = r;
+    for (int64_t d = D; d > 0; --d) offsets[d] = offsets[d - 1];
+    offsets[0] = 0;
+    *offsets_out = offsets;
+    *order_out = order;
+    return D;
+}
+
+/* Scratch sr_product_ranks_f32 needs for M rows of K columns and N items: floats
+ * (returned) and int64 (into *n_index). */
+EXPORT int64_t sr_product_ranks_scratch(int64_t M, int64_t K, int64_t N, int64_t n_threads,
+                                        int64_t *n_index) {
+    *n_index = row_table_size(M) + 3 * M + 1;
+    return 32 * N * (n_threads > 1 ? n_threads : 1) + M * K;
 }
 
 /* For each of M rows of h (row stride ldh, K columns): the number of the N items whose
  * score h W + bias (W: K x N row-major; bias: N) is >= (into ge) and, if gt is not NULL,
  * > (into gt) the score of the row's target item, which goes into target_score. NaN
- * scores never count. scratch: sr_product_ranks_scratch(N, n_threads) floats. Returns -1
- * (nothing written) when a target lies outside [0, N), else 0. */
+ * scores never count. Rows equal bit for bit share one computation of their scores (an
+ * evaluation walk gives every session that starts with the same item the same first
+ * state). scratch and index: what sr_product_ranks_scratch(M, K, N, n_threads) asks for.
+ * Returns -1 (nothing written) when a target lies outside [0, N), else 0. */
 EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_t ldh,
                                     const float *w, const float *bias, int64_t N,
                                     const int64_t *targets, double *ge, double *gt,
-                                    float *target_score, float *scratch, int64_t n_threads) {
+                                    float *target_score, float *scratch, int64_t *index,
+                                    int64_t n_threads) {
     for (int64_t r = 0; r < M; ++r)
         if (targets[r] < 0 || targets[r] >= N) return -1;
+    const int64_t T = n_threads > 1 ? n_threads : 1;
+    float *hd = scratch + 32 * N * T;
+    int64_t *offsets, *order;
+    const int64_t D = group_equal_rows(h, M, K, ldh, hd, index, &offsets, &order);
 #ifdef _OPENMP
-    const int use = n_threads > 1 && M >= 64 ? (int)n_threads : 1;
+    const int use = n_threads > 1 && D >= 64 ? (int)n_threads : 1;
     if (use > 1) {
 #pragma omp parallel num_threads(use)
         {
-            const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int64_t t = omp_get_thread_num(), n_used = omp_get_num_threads();
             int64_t lo, hi;
-            share(M, t, T, 4, &lo, &hi); /* in whole tiles of 4 rows */
-            product_rank_rows(h, ldh, K, w, bias, N, targets, ge, gt, target_score,
-                              scratch + t * 32 * N, lo, hi);
+            share(D, t, n_used, 4, &lo, &hi); /* in whole tiles of 4 rows */
+            product_rank_rows(hd, K, w, bias, N, offsets, order, targets, ge, gt,
+                              target_score, scratch + t * 32 * N, lo, hi);
         }
         return 0;
     }
-#else
-    (void)n_threads;
 #endif
-    product_rank_rows(h, ldh, K, w, bias, N, targets, ge, gt, target_score, scratch, 0, M);
+    product_rank_rows(hd, K, w, bias, N, offsets, order, targets, ge, gt, target_score,
+                      scratch, 0, D);
     return 0;
 }
 

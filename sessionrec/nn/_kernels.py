@@ -38,7 +38,7 @@ import torch
 
 __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
-           "gru_step_backward", "rank_counts", "product_ranks", "product_ranks_scratch",
+           "gru_step_backward", "rank_counts", "product_ranks",
            "bpr_max", "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
            "gru4rec_step_function", "threads"]
 
@@ -82,8 +82,8 @@ def _load():
         "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, p, i64],
                                ctypes.c_double),
         "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
-        "sr_product_ranks_scratch": ([i64, i64], i64),
-        "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, i64], i64),
+        "sr_product_ranks_scratch": ([i64, i64, i64, i64, p], i64),
+        "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, p, i64], i64),
         "sr_gru4rec_step_scratch": ([p, p], i64),
         "sr_gru4rec_step_init": ([p], None),
         "sr_bpr_max_scratch": ([i64, i64], i64),
@@ -366,21 +366,16 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor, strict: bool
     return counts[0], (counts[1] if strict else None)
 
 
-def product_ranks_scratch(n_items: int) -> torch.Tensor:
-    """Scratch for :func:`product_ranks` over ``n_items`` items, to reuse across calls
-    (each call would otherwise map fresh pages: about 0.4 MB per thread here)."""
-    return torch.empty(_library.sr_product_ranks_scratch(n_items, threads()))
-
-
 def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
-                  strict: bool, scratch: torch.Tensor | None = None):
+                  strict: bool):
     """:func:`rank_counts` of the scores ``[h | 1] matrix``, without the score matrix.
 
     ``h`` (float32, n_rows x K), ``matrix`` ((K + 1) x n_items, contiguous: the items'
     weights, then their biases in the last row). The scores are computed 32 rows at a
-    time and counted while they are in the cache. ``scratch``, optional, comes from
-    :func:`product_ranks_scratch`. Returns ``(at_least, above, scores)``: the counts
-    (``above`` None unless ``strict``) and each row's target score.
+    time and counted while they are in the cache; rows of ``h`` equal bit for bit share
+    one computation (the first states of sessions that start with the same item).
+    Returns ``(at_least, above, scores)``: the counts (``above`` None unless ``strict``)
+    and each row's target score.
     """
     h = _rows(h)
     n_rows, size = h.shape
@@ -392,14 +387,15 @@ def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
     n_threads = threads()
     counts = torch.empty(2 if strict else 1, n_rows, dtype=torch.float64)
     target_scores = torch.empty(n_rows)
-    needed = _library.sr_product_ranks_scratch(n_items, n_threads)
-    if scratch is None or scratch.numel() < needed or scratch.dtype != torch.float32:
-        scratch = torch.empty(needed)
+    n_index = ctypes.c_int64()
+    scratch = torch.empty(_library.sr_product_ranks_scratch(
+        n_rows, size, n_items, n_threads, ctypes.byref(n_index)))
+    index = torch.empty(n_index.value, dtype=torch.int64)
     at = matrix.data_ptr()
     status = _library.sr_product_ranks_f32(
         h.data_ptr(), n_rows, size, h.stride(0), at, at + 4 * size * n_items, n_items,
         targets.data_ptr(), counts.data_ptr(), counts[1].data_ptr() if strict else None,
-        target_scores.data_ptr(), scratch.data_ptr(), n_threads)
+        target_scores.data_ptr(), scratch.data_ptr(), index.data_ptr(), n_threads)
     if status < 0:
         raise IndexError(f"a target column lies outside [0, {n_items})")
     return counts[0], (counts[1] if strict else None), target_scores
