@@ -634,3 +634,58 @@ def test_fused_step_fit_does_not_depend_on_the_number_of_threads(train_test, mon
             fits.append(GRU4RecRecommender(**params).fit(train))
     for name, value in fits[0].network_.state_dict().items():
         assert torch.equal(value, fits[1].network_.state_dict()[name]), name
+
+
+@pytest.mark.skipif(not _kernels.available(), reason="needs the fused kernels")
+@pytest.mark.parametrize("params", [
+    dict(layers=(12,)),
+    dict(layers=(12, 9), reset_after=True),
+    dict(**MODES["embedding"], layers=(10, 11), reset_after=False),
+    dict(**MODES["onehot"], layers=(12, 9)),
+])
+def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeypatch):
+    """The evaluation walk in C (FusedGRUWalk) runs the Python walk's GRU steps on the
+    same values: the same top states, bit for bit, over each input, several layers of
+    either GRU and a schedule that shrinks, in one run or in runs of a few steps; the
+    ranks come from it; an item outside the catalogue raises and changes nothing."""
+    from sessionrec.models import _recurrent
+    from sessionrec.nn._fused_walk import FusedGRUWalk
+
+    train, test = train_test
+    model = GRU4RecRecommender(**{**FAST, "n_epochs": 1, **params}).fit(train)
+    events = model._session_events(test)
+    network = model.network_
+    gates = model._walk_gate_table(events, network.views(network.dense))
+    assert gates is not None
+    schedule = model._walk_schedule(events, ~events.is_last)
+    assert schedule.shrink  # the slots run out of sessions
+    python = torch.cat([top.clone() for _, top in model._iter_scores(
+        events, ~events.is_last, score_top=False)])
+    fused = FusedGRUWalk(network, gates, schedule, events.items).run(0, schedule.n_steps)
+    assert torch.equal(fused, python)
+    pieces = list(FusedGRUWalk(network, gates, schedule, events.items).blocks(40))
+    assert len(pieces) > 3
+    assert np.array_equal(np.concatenate([p for p, _ in pieces]), schedule.positions)
+    assert torch.equal(torch.cat([s for _, s in pieces]), python)
+
+    runs = []
+    original = FusedGRUWalk.run
+
+    def counted(self, first, stop):
+        runs.append(stop - first)
+        return original(self, first, stop)
+
+    monkeypatch.setattr(FusedGRUWalk, "run", counted)
+    ranks = model.rank_next_items(test)
+    assert sum(runs) == schedule.n_steps
+    monkeypatch.setattr(_recurrent, "_GATHERED_STATE_VALUES", 40 * network.layers[-1])
+    assert ranks.equals(model.rank_next_items(test))  # in runs of at most 40 rows
+    assert len(runs) > 3
+
+    bad = FusedGRUWalk(network, gates, schedule, np.where(
+        np.arange(len(events.items)) == schedule.positions[-1], model.n_items_,
+        events.items))
+    before = [h.clone() for h in bad._kept["state"]]
+    with pytest.raises(IndexError, match="outside"):
+        bad.run(0, schedule.n_steps)
+    assert all(torch.equal(h, b) for h, b in zip(bad._kept["state"], before))

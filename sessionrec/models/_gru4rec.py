@@ -17,8 +17,10 @@ from .._validation import (
 from ..nn import _kernels
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
+from ..nn._fused_walk import FusedGRUWalk
 from ..nn._network import GRU4RecNetwork, StepConfig
 from ..nn._trainer import train_parallel
+from . import _recurrent
 from ._recurrent import SampledTrainingMixin, ranks_from_top_states
 
 __all__ = ["GRU4RecRecommender"]
@@ -299,11 +301,7 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         network = self.network_
         views = network.views(network.dense)
         matrix = network.scoring_matrix() if score_top else None
-        # Gathering per-item gate inputs pays off once more events are fed than there are
-        # items (the table costs one product over the catalogue); its size is capped.
-        gates = (network.item_gate_table(views)
-                 if len(events.items) >= network.n_items
-                 and network.n_items * 3 * network.layers[0] <= _GATE_TABLE_VALUES else None)
+        gates = self._walk_gate_table(events, views)
 
         def step(items, hidden, keep):
             for h in hidden:
@@ -314,17 +312,38 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
             events, score_after, network.zero_state, step,
             (lambda top: network.score_all(top, matrix)) if score_top else (lambda top: top))
 
+    def _walk_gate_table(self, events: SessionEvents, views) -> torch.Tensor | None:
+        """The first layer's gate inputs per item for a walk over ``events``, or None.
+
+        Gathering them pays off once more events are fed than there are items (the table
+        costs one product over the catalogue); its size is capped."""
+        network = self.network_
+        if (len(events.items) < network.n_items
+                or network.n_items * 3 * network.layers[0] > _GATE_TABLE_VALUES):
+            return None
+        return network.item_gate_table(views)
+
     def _iter_ranks(self, events: SessionEvents, ties: str):
         """On the CPU with the fused kernels, count ranks straight from the product of the
         top states and the output matrix (``_kernels.product_ranks``): the scores are
-        counted 32 rows at a time while they are in the cache, never written out."""
+        counted 32 rows at a time while they are in the cache, never written out. Where
+        the walk gathers its gate inputs from a per-item table, the C kernels run it too
+        (:class:`~sessionrec.nn._fused_walk.FusedGRUWalk`, the same states bit for bit)."""
         network = self.network_
         if not _kernels.enabled_for(network.out):
             yield from super()._iter_ranks(events, ties)
             return
+        gates = self._walk_gate_table(events, network.views(network.dense))
+        if gates is None:
+            yield from ranks_from_top_states(
+                self._iter_scores(events, ~events.is_last, score_top=False), events,
+                network.scoring_matrix(), ties)
+            return
+        walk = FusedGRUWalk(network, gates, self._walk_schedule(events, ~events.is_last),
+                            events.items)
         yield from ranks_from_top_states(
-            self._iter_scores(events, ~events.is_last, score_top=False), events,
-            network.scoring_matrix(), ties)
+            walk.blocks(max(1, _recurrent._GATHERED_STATE_VALUES // network.layers[-1])),
+            events, network.scoring_matrix(), ties, gathered=True)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         return self.network_.out[:, -1].detach()

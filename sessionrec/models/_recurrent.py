@@ -36,7 +36,8 @@ EVAL_BATCH = (64, 8192)
 _GATHERED_STATE_VALUES = 2**24
 
 
-def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str):
+def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str,
+                          gathered: bool = False):
     """``(positions, ranks)`` blocks from ``(positions, top states)`` blocks, counted
     straight from the product of the states ``h`` and ``matrix`` (``[h | 1] matrix`` are
     the scores; ``(H + 1) x n_items``, the output weights and their biases in the last
@@ -48,7 +49,8 @@ def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str):
     The walk's blocks are copied into one buffer (at most ``_GATHERED_STATE_VALUES``
     floats, or one block) and counted together, so that states equal bit for bit anywhere in it are
     scored once: every session that starts with the same item has the same first state
-    (30% of rsc15-100k's test targets repeat an earlier state).
+    (30% of rsc15-100k's test targets repeat an earlier state). ``gathered``: the blocks
+    are already such runs of states, each its own tensor, and are counted as they come.
     """
     items = torch.as_tensor(events.items)
     buffer, positions, filled = None, [], 0
@@ -63,6 +65,10 @@ def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str):
         return at, ranks_from_counts(at_least, above, target_scores, matrix.shape[1], ties)
 
     for block_positions, top in blocks:
+        if gathered:
+            buffer, filled, positions = top, top.shape[0], [block_positions]
+            yield flush()
+            continue
         if buffer is None:
             rows = max(_GATHERED_STATE_VALUES // top.shape[1], top.shape[0])
             buffer = torch.empty(min(rows, len(events.items)), top.shape[1])
@@ -167,6 +173,15 @@ class SampledTrainingMixin:
         shift_batch = -float(self.logq) * log_support
         return sampler, LogQShift(shift_batch, shift_batch * float(self.sample_alpha))
 
+    def _walk_schedule(self, events, score_after: np.ndarray):
+        """The schedule of an evaluation walk: sessions in parallel slots, longest first,
+        as many as one scoring block holds; the sessions' last events are fed only if a
+        score after one is wanted."""
+        batch = int(np.clip(rows_per_block(self.n_items_, self.device_), *EVAL_BATCH))
+        include_last = bool(score_after[events.is_last].any())
+        return session_parallel_schedule(events, batch, include_last=include_last,
+                                         longest_first=True)
+
     def _session_parallel_scores(self, events, score_after, zero_state, step, score):
         """The evaluation walk of a session RNN: yield ``(positions, scores)`` blocks.
 
@@ -179,10 +194,7 @@ class SampledTrainingMixin:
         items never needs it.
         """
         device = self.device_
-        batch = int(np.clip(rows_per_block(self.n_items_, device), *EVAL_BATCH))
-        include_last = bool(score_after[events.is_last].any())
-        schedule = session_parallel_schedule(events, batch, include_last=include_last,
-                                             longest_first=True)
+        schedule = self._walk_schedule(events, score_after)
         if schedule.n_steps == 0:
             return
         items = torch.as_tensor(events.items, device=device)

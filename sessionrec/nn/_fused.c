@@ -827,7 +827,14 @@ typedef struct {
     float *gi;                 /* B x 3H: written when x is given, else read */
     float *rz, *rec, *c, *out; /* B x 2H, B x H, B x H, B x H */
     int reset_after;
+    const int64_t *gi_rows;    /* x NULL: row b's gate inputs are gi's row gi_rows[b] (NULL:
+                                  row b) */
 } GruForward;
+
+/* Row b's gate inputs. */
+static inline const float *gate_inputs(const GruForward *s, int64_t b) {
+    return s->gi + (s->gi_rows ? s->gi_rows[b] : b) * s->ldgi;
+}
 
 /* Gates of rows [lo, hi): rz = sigmoid(gi_rz + b_h_rz + h W_rz), rz holding the product
  * on entry. The paper's GRU: rec = r * h. Reset-after (rec = h W_h + b_h_c on entry):
@@ -836,7 +843,7 @@ static KERNEL void gru_gate_rows(const GruForward *s, int64_t lo, int64_t hi) {
     const int64_t H = s->H;
     for (int64_t b = lo; b < hi; ++b) {
         float *rz = s->rz + b * 2 * H;
-        const float *gi = s->gi + b * s->ldgi, *hb = s->h + b * s->ldh;
+        const float *gi = gate_inputs(s, b), *hb = s->h + b * s->ldh;
         RANGE_LOOP(0, 2 * H, {
             vf8 pre = load_part(gi + H + j0, width);
             if (s->bh) pre = pre + load_part(s->bh + H + j0, width);
@@ -869,7 +876,7 @@ static KERNEL void gru_candidate_columns(const GruForward *s, int64_t lo, int64_
         const float *z = s->rz + b * 2 * H + H, *hb = s->h + b * s->ldh;
         float *c = s->c + b * H;
         RANGE_LOOP(lo, hi, {
-            const vf8 cv = tanh8(load_part(s->gi + b * s->ldgi + j0, width) +
+            const vf8 cv = tanh8(load_part(gate_inputs(s, b) + j0, width) +
                                  load_part(c + j0, width));
             store_part(c + j0, cv, width);
             const vf8 hv = load_part(hb + j0, width);
@@ -928,6 +935,84 @@ EXPORT void sr_gru_forward_f32(int64_t B, int64_t I, int64_t H, const float *x, 
                     gi, rz, rec, c, out, (int)reset_after};
     const int64_t use = n_threads > 1 && B * H >= MIN_PARALLEL_GRU ? n_threads : 1;
     RUN_PHASES(gru_forward_phases, s, use);
+}
+
+/* Floats of work sr_gru_walk_f32 needs for schedules at most max_width slots wide. */
+EXPORT int64_t sr_gru_walk_scratch(int64_t n_layers, const int64_t *sizes,
+                                   int64_t max_width) {
+    int64_t total = 0;
+    for (int64_t l = 0; l < n_layers; ++l) total += 8 * max_width * sizes[l];
+    return total;
+}
+
+/* Steps [t0, t1) of an evaluation walk through GRU4Rec's layers (GRU4RecRecommender.
+ * _iter_scores, with the first layer's gate inputs gathered from a per-item table): the
+ * Python walk's GRU steps, one sr_gru_forward_f32 per layer and step, on the same values,
+ * without its per-step dispatch.
+ *
+ * The schedule (session_parallel_schedule): entries step_offsets[t]:step_offsets[t + 1]
+ * are step t's slots, feeding items[e] (each in [0, n_items)), starts[e] != 0 where a
+ * session starts (its slot's states are multiplied by 0 first, as the Python walk does);
+ * before step t, the states keep only the rows shrink_rows[shrink_offsets[t]:
+ * shrink_offsets[t + 1]] (increasing) of step t - 1 when that range is not empty.
+ * Layers: sizes, layout (per layer: input width, then the offsets of wx, wrz, wh, b and bh
+ * in dense, -1 where absent) and reset_after, as in Gru4recStep; gate_table: n_items x 3
+ * sizes[0], the first layer's x W_x + b per item. state: per layer, the slots' states
+ * (rows of sizes[l]), carried from one call to the next. work: sr_gru_walk_scratch floats.
+ * out: the top layer's new state of every entry of the steps, in order. Returns -1
+ * (nothing changed) when an item lies outside the catalogue, else 0. */
+EXPORT int64_t sr_gru_walk_f32(int64_t n_layers, const int64_t *sizes, const int64_t *layout,
+                               const int64_t *reset_after, const float *dense,
+                               const float *gate_table, int64_t n_items,
+                               const int64_t *step_offsets, const int64_t *shrink_offsets,
+                               const int64_t *shrink_rows, const int64_t *items,
+                               const uint8_t *starts, int64_t t0, int64_t t1,
+                               float *const *state, int64_t max_width, float *work,
+                               float *out, int64_t n_threads) {
+    const int64_t L = n_layers, first = step_offsets[t0];
+    for (int64_t e = first; e < step_offsets[t1]; ++e)
+        if (items[e] < 0 || items[e] >= n_items) return -1;
+    for (int64_t t = t0; t < t1; ++t) {
+        const int64_t at_entry = step_offsets[t], B = step_offsets[t + 1] - at_entry;
+        if (shrink_offsets[t + 1] > shrink_offsets[t]) { /* rows[i] >= i: copied upwards */
+            const int64_t *rows = shrink_rows + shrink_offsets[t];
+            for (int64_t l = 0; l < L; ++l)
+                for (int64_t i = 0; i < B; ++i)
+                    if (rows[i] != i)
+                        memcpy(state[l] + i * sizes[l], state[l] + rows[i] * sizes[l],
+                               (size_t)sizes[l] * sizeof(float));
+        }
+        for (int64_t b = 0; b < B; ++b)
+            if (starts[at_entry + b])
+                for (int64_t l = 0; l < L; ++l)
+                    for (int64_t j = 0; j < sizes[l]; ++j) state[l][b * sizes[l] + j] *= 0.0f;
+        const float *in = 0;
+        float *part = work;
+        for (int64_t l = 0; l < L; ++l) {
+            const int64_t *at = layout + 6 * l, units = sizes[l], block = B * units;
+            float *new_state = l == L - 1 ? out + (at_entry - first) * units : part + 7 * block;
+            GruForward s = {B, at[0], units, at[0], units, 3 * units,
+                            l ? in : 0, l ? dense + at[1] : 0, l ? dense + at[4] : 0,
+                            state[l], dense + at[2], dense + at[3],
+                            at[5] >= 0 ? dense + at[5] : 0, 0,
+                            l ? part + 4 * block : (float *)gate_table, part, part + 2 * block,
+                            part + 3 * block, new_state, (int)reset_after[l],
+                            l ? 0 : items + at_entry};
+            const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
+            RUN_PHASES(gru_forward_phases, s, use);
+            in = new_state;
+            part += 8 * max_width * units;
+        }
+        part = work;
+        for (int64_t l = 0; l < L; ++l) { /* the new states become the slots' states */
+            const int64_t units = sizes[l];
+            const float *new_state = l == L - 1 ? out + (at_entry - first) * units
+                                                : part + 7 * B * units;
+            memcpy(state[l], new_state, (size_t)(B * units) * sizeof(float));
+            part += 8 * max_width * units;
+        }
+    }
+    return 0;
 }
 
 typedef struct {

@@ -62,12 +62,9 @@ class FusedGRU4RecStep:
         table = state.tables["out"]
         optimizer = state.optimizer
         acc, mom, _ = optimizer.dense_state(network.dense)
-        # Per layer: the input width and the offsets of wx, wrz, wh, b, bh (-1: none).
-        layout = [[width] + [offsets.get(name, -1) for name in ("wx", "wrz", "wh", "b", "bh")]
-                  for width, offsets in network.weight_offsets()]
         self._keep_alive = {
             "sizes": torch.tensor(network.layers, dtype=torch.int64),
-            "layout": torch.tensor(layout, dtype=torch.int64),
+            "layout": network.layer_layout(),
             "reset_after": torch.tensor(network.layer_resets_after, dtype=torch.int64),
             "shift_batch": _kernels._dense(shift_batch),
             "shift_sample": _kernels._dense(shift_sample),

@@ -40,7 +40,7 @@ __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_ada
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
            "gru_step_backward", "rank_counts", "product_ranks",
            "bpr_max", "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
-           "gru4rec_step_function", "threads"]
+           "gru4rec_step_function", "gru_walk_scratch", "gru_walk_function", "threads"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -83,6 +83,9 @@ def _load():
                                ctypes.c_double),
         "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
         "sr_product_ranks_scratch": ([i64, i64, i64, i64, p], i64),
+        "sr_gru_walk_scratch": ([i64, p, i64], i64),
+        "sr_gru_walk_f32": ([i64, p, p, p, p, p, i64, p, p, p, p, p, i64, i64, p, i64, p, p,
+                             i64], i64),
         "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, p, i64], i64),
         "sr_gru4rec_step_scratch": ([p, p], i64),
         "sr_gru4rec_step_init": ([p], None),
@@ -467,3 +470,16 @@ def gru4rec_step_function():
     """The C function of a whole GRU4Rec training step (``sr_gru4rec_step_f32``), for a
     caller that prepares its arguments once (see ``_fused_step.py``)."""
     return _library.sr_gru4rec_step_f32
+
+
+def gru_walk_scratch(sizes: torch.Tensor, max_width: int) -> int:
+    """Floats of work :func:`gru_walk_function`'s walk needs for layers of ``sizes``
+    (int64 tensor) and schedules at most ``max_width`` slots wide."""
+    return _library.sr_gru_walk_scratch(len(sizes), sizes.data_ptr(), max_width)
+
+
+def gru_walk_function():
+    """The C function of an evaluation walk through GRU4Rec's layers
+    (``sr_gru_walk_f32``), for a caller that prepares its arguments once (see
+    ``_fused_walk.py``)."""
+    return _library.sr_gru_walk_f32

@@ -183,6 +183,13 @@ class GRU4RecNetwork(nn.Module):
                   for name, weight in vars(view).items() if weight is not None})
                 for view in self.views(self.dense)]
 
+    def layer_layout(self) -> torch.Tensor:
+        """:meth:`weight_offsets` as the fused C kernels read it: per layer, the input
+        width and the offsets of ``wx``, ``wrz``, ``wh``, ``b``, ``bh`` (-1: none)."""
+        return torch.tensor(
+            [[width] + [offsets.get(name, -1) for name in ("wx", "wrz", "wh", "b", "bh")]
+             for width, offsets in self.weight_offsets()], dtype=torch.int64)
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """The papers' initialisation: per-gate-block uniform weights, zero biases."""
