@@ -32,8 +32,9 @@ __all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH", "ranks_from_top_st
 # within these bounds.
 EVAL_BATCH = (64, 8192)
 
-# Most state values ranks_from_top_states gathers before counting: 64 MiB in float32.
-_GATHERED_STATE_VALUES = 2**24
+# Most state values ranks_from_top_states gathers before counting: 16 MiB in float32
+# (about 42k states of 100 units; product_ranks copies the distinct ones once more).
+_GATHERED_STATE_VALUES = 2**22
 
 
 def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str,
