@@ -644,48 +644,55 @@ def test_fused_step_fit_does_not_depend_on_the_number_of_threads(train_test, mon
     dict(**MODES["onehot"], layers=(12, 9)),
 ])
 def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeypatch):
-    """The evaluation walk in C (FusedGRUWalk) runs the Python walk's GRU steps on the
-    same values: the same top states, bit for bit, over each input, several layers of
-    either GRU and a schedule that shrinks, in one run or in runs of a few steps; the
-    ranks come from it; an item outside the catalogue raises and changes nothing."""
+    """The evaluation walk in C (FusedGRUWalk) computes the state after every distinct
+    session prefix once, with the Python walk's GRU steps: the state after each prefix is
+    the Python walk's, bit for bit, over each input and several layers of either GRU, in
+    one run of sessions or several; the ranks come from it; an item outside the
+    catalogue raises."""
     from sessionrec.models import _recurrent
-    from sessionrec.nn._fused_walk import FusedGRUWalk
+    from sessionrec.nn._fused_walk import FusedGRUWalk, session_runs
 
     train, test = train_test
+    unknown = test.head(3).assign(SessionId=-1, ItemId=-1)  # a session left empty
+    test = pd.concat([test, unknown, test.assign(SessionId=test["SessionId"] + 10**6)])
     model = GRU4RecRecommender(**{**FAST, "n_epochs": 1, **params}).fit(train)
     events = model._session_events(test)
+    assert (np.diff(events.offsets) == 0).sum() == 1
     network = model.network_
     gates = model._walk_gate_table(events, network.views(network.dense))
     assert gates is not None
-    schedule = model._walk_schedule(events, ~events.is_last)
-    assert schedule.shrink  # the slots run out of sessions
-    python = torch.cat([top.clone() for _, top in model._iter_scores(
-        events, ~events.is_last, score_top=False)])
-    fused = FusedGRUWalk(network, gates, schedule, events.items).run(0, schedule.n_steps)
-    assert torch.equal(fused, python)
-    pieces = list(FusedGRUWalk(network, gates, schedule, events.items).blocks(40))
-    assert len(pieces) > 3
-    assert np.array_equal(np.concatenate([p for p, _ in pieces]), schedule.positions)
-    assert torch.equal(torch.cat([s for _, s in pieces]), python)
+    fed = np.flatnonzero(~events.is_last)
+    python = torch.empty(len(events.items), network.layers[-1])
+    for positions, top in model._iter_scores(events, ~events.is_last, score_top=False):
+        python[torch.as_tensor(positions)] = top
+    python = python[torch.as_tensor(fed)]
 
-    runs = []
-    original = FusedGRUWalk.run
+    items = torch.as_tensor(events.items)
+    offsets = torch.as_tensor(events.offsets)
+    walk = FusedGRUWalk(network, gates)
+    node_of, states = walk.states(items, offsets, 0, len(events.offsets) - 1)
+    assert len(states) < 0.6 * len(fed)  # every prefix twice, and some more
+    assert torch.equal(states[node_of], python)
+    runs = list(session_runs(events.offsets, 25))
+    assert len(runs) > 3 and runs[0][0] == 0 and runs[-1][1] == len(events.offsets) - 1
+    pieces = [walk.states(items, offsets, first, stop) for first, stop in runs]
+    assert torch.equal(torch.cat([s[n] for n, s in pieces]), python)
 
-    def counted(self, first, stop):
-        runs.append(stop - first)
-        return original(self, first, stop)
+    calls = []
+    original = FusedGRUWalk.states
 
-    monkeypatch.setattr(FusedGRUWalk, "run", counted)
+    def counted(self, *args):
+        calls.append(args[2:])
+        return original(self, *args)
+
+    monkeypatch.setattr(FusedGRUWalk, "states", counted)
     ranks = model.rank_next_items(test)
-    assert sum(runs) == schedule.n_steps
-    monkeypatch.setattr(_recurrent, "_GATHERED_STATE_VALUES", 40 * network.layers[-1])
-    assert ranks.equals(model.rank_next_items(test))  # in runs of at most 40 rows
-    assert len(runs) > 3
+    assert calls == [(0, len(events.offsets) - 1)]
+    monkeypatch.setattr(_recurrent, "_GATHERED_STATE_VALUES", 25 * network.layers[-1])
+    assert ranks.equals(model.rank_next_items(test))  # in runs of at most 25 prefixes
+    assert len(calls) > 3
 
-    bad = FusedGRUWalk(network, gates, schedule, np.where(
-        np.arange(len(events.items)) == schedule.positions[-1], model.n_items_,
-        events.items))
-    before = [h.clone() for h in bad._kept["state"]]
+    bad = items.clone()
+    bad[fed[-1]] = model.n_items_
     with pytest.raises(IndexError, match="outside"):
-        bad.run(0, schedule.n_steps)
-    assert all(torch.equal(h, b) for h, b in zip(bad._kept["state"], before))
+        walk.states(bad, offsets, 0, len(events.offsets) - 1)

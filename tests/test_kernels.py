@@ -6,8 +6,11 @@ import contextlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sessionrec import GRU4RecRecommender
 from sessionrec.datasets import make_sessions
@@ -444,6 +447,14 @@ def test_product_ranks_count_the_scores_of_the_product(ties, n_rows):
         counts = _on_threads(threads, pytest.MonkeyPatch(), lambda: _kernels.product_ranks(
             wide[:, :13], matrix, other, ties != "conservative"))
         assert torch.equal(ranks_from_counts(*counts, 45, ties), expected)
+        # targets mapped to rows by the caller: the same counts, no row compared
+        counts = _on_threads(threads, pytest.MonkeyPatch(), lambda: _kernels.product_ranks(
+            h, matrix, other, ties != "conservative", rows=repeats))
+        assert torch.equal(ranks_from_counts(*counts, 45, ties), expected)
+    with pytest.raises(IndexError, match="outside"):
+        _kernels.product_ranks(h, matrix, other, False, rows=repeats + n_rows)
+    with pytest.raises(ValueError, match="rows for"):
+        _kernels.product_ranks(h, matrix, other, False, rows=repeats[1:])
     with pytest.raises(IndexError, match=r"outside \[0, 45\)"):
         _kernels.product_ranks(h, matrix, torch.full((n_rows,), 45), False)
 
@@ -475,3 +486,32 @@ def test_bpr_max_kernel_is_the_closed_form_summed_onto_items(elu, shape, monkeyp
         assert torch.equal(got, results[1][1]) and torch.equal(got_loss, results[1][0])
     with pytest.raises(ValueError, match="at least 4 columns"):
         _kernels.bpr_max(torch.zeros(4, 5), torch.tensor([0, 1, 2]), None, 1.0, False, 0.5)
+
+
+@needs_library
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=0, max_size=6), min_size=1,
+                max_size=12), st.data())
+def test_prefix_tree_numbers_each_distinct_prefix_once(sessions, data):
+    """Every event but a session's last ends a prefix (an empty session, whose items
+    were unknown, has none); equal prefixes share a node,
+    whose parent is the prefix without its last item; nodes are numbered level by level
+    (prefix length), in order of first appearance within a level."""
+    first = data.draw(st.integers(0, len(sessions) - 1))
+    stop = data.draw(st.integers(first + 1, len(sessions)))
+    items = torch.tensor([i for s in sessions for i in s], dtype=torch.int64)
+    offsets = torch.tensor(np.cumsum([0] + [len(s) for s in sessions]), dtype=torch.int64)
+    node_of, parent, item, level_offsets = _kernels.prefix_tree(items, offsets, first, stop)
+    prefixes = [tuple(s[:k + 1]) for s in sessions[first:stop] for k in range(len(s) - 1)]
+    assert len(node_of) == len(prefixes)
+    expected = sorted(dict.fromkeys(prefixes), key=len)  # stable: first appearance
+    assert len(parent) == len(item) == len(expected)
+
+    def spelled(node):
+        return () if node < 0 else spelled(int(parent[node])) + (int(item[node]),)
+
+    assert [spelled(node) for node in range(len(parent))] == expected
+    assert [expected[int(node)] for node in node_of] == prefixes
+    lengths = [len(p) for p in expected]
+    assert level_offsets.tolist() == [0] + [sum(n <= k for n in lengths)
+                                            for k in range(1, max(lengths, default=0) + 1)]

@@ -14,14 +14,14 @@ from .._validation import (
     check_int_tuple,
     check_real,
 )
+from ..evaluation import ranks_from_counts
 from ..nn import _kernels
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
-from ..nn._fused_walk import FusedGRUWalk
+from ..nn._fused_walk import FusedGRUWalk, session_runs
 from ..nn._network import GRU4RecNetwork, StepConfig
 from ..nn._trainer import train_parallel
-from . import _recurrent
-from ._recurrent import SampledTrainingMixin, ranks_from_top_states
+from ._recurrent import SampledTrainingMixin, gathered_state_rows, ranks_from_top_states
 
 __all__ = ["GRU4RecRecommender"]
 
@@ -327,23 +327,34 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         """On the CPU with the fused kernels, count ranks straight from the product of the
         top states and the output matrix (``_kernels.product_ranks``): the scores are
         counted 32 rows at a time while they are in the cache, never written out. Where
-        the walk gathers its gate inputs from a per-item table, the C kernels run it too
-        (:class:`~sessionrec.nn._fused_walk.FusedGRUWalk`, the same states bit for bit)."""
+        the walk gathers its gate inputs from a per-item table, the C kernels compute the
+        states too, once per distinct session prefix
+        (:class:`~sessionrec.nn._fused_walk.FusedGRUWalk`: the Python walk's states, bit
+        for bit), and each state's scores are counted for every target that follows it."""
         network = self.network_
         if not _kernels.enabled_for(network.out):
             yield from super()._iter_ranks(events, ties)
             return
+        matrix = network.scoring_matrix()
         gates = self._walk_gate_table(events, network.views(network.dense))
         if gates is None:
             yield from ranks_from_top_states(
                 self._iter_scores(events, ~events.is_last, score_top=False), events,
-                network.scoring_matrix(), ties)
+                matrix, ties)
             return
-        walk = FusedGRUWalk(network, gates, self._walk_schedule(events, ~events.is_last),
-                            events.items)
-        yield from ranks_from_top_states(
-            walk.blocks(max(1, _recurrent._GATHERED_STATE_VALUES // network.layers[-1])),
-            events, network.scoring_matrix(), ties, gathered=True)
+        walk = FusedGRUWalk(network, gates)
+        items = torch.as_tensor(events.items, dtype=torch.int64)
+        offsets = torch.as_tensor(events.offsets, dtype=torch.int64)
+        for first, stop in session_runs(events.offsets,
+                                        gathered_state_rows(network.layers[-1])):
+            node_of, states = walk.states(items, offsets, first, stop)
+            span = slice(events.offsets[first], events.offsets[stop])
+            positions = np.flatnonzero(~events.is_last[span]) + span.start
+            at_least, above, target_scores = _kernels.product_ranks(
+                states, matrix, items.index_select(0, torch.as_tensor(positions + 1)),
+                ties != "conservative", rows=node_of)
+            yield positions, ranks_from_counts(at_least, above, target_scores,
+                                               matrix.shape[1], ties)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         return self.network_.out[:, -1].detach()

@@ -26,7 +26,8 @@ from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 
-__all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH", "ranks_from_top_states"]
+__all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH", "ranks_from_top_states",
+           "gathered_state_rows"]
 
 # Slots of a session-parallel evaluation batch: as many rows as one scoring block holds,
 # within these bounds.
@@ -37,8 +38,12 @@ EVAL_BATCH = (64, 8192)
 _GATHERED_STATE_VALUES = 2**22
 
 
-def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str,
-                          gathered: bool = False):
+def gathered_state_rows(width: int) -> int:
+    """How many states of ``width`` values :func:`ranks_from_top_states` counts at once."""
+    return max(1, _GATHERED_STATE_VALUES // width)
+
+
+def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str):
     """``(positions, ranks)`` blocks from ``(positions, top states)`` blocks, counted
     straight from the product of the states ``h`` and ``matrix`` (``[h | 1] matrix`` are
     the scores; ``(H + 1) x n_items``, the output weights and their biases in the last
@@ -47,11 +52,10 @@ def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str,
     score with such a product (GRU4Rec, HRNN); same definitions as
     :func:`~sessionrec.evaluation.ranks_from_scores`.
 
-    The walk's blocks are copied into one buffer (at most ``_GATHERED_STATE_VALUES``
-    floats, or one block) and counted together, so that states equal bit for bit anywhere in it are
+    The walk's blocks are copied into one buffer (:func:`gathered_state_rows` rows, or
+    one block) and counted together, so that states equal bit for bit anywhere in it are
     scored once: every session that starts with the same item has the same first state
-    (30% of rsc15-100k's test targets repeat an earlier state). ``gathered``: the blocks
-    are already such runs of states, each its own tensor, and are counted as they come.
+    (30% of rsc15-100k's test targets repeat an earlier state).
     """
     items = torch.as_tensor(events.items)
     buffer, positions, filled = None, [], 0
@@ -66,12 +70,8 @@ def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str,
         return at, ranks_from_counts(at_least, above, target_scores, matrix.shape[1], ties)
 
     for block_positions, top in blocks:
-        if gathered:
-            buffer, filled, positions = top, top.shape[0], [block_positions]
-            yield flush()
-            continue
         if buffer is None:
-            rows = max(_GATHERED_STATE_VALUES // top.shape[1], top.shape[0])
+            rows = max(gathered_state_rows(top.shape[1]), top.shape[0])
             buffer = torch.empty(min(rows, len(events.items)), top.shape[1])
         if filled + top.shape[0] > buffer.shape[0]:
             yield flush()

@@ -937,84 +937,6 @@ EXPORT void sr_gru_forward_f32(int64_t B, int64_t I, int64_t H, const float *x, 
     RUN_PHASES(gru_forward_phases, s, use);
 }
 
-/* Floats of work sr_gru_walk_f32 needs for schedules at most max_width slots wide. */
-EXPORT int64_t sr_gru_walk_scratch(int64_t n_layers, const int64_t *sizes,
-                                   int64_t max_width) {
-    int64_t total = 0;
-    for (int64_t l = 0; l < n_layers; ++l) total += 8 * max_width * sizes[l];
-    return total;
-}
-
-/* Steps [t0, t1) of an evaluation walk through GRU4Rec's layers (GRU4RecRecommender.
- * _iter_scores, with the first layer's gate inputs gathered from a per-item table): the
- * Python walk's GRU steps, one sr_gru_forward_f32 per layer and step, on the same values,
- * without its per-step dispatch.
- *
- * The schedule (session_parallel_schedule): entries step_offsets[t]:step_offsets[t + 1]
- * are step t's slots, feeding items[e] (each in [0, n_items)), starts[e] != 0 where a
- * session starts (its slot's states are multiplied by 0 first, as the Python walk does);
- * before step t, the states keep only the rows shrink_rows[shrink_offsets[t]:
- * shrink_offsets[t + 1]] (increasing) of step t - 1 when that range is not empty.
- * Layers: sizes, layout (per layer: input width, then the offsets of wx, wrz, wh, b and bh
- * in dense, -1 where absent) and reset_after, as in Gru4recStep; gate_table: n_items x 3
- * sizes[0], the first layer's x W_x + b per item. state: per layer, the slots' states
- * (rows of sizes[l]), carried from one call to the next. work: sr_gru_walk_scratch floats.
- * out: the top layer's new state of every entry of the steps, in order. Returns -1
- * (nothing changed) when an item lies outside the catalogue, else 0. */
-EXPORT int64_t sr_gru_walk_f32(int64_t n_layers, const int64_t *sizes, const int64_t *layout,
-                               const int64_t *reset_after, const float *dense,
-                               const float *gate_table, int64_t n_items,
-                               const int64_t *step_offsets, const int64_t *shrink_offsets,
-                               const int64_t *shrink_rows, const int64_t *items,
-                               const uint8_t *starts, int64_t t0, int64_t t1,
-                               float *const *state, int64_t max_width, float *work,
-                               float *out, int64_t n_threads) {
-    const int64_t L = n_layers, first = step_offsets[t0];
-    for (int64_t e = first; e < step_offsets[t1]; ++e)
-        if (items[e] < 0 || items[e] >= n_items) return -1;
-    for (int64_t t = t0; t < t1; ++t) {
-        const int64_t at_entry = step_offsets[t], B = step_offsets[t + 1] - at_entry;
-        if (shrink_offsets[t + 1] > shrink_offsets[t]) { /* rows[i] >= i: copied upwards */
-            const int64_t *rows = shrink_rows + shrink_offsets[t];
-            for (int64_t l = 0; l < L; ++l)
-                for (int64_t i = 0; i < B; ++i)
-                    if (rows[i] != i)
-                        memcpy(state[l] + i * sizes[l], state[l] + rows[i] * sizes[l],
-                               (size_t)sizes[l] * sizeof(float));
-        }
-        for (int64_t b = 0; b < B; ++b)
-            if (starts[at_entry + b])
-                for (int64_t l = 0; l < L; ++l)
-                    for (int64_t j = 0; j < sizes[l]; ++j) state[l][b * sizes[l] + j] *= 0.0f;
-        const float *in = 0;
-        float *part = work;
-        for (int64_t l = 0; l < L; ++l) {
-            const int64_t *at = layout + 6 * l, units = sizes[l], block = B * units;
-            float *new_state = l == L - 1 ? out + (at_entry - first) * units : part + 7 * block;
-            GruForward s = {B, at[0], units, at[0], units, 3 * units,
-                            l ? in : 0, l ? dense + at[1] : 0, l ? dense + at[4] : 0,
-                            state[l], dense + at[2], dense + at[3],
-                            at[5] >= 0 ? dense + at[5] : 0, 0,
-                            l ? part + 4 * block : (float *)gate_table, part, part + 2 * block,
-                            part + 3 * block, new_state, (int)reset_after[l],
-                            l ? 0 : items + at_entry};
-            const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
-            RUN_PHASES(gru_forward_phases, s, use);
-            in = new_state;
-            part += 8 * max_width * units;
-        }
-        part = work;
-        for (int64_t l = 0; l < L; ++l) { /* the new states become the slots' states */
-            const int64_t units = sizes[l];
-            const float *new_state = l == L - 1 ? out + (at_entry - first) * units
-                                                : part + 7 * B * units;
-            memcpy(state[l], new_state, (size_t)(B * units) * sizeof(float));
-            part += 8 * max_width * units;
-        }
-    }
-    return 0;
-}
-
 typedef struct {
     int64_t B, I, H, lddh, ldh, ldx;
     const float *dh, *mask, *rz, *c, *h, *rec, *x, *wx, *wh;
@@ -1176,18 +1098,19 @@ EXPORT int64_t sr_rank_counts_f32(const float *scores, int64_t rows, int64_t n, 
     return 0;
 }
 
-/* Ranks straight from a product: the scores of rows [lo, hi) of hd (row stride K) are
- * hd W + bias (W: K x N, row-major), computed 32 rows at a time into buf (32 x N) and
- * counted there, so the score matrix never leaves the cache. Row d's scores are counted
- * for each of the rows order[offsets[d]:offsets[d + 1]] of the caller's h, whose target
- * score is written out too. */
-static void product_rank_rows(const float *hd, int64_t K, const float *w, const float *bias,
-                              int64_t N, const int64_t *offsets, const int64_t *order,
-                              const int64_t *targets, double *ge, double *gt,
-                              float *target_score, float *buf, int64_t lo, int64_t hi) {
+/* Ranks straight from a product: the scores of rows [lo, hi) of hd (row stride ldhd)
+ * are hd W + bias (W: K x N, row-major), computed 32 rows at a time into buf (32 x N)
+ * and counted there, so the score matrix never leaves the cache. Row d's scores are
+ * counted for each of the targets order[offsets[d]:offsets[d + 1]], whose target score
+ * is written out too. */
+static void product_rank_rows(const float *hd, int64_t ldhd, int64_t K, const float *w,
+                              const float *bias, int64_t N, const int64_t *offsets,
+                              const int64_t *order, const int64_t *targets, double *ge,
+                              double *gt, float *target_score, float *buf, int64_t lo,
+                              int64_t hi) {
     for (int64_t d0 = lo; d0 < hi; d0 += 32) {
         const int64_t m = hi - d0 < 32 ? hi - d0 : 32;
-        gemm_columns(m, K, hd + d0 * K, K, 1, w, N, bias, buf, N, 0, N);
+        gemm_columns(m, K, hd + d0 * ldhd, ldhd, 1, w, N, bias, buf, N, 0, N);
         for (int64_t x = 0; x < m; ++x)
             for (int64_t k = offsets[d0 + x]; k < offsets[d0 + x + 1]; ++k) {
                 const int64_t r = order[k];
@@ -1198,7 +1121,7 @@ static void product_rank_rows(const float *hd, int64_t K, const float *w, const 
     }
 }
 
-/* Slots of the hash table of M rows: a power of two, at least 2 M. */
+/* Slots of a hash table of up to M keys: a power of two, at least 2 M. */
 static int64_t row_table_size(int64_t M) {
     int64_t size = 16;
     while (size < 2 * M) size *= 2;
@@ -1217,15 +1140,24 @@ static uint64_t row_hash(const uint32_t *word, int64_t K) {
            0xC4CEB9FE1A85EC53ull;
 }
 
-/* Groups the M rows of h (row stride ldh) that are equal bit for bit: copies each
- * group's first row into hd (D x K, in order of first appearance) and lists the rows of
- * group d as order[offsets[d]:offsets[d + 1]], in increasing order. index: the
- * row_table_size(M) + 3 M + 1 int64 sr_product_ranks_scratch asks for. Returns D. */
+/* Lists the n members of each of D groups (group[r] in [0, D)) as order[offsets[d]:
+ * offsets[d + 1]], in increasing order: a counting sort. */
+static void sort_by_group(const int64_t *group, int64_t n, int64_t D, int64_t *offsets,
+                          int64_t *order) {
+    memset(offsets, 0, (size_t)(D + 1) * sizeof(int64_t));
+    for (int64_t r = 0; r < n; ++r) ++offsets[group[r] + 1];
+    for (int64_t d = 0; d < D; ++d) offsets[d + 1] += offsets[d];
+    for (int64_t r = 0; r < n; ++r) order[offsets[group[r]]++] = r;
+    for (int64_t d = D; d > 0; --d) offsets[d] = offsets[d - 1];
+    offsets[0] = 0;
+}
+
+/* The groups of the M rows of h (row stride ldh) that are equal bit for bit: each
+ * group's first row is copied into hd (D x K, in order of first appearance) and row r's
+ * group written into group[r]. table: row_table_size(M) int64. Returns D. */
 static int64_t group_equal_rows(const float *h, int64_t M, int64_t K, int64_t ldh,
-                                float *hd, int64_t *index, int64_t **offsets_out,
-                                int64_t **order_out) {
+                                float *hd, int64_t *table, int64_t *group) {
     const int64_t size = row_table_size(M);
-    int64_t *table = index, *group = table + size, *offsets = group + M, *order = offsets + M + 1;
     for (int64_t s = 0; s < size; ++s) table[s] = -1;
     int64_t D = 0;
     for (int64_t r = 0; r < M; ++r) {
@@ -1245,44 +1177,49 @@ static int64_t group_equal_rows(const float *h, int64_t M, int64_t K, int64_t ld
             }
         }
     }
-    /* A counting sort of the rows by group. */
-    memset(offsets, 0, (size_t)(D + 1) * sizeof(int64_t));
-    for (int64_t r = 0; r < M; ++r) ++offsets[group[r] + 1];
-    for (int64_t d = 0; d < D; ++d) offsets[d + 1] += offsets[d];
-    for (int64_t r = 0; r < M; ++r) order[offsets[group[r]]++] = r;
-    for (int64_t d = D; d > 0; --d) offsets[d] = offsets[d - 1];
-    offsets[0] = 0;
-    *offsets_out = offsets;
-    *order_out = order;
     return D;
 }
 
-/* Scratch sr_product_ranks_f32 needs for M rows of K columns and N items: floats
- * (returned) and int64 (into *n_index). */
-EXPORT int64_t sr_product_ranks_scratch(int64_t M, int64_t K, int64_t N, int64_t n_threads,
+/* Scratch sr_product_ranks_f32 needs for M rows of K columns, N items and n_targets
+ * targets: floats (returned) and int64 (into *n_index). With row_of (the caller maps
+ * the targets to rows), no table and no copy of the rows. */
+EXPORT int64_t sr_product_ranks_scratch(int64_t M, int64_t K, int64_t N, int64_t n_targets,
+                                        int64_t row_of, int64_t n_threads,
                                         int64_t *n_index) {
-    *n_index = row_table_size(M) + 3 * M + 1;
-    return 32 * N * (n_threads > 1 ? n_threads : 1) + M * K;
+    *n_index = (row_of ? 0 : row_table_size(M) + n_targets) + M + 1 + n_targets;
+    return 32 * N * (n_threads > 1 ? n_threads : 1) + (row_of ? 0 : M * K);
 }
 
-/* For each of M rows of h (row stride ldh, K columns): the number of the N items whose
- * score h W + bias (W: K x N row-major; bias: N) is >= (into ge) and, if gt is not NULL,
- * > (into gt) the score of the row's target item, which goes into target_score. NaN
- * scores never count. Rows equal bit for bit share one computation of their scores (an
- * evaluation walk gives every session that starts with the same item the same first
- * state). scratch and index: what sr_product_ranks_scratch(M, K, N, n_threads) asks for.
- * Returns -1 (nothing written) when a target lies outside [0, N), else 0. */
+/* For each of n_targets targets: the number of the N items whose score h W + bias (h:
+ * M rows, row stride ldh, K columns; W: K x N row-major; bias: N) is >= (into ge) and,
+ * if gt is not NULL, > (into gt) the score of its target item targets[r], which goes
+ * into target_score. NaN scores never count. Target r is scored with row row_of[r] of
+ * h; with row_of NULL, row r (then n_targets == M), and rows equal bit for bit share one
+ * computation of their scores (an evaluation walk gives every session that starts with
+ * the same item the same first state). scratch and index: what sr_product_ranks_scratch
+ * asks for. Returns -1 (nothing written) when a target lies outside [0, N) or a row
+ * outside [0, M), else 0. */
 EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_t ldh,
                                     const float *w, const float *bias, int64_t N,
-                                    const int64_t *targets, double *ge, double *gt,
+                                    const int64_t *targets, const int64_t *row_of,
+                                    int64_t n_targets, double *ge, double *gt,
                                     float *target_score, float *scratch, int64_t *index,
                                     int64_t n_threads) {
-    for (int64_t r = 0; r < M; ++r)
-        if (targets[r] < 0 || targets[r] >= N) return -1;
+    for (int64_t r = 0; r < n_targets; ++r)
+        if (targets[r] < 0 || targets[r] >= N || (row_of && (row_of[r] < 0 || row_of[r] >= M)))
+            return -1;
     const int64_t T = n_threads > 1 ? n_threads : 1;
-    float *hd = scratch + 32 * N * T;
-    int64_t *offsets, *order;
-    const int64_t D = group_equal_rows(h, M, K, ldh, hd, index, &offsets, &order);
+    const float *hd = h;
+    int64_t D = M, ldhd = ldh, *offsets = index, *order = offsets + M + 1;
+    if (!row_of) {
+        int64_t *table = order + n_targets, *group = table + row_table_size(M);
+        float *packed = scratch + 32 * N * T;
+        D = group_equal_rows(h, M, K, ldh, packed, table, group);
+        hd = packed;
+        ldhd = K;
+        row_of = group;
+    }
+    sort_by_group(row_of, n_targets, D, offsets, order);
 #ifdef _OPENMP
     const int use = n_threads > 1 && D >= 64 ? (int)n_threads : 1;
     if (use > 1) {
@@ -1291,14 +1228,146 @@ EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_
             const int64_t t = omp_get_thread_num(), n_used = omp_get_num_threads();
             int64_t lo, hi;
             share(D, t, n_used, 4, &lo, &hi); /* in whole tiles of 4 rows */
-            product_rank_rows(hd, K, w, bias, N, offsets, order, targets, ge, gt,
+            product_rank_rows(hd, ldhd, K, w, bias, N, offsets, order, targets, ge, gt,
                               target_score, scratch + t * 32 * N, lo, hi);
         }
         return 0;
     }
 #endif
-    product_rank_rows(hd, K, w, bias, N, offsets, order, targets, ge, gt, target_score,
-                      scratch, 0, D);
+    product_rank_rows(hd, ldhd, K, w, bias, N, offsets, order, targets, ge, gt,
+                      target_score, scratch, 0, D);
+    return 0;
+}
+
+/* ---- The prefix tree of an evaluation walk ----
+ *
+ * Ranking the next items of a set of sessions needs the state after each prefix of each
+ * session; equal prefixes give equal states. Walking the tree of distinct prefixes level
+ * by level (the prefixes of length 1, then 2, ...) computes each state once: 30% of
+ * rsc15-100k's test prefixes repeat an earlier one, most of them a session's first
+ * item. */
+
+static uint64_t pair_hash(int64_t parent, int64_t item) {
+    uint64_t x = (uint64_t)parent * 0x9E3779B97F4A7C15ull ^ (uint64_t)item * 0xC2B2AE3D27D4EB4Full;
+    x ^= x >> 31;
+    x *= 0xFF51AFD7ED558CCDull;
+    return x ^ (x >> 29);
+}
+
+/* int64 scratch sr_prefix_tree needs for n_fed prefixes. */
+EXPORT int64_t sr_prefix_tree_scratch(int64_t n_fed) { return row_table_size(n_fed) + 3 * n_fed; }
+
+/* The distinct prefixes of sessions [s0, s1) of an events array (session s holds
+ * items[offsets[s]:offsets[s + 1]]): every event but its session's last ends a prefix
+ * (n_fed of them). Nodes are numbered level by level (level L: the prefixes of L + 1
+ * items), in order of first appearance within a level. Writes node_of (n_fed: each
+ * prefix's node, in event order), parent (each node's prefix without its last item, -1
+ * on level 0), item (each node's last item) and level_offsets (level L holds nodes
+ * level_offsets[L]:level_offsets[L + 1]; room for the longest session's length values),
+ * the number of levels into *n_levels, and returns the number of nodes. index:
+ * sr_prefix_tree_scratch(n_fed) int64. */
+EXPORT int64_t sr_prefix_tree(const int64_t *items, const int64_t *offsets, int64_t s0,
+                              int64_t s1, int64_t *node_of, int64_t *parent, int64_t *item,
+                              int64_t *level_offsets, int64_t *n_levels, int64_t *index) {
+    int64_t n_fed = 0;
+    for (int64_t s = s0; s < s1; ++s) /* a session may be empty (its items unknown) */
+        n_fed += offsets[s + 1] - offsets[s] > 1 ? offsets[s + 1] - offsets[s] - 1 : 0;
+    const int64_t size = row_table_size(n_fed);
+    /* Nodes in order of creation first: their parent, item and level. */
+    int64_t *table = index, *first_parent = table + size, *first_item = first_parent + n_fed,
+            *level = first_item + n_fed;
+    for (int64_t k = 0; k < size; ++k) table[k] = -1;
+    int64_t n = 0, k = 0, levels = 0;
+    for (int64_t s = s0; s < s1; ++s) {
+        int64_t above = -1;
+        for (int64_t p = offsets[s]; p < offsets[s + 1] - 1; ++p) {
+            const int64_t it = items[p];
+            int64_t slot = (int64_t)(pair_hash(above, it) & (uint64_t)(size - 1)), node;
+            for (;; slot = (slot + 1) & (size - 1)) { /* linear probing; n <= n_fed < size */
+                node = table[slot];
+                if (node < 0) {
+                    node = table[slot] = n++;
+                    first_parent[node] = above;
+                    first_item[node] = it;
+                    level[node] = p - offsets[s];
+                    levels = level[node] + 1 > levels ? level[node] + 1 : levels;
+                    break;
+                }
+                if (first_parent[node] == above && first_item[node] == it) break;
+            }
+            node_of[k++] = node;
+            above = node;
+        }
+    }
+    /* Renumber level by level (a counting sort of the nodes by level, stable). */
+    memset(level_offsets, 0, (size_t)(levels + 1) * sizeof(int64_t));
+    for (int64_t v = 0; v < n; ++v) ++level_offsets[level[v] + 1];
+    for (int64_t l = 0; l < levels; ++l) level_offsets[l + 1] += level_offsets[l];
+    int64_t *renamed = table; /* the table is no longer needed */
+    for (int64_t v = 0; v < n; ++v) renamed[v] = level_offsets[level[v]]++;
+    for (int64_t l = levels; l > 0; --l) level_offsets[l] = level_offsets[l - 1];
+    level_offsets[0] = 0;
+    for (int64_t v = 0; v < n; ++v) {
+        parent[renamed[v]] = first_parent[v] < 0 ? -1 : renamed[first_parent[v]];
+        item[renamed[v]] = first_item[v];
+    }
+    for (int64_t j = 0; j < n_fed; ++j) node_of[j] = renamed[node_of[j]];
+    *n_levels = levels;
+    return n;
+}
+
+/* Floats of work sr_gru_tree_walk_f32 needs for levels of at most max_width nodes. */
+EXPORT int64_t sr_gru_tree_walk_scratch(int64_t n_layers, const int64_t *sizes,
+                                        int64_t max_width) {
+    int64_t total = 0;
+    for (int64_t l = 0; l < n_layers; ++l) total += 8 * max_width * sizes[l];
+    return total;
+}
+
+/* The states of a prefix tree (sr_prefix_tree) through GRU4Rec's layers, level by level:
+ * one GRU step per layer and level (sr_gru_forward_f32's phases), the state of a node's
+ * parent (zero on level 0) and its item's row of gate_table (n_items x 3 sizes[0]: the
+ * first layer's x W_x + b per item) in. Layers: sizes, layout (per layer: input width,
+ * then the offsets of wx, wrz, wh, b and bh in dense, -1 where absent) and reset_after,
+ * as in Gru4recStep. state: per layer, n_nodes rows of sizes[l], written. work:
+ * sr_gru_tree_walk_scratch floats for the widest level. Returns -1 (nothing written)
+ * when an item lies outside the catalogue, else 0. */
+EXPORT int64_t sr_gru_tree_walk_f32(int64_t n_layers, const int64_t *sizes,
+                                    const int64_t *layout, const int64_t *reset_after,
+                                    const float *dense, const float *gate_table,
+                                    int64_t n_items, const int64_t *level_offsets,
+                                    int64_t n_levels, const int64_t *parent,
+                                    const int64_t *item, float *const *state,
+                                    int64_t max_width, float *work, int64_t n_threads) {
+    const int64_t L = n_layers, n_nodes = level_offsets[n_levels];
+    for (int64_t v = 0; v < n_nodes; ++v)
+        if (item[v] < 0 || item[v] >= n_items) return -1;
+    for (int64_t level = 0; level < n_levels; ++level) {
+        const int64_t first = level_offsets[level], B = level_offsets[level + 1] - first;
+        float *part = work;
+        for (int64_t l = 0; l < L; ++l) {
+            const int64_t *at = layout + 6 * l, units = sizes[l], block = B * units;
+            float *h = part + 7 * block; /* the parents' states */
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t above = parent[first + b];
+                if (above < 0)
+                    memset(h + b * units, 0, (size_t)units * sizeof(float));
+                else
+                    memcpy(h + b * units, state[l] + above * units,
+                           (size_t)units * sizeof(float));
+            }
+            GruForward s = {B, at[0], units, at[0], units, 3 * units,
+                            l ? state[l - 1] + first * at[0] : 0, l ? dense + at[1] : 0,
+                            l ? dense + at[4] : 0, h, dense + at[2], dense + at[3],
+                            at[5] >= 0 ? dense + at[5] : 0, 0,
+                            l ? part + 4 * block : (float *)gate_table, part,
+                            part + 2 * block, part + 3 * block, state[l] + first * units,
+                            (int)reset_after[l], l ? 0 : item + first};
+            const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
+            RUN_PHASES(gru_forward_phases, s, use);
+            part += 8 * max_width * units;
+        }
+    }
     return 0;
 }
 

@@ -40,7 +40,8 @@ __all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_ada
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
            "gru_step_backward", "rank_counts", "product_ranks",
            "bpr_max", "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
-           "gru4rec_step_function", "gru_walk_scratch", "gru_walk_function", "threads"]
+           "gru4rec_step_function", "prefix_tree", "gru_tree_walk_scratch",
+           "gru_tree_walk_function", "threads"]
 
 
 def _openmp_runtimes() -> set[str]:
@@ -82,11 +83,13 @@ def _load():
         "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, p, i64],
                                ctypes.c_double),
         "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
-        "sr_product_ranks_scratch": ([i64, i64, i64, i64, p], i64),
-        "sr_gru_walk_scratch": ([i64, p, i64], i64),
-        "sr_gru_walk_f32": ([i64, p, p, p, p, p, i64, p, p, p, p, p, i64, i64, p, i64, p, p,
-                             i64], i64),
-        "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, p, p, p, p, i64], i64),
+        "sr_product_ranks_scratch": ([i64, i64, i64, i64, i64, i64, p], i64),
+        "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, i64, p, p, p, p, p, i64],
+                                 i64),
+        "sr_prefix_tree_scratch": ([i64], i64),
+        "sr_prefix_tree": ([p, p, i64, i64, p, p, p, p, p, p], i64),
+        "sr_gru_tree_walk_scratch": ([i64, p, i64], i64),
+        "sr_gru_tree_walk_f32": ([i64, p, p, p, p, p, i64, p, i64, p, p, p, i64, p, i64], i64),
         "sr_gru4rec_step_scratch": ([p, p], i64),
         "sr_gru4rec_step_init": ([p], None),
         "sr_bpr_max_scratch": ([i64, i64], i64),
@@ -370,15 +373,16 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor, strict: bool
 
 
 def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
-                  strict: bool):
+                  strict: bool, rows: torch.Tensor | None = None):
     """:func:`rank_counts` of the scores ``[h | 1] matrix``, without the score matrix.
 
     ``h`` (float32, n_rows x K), ``matrix`` ((K + 1) x n_items, contiguous: the items'
-    weights, then their biases in the last row). The scores are computed 32 rows at a
-    time and counted while they are in the cache; rows of ``h`` equal bit for bit share
-    one computation (the first states of sessions that start with the same item).
-    Returns ``(at_least, above, scores)``: the counts (``above`` None unless ``strict``)
-    and each row's target score.
+    weights, then their biases in the last row). ``targets``: the target item of each
+    row of ``h``, or with ``rows`` (int64, one per target) of row ``rows[i]``. The scores
+    are computed 32 rows at a time and counted, for each target of the row, while they
+    are in the cache. Without ``rows``, rows of ``h`` equal bit for bit share one
+    computation. Returns ``(at_least, above, scores)``: per target, the counts (``above``
+    None unless ``strict``) and its score.
     """
     h = _rows(h)
     n_rows, size = h.shape
@@ -387,21 +391,57 @@ def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
     matrix = _dense(matrix)
     n_items = matrix.shape[1]
     targets = _input(targets, torch.int64)
+    n_targets = len(targets)
+    if rows is None and n_targets != n_rows:
+        raise ValueError(f"{n_targets} targets for {n_rows} rows")
+    if rows is not None:
+        rows = _input(rows, torch.int64)
+        if len(rows) != n_targets:
+            raise ValueError(f"{len(rows)} rows for {n_targets} targets")
     n_threads = threads()
-    counts = torch.empty(2 if strict else 1, n_rows, dtype=torch.float64)
-    target_scores = torch.empty(n_rows)
+    counts = torch.empty(2 if strict else 1, n_targets, dtype=torch.float64)
+    target_scores = torch.empty(n_targets)
     n_index = ctypes.c_int64()
     scratch = torch.empty(_library.sr_product_ranks_scratch(
-        n_rows, size, n_items, n_threads, ctypes.byref(n_index)))
+        n_rows, size, n_items, n_targets, int(rows is not None), n_threads,
+        ctypes.byref(n_index)))
     index = torch.empty(n_index.value, dtype=torch.int64)
     at = matrix.data_ptr()
     status = _library.sr_product_ranks_f32(
         h.data_ptr(), n_rows, size, h.stride(0), at, at + 4 * size * n_items, n_items,
-        targets.data_ptr(), counts.data_ptr(), counts[1].data_ptr() if strict else None,
-        target_scores.data_ptr(), scratch.data_ptr(), index.data_ptr(), n_threads)
+        targets.data_ptr(), _pointer(rows), n_targets, counts.data_ptr(),
+        counts[1].data_ptr() if strict else None, target_scores.data_ptr(),
+        scratch.data_ptr(), index.data_ptr(), n_threads)
     if status < 0:
-        raise IndexError(f"a target column lies outside [0, {n_items})")
+        raise IndexError(f"a target lies outside [0, {n_items}) or a row outside "
+                         f"[0, {n_rows})")
     return counts[0], (counts[1] if strict else None), target_scores
+
+
+def prefix_tree(items: torch.Tensor, offsets: torch.Tensor, first: int, stop: int):
+    """The distinct prefixes of sessions ``first:stop`` (session ``s`` holds
+    ``items[offsets[s]:offsets[s + 1]]``, both int64 and contiguous), every event but a
+    session's last ending one, numbered level by level (level ``L``: the prefixes of
+    ``L + 1`` items).
+
+    Returns ``(node_of, parent, item, level_offsets)``: each prefix's node (in event
+    order), each node's parent (its prefix without its last item; -1 on level 0) and last
+    item, and the bounds of the levels' nodes.
+    """
+    lengths = offsets[first + 1:stop + 1] - offsets[first:stop]
+    n_fed = int((lengths - 1).clamp(min=0).sum())  # a session may be empty
+    node_of = torch.empty(n_fed, dtype=torch.int64)
+    parent = torch.empty(n_fed, dtype=torch.int64)
+    item = torch.empty(n_fed, dtype=torch.int64)
+    level_offsets = torch.empty(max(int(lengths.max()) if len(lengths) else 0, 1),
+                                dtype=torch.int64)
+    index = torch.empty(_library.sr_prefix_tree_scratch(n_fed), dtype=torch.int64)
+    n_levels = ctypes.c_int64()
+    n_nodes = _library.sr_prefix_tree(
+        items.data_ptr(), offsets.data_ptr(), first, stop, node_of.data_ptr(),
+        parent.data_ptr(), item.data_ptr(), level_offsets.data_ptr(), ctypes.byref(n_levels),
+        index.data_ptr())
+    return node_of, parent[:n_nodes], item[:n_nodes], level_offsets[:n_levels.value + 1]
 
 
 def bpr_max(scores: torch.Tensor, column_of: torch.Tensor, score_shift: torch.Tensor | None,
@@ -472,14 +512,14 @@ def gru4rec_step_function():
     return _library.sr_gru4rec_step_f32
 
 
-def gru_walk_scratch(sizes: torch.Tensor, max_width: int) -> int:
-    """Floats of work :func:`gru_walk_function`'s walk needs for layers of ``sizes``
-    (int64 tensor) and schedules at most ``max_width`` slots wide."""
-    return _library.sr_gru_walk_scratch(len(sizes), sizes.data_ptr(), max_width)
+def gru_tree_walk_scratch(sizes: torch.Tensor, max_width: int) -> int:
+    """Floats of work :func:`gru_tree_walk_function`'s walk needs for layers of
+    ``sizes`` (int64 tensor) and levels of at most ``max_width`` nodes."""
+    return _library.sr_gru_tree_walk_scratch(len(sizes), sizes.data_ptr(), max_width)
 
 
-def gru_walk_function():
-    """The C function of an evaluation walk through GRU4Rec's layers
-    (``sr_gru_walk_f32``), for a caller that prepares its arguments once (see
+def gru_tree_walk_function():
+    """The C function of the states of a prefix tree through GRU4Rec's layers
+    (``sr_gru_tree_walk_f32``), for a caller that prepares its arguments (see
     ``_fused_walk.py``)."""
-    return _library.sr_gru_walk_f32
+    return _library.sr_gru_tree_walk_f32
