@@ -650,6 +650,7 @@ def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeyp
     one run of sessions or several; the ranks come from it; an item outside the
     catalogue raises."""
     from sessionrec.models import _recurrent
+    from sessionrec.nn import _fused_walk
     from sessionrec.nn._fused_walk import FusedGRUWalk, session_runs
 
     train, test = train_test
@@ -677,6 +678,10 @@ def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeyp
     assert len(runs) > 3 and runs[0][0] == 0 and runs[-1][1] == len(events.offsets) - 1
     pieces = [walk.states(items, offsets, first, stop) for first, stop in runs]
     assert torch.equal(torch.cat([s[n] for n, s in pieces]), python)
+    monkeypatch.setattr(_fused_walk, "MAX_STEP_NODES", 3)  # levels cut into steps of 3
+    node_of, states = walk.states(items, offsets, 0, len(events.offsets) - 1)
+    assert torch.equal(states[node_of], python)
+    monkeypatch.undo()
 
     calls = []
     original = FusedGRUWalk.states

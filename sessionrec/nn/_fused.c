@@ -1316,7 +1316,7 @@ EXPORT int64_t sr_prefix_tree(const int64_t *items, const int64_t *offsets, int6
     return n;
 }
 
-/* Floats of work sr_gru_tree_walk_f32 needs for levels of at most max_width nodes. */
+/* Floats of work sr_gru_tree_walk_f32 needs for steps of at most max_width nodes. */
 EXPORT int64_t sr_gru_tree_walk_scratch(int64_t n_layers, const int64_t *sizes,
                                         int64_t max_width) {
     int64_t total = 0;
@@ -1325,13 +1325,13 @@ EXPORT int64_t sr_gru_tree_walk_scratch(int64_t n_layers, const int64_t *sizes,
 }
 
 /* The states of a prefix tree (sr_prefix_tree) through GRU4Rec's layers, level by level:
- * one GRU step per layer and level (sr_gru_forward_f32's phases), the state of a node's
- * parent (zero on level 0) and its item's row of gate_table (n_items x 3 sizes[0]: the
- * first layer's x W_x + b per item) in. Layers: sizes, layout (per layer: input width,
- * then the offsets of wx, wrz, wh, b and bh in dense, -1 where absent) and reset_after,
- * as in Gru4recStep. state: per layer, n_nodes rows of sizes[l], written. work:
- * sr_gru_tree_walk_scratch floats for the widest level. Returns -1 (nothing written)
- * when an item lies outside the catalogue, else 0. */
+ * one GRU step per layer for every max_width nodes of a level (sr_gru_forward_f32's
+ * phases), the state of a node's parent (zero on level 0) and its item's row of
+ * gate_table (n_items x 3 sizes[0]: the first layer's x W_x + b per item) in. Layers:
+ * sizes, layout (per layer: input width, then the offsets of wx, wrz, wh, b and bh in
+ * dense, -1 where absent) and reset_after, as in Gru4recStep. state: per layer, n_nodes
+ * rows of sizes[l], written. work: sr_gru_tree_walk_scratch(n_layers, sizes, max_width)
+ * floats. Returns -1 (nothing written) when an item lies outside the catalogue, else 0. */
 EXPORT int64_t sr_gru_tree_walk_f32(int64_t n_layers, const int64_t *sizes,
                                     const int64_t *layout, const int64_t *reset_after,
                                     const float *dense, const float *gate_table,
@@ -1343,29 +1343,33 @@ EXPORT int64_t sr_gru_tree_walk_f32(int64_t n_layers, const int64_t *sizes,
     for (int64_t v = 0; v < n_nodes; ++v)
         if (item[v] < 0 || item[v] >= n_items) return -1;
     for (int64_t level = 0; level < n_levels; ++level) {
-        const int64_t first = level_offsets[level], B = level_offsets[level + 1] - first;
-        float *part = work;
-        for (int64_t l = 0; l < L; ++l) {
-            const int64_t *at = layout + 6 * l, units = sizes[l], block = B * units;
-            float *h = part + 7 * block; /* the parents' states */
-            for (int64_t b = 0; b < B; ++b) {
-                const int64_t above = parent[first + b];
-                if (above < 0)
-                    memset(h + b * units, 0, (size_t)units * sizeof(float));
-                else
-                    memcpy(h + b * units, state[l] + above * units,
-                           (size_t)units * sizeof(float));
+        for (int64_t first = level_offsets[level]; first < level_offsets[level + 1];
+             first += max_width) {
+            const int64_t rest = level_offsets[level + 1] - first;
+            const int64_t B = rest < max_width ? rest : max_width;
+            float *part = work;
+            for (int64_t l = 0; l < L; ++l) {
+                const int64_t *at = layout + 6 * l, units = sizes[l], block = B * units;
+                float *h = part + 7 * block; /* the parents' states */
+                for (int64_t b = 0; b < B; ++b) {
+                    const int64_t above = parent[first + b];
+                    if (above < 0)
+                        memset(h + b * units, 0, (size_t)units * sizeof(float));
+                    else
+                        memcpy(h + b * units, state[l] + above * units,
+                               (size_t)units * sizeof(float));
+                }
+                GruForward s = {B, at[0], units, at[0], units, 3 * units,
+                                l ? state[l - 1] + first * at[0] : 0, l ? dense + at[1] : 0,
+                                l ? dense + at[4] : 0, h, dense + at[2], dense + at[3],
+                                at[5] >= 0 ? dense + at[5] : 0, 0,
+                                l ? part + 4 * block : (float *)gate_table, part,
+                                part + 2 * block, part + 3 * block, state[l] + first * units,
+                                (int)reset_after[l], l ? 0 : item + first};
+                const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
+                RUN_PHASES(gru_forward_phases, s, use);
+                part += 8 * max_width * units;
             }
-            GruForward s = {B, at[0], units, at[0], units, 3 * units,
-                            l ? state[l - 1] + first * at[0] : 0, l ? dense + at[1] : 0,
-                            l ? dense + at[4] : 0, h, dense + at[2], dense + at[3],
-                            at[5] >= 0 ? dense + at[5] : 0, 0,
-                            l ? part + 4 * block : (float *)gate_table, part,
-                            part + 2 * block, part + 3 * block, state[l] + first * units,
-                            (int)reset_after[l], l ? 0 : item + first};
-            const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
-            RUN_PHASES(gru_forward_phases, s, use);
-            part += 8 * max_width * units;
         }
     }
     return 0;

@@ -23,6 +23,11 @@ from ._network import GRU4RecNetwork
 
 __all__ = ["FusedGRUWalk", "session_runs"]
 
+# Most nodes of a level one GRU step takes: wider levels are cut into steps of this many,
+# which bounds the work space (8 x this x the layers' units floats: 6.5 MB for 100 units)
+# and keeps a step's rows many enough for the products.
+MAX_STEP_NODES = 2048
+
 
 def session_runs(offsets: np.ndarray, max_prefixes: int):
     """``(first, stop)`` runs of consecutive sessions (session ``s`` holds events
@@ -71,7 +76,7 @@ class FusedGRUWalk:
         state = [torch.empty(n_nodes, size) for size in self.layers]
         if n_nodes == 0:
             return node_of, state[-1]
-        widest = int((level_offsets[1:] - level_offsets[:-1]).max())
+        widest = min(int((level_offsets[1:] - level_offsets[:-1]).max()), MAX_STEP_NODES)
         work = torch.empty(_kernels.gru_tree_walk_scratch(self._sizes, widest))
         pointers = (ctypes.c_void_p * len(state))(*[h.data_ptr() for h in state])
         n_items = self._gate_table.shape[0]
