@@ -174,15 +174,6 @@ class SampledTrainingMixin:
         shift_batch = -float(self.logq) * log_support
         return sampler, LogQShift(shift_batch, shift_batch * float(self.sample_alpha))
 
-    def _walk_schedule(self, events, score_after: np.ndarray):
-        """The schedule of an evaluation walk: sessions in parallel slots, longest first,
-        as many as one scoring block holds; the sessions' last events are fed only if a
-        score after one is wanted."""
-        batch = int(np.clip(rows_per_block(self.n_items_, self.device_), *EVAL_BATCH))
-        include_last = bool(score_after[events.is_last].any())
-        return session_parallel_schedule(events, batch, include_last=include_last,
-                                         longest_first=True)
-
     def _session_parallel_scores(self, events, score_after, zero_state, step, score):
         """The evaluation walk of a session RNN: yield ``(positions, scores)`` blocks.
 
@@ -195,7 +186,10 @@ class SampledTrainingMixin:
         items never needs it.
         """
         device = self.device_
-        schedule = self._walk_schedule(events, score_after)
+        batch = int(np.clip(rows_per_block(self.n_items_, device), *EVAL_BATCH))
+        include_last = bool(score_after[events.is_last].any())
+        schedule = session_parallel_schedule(events, batch, include_last=include_last,
+                                             longest_first=True)
         if schedule.n_steps == 0:
             return
         items = torch.as_tensor(events.items, device=device)

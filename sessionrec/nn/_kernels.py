@@ -7,7 +7,8 @@ planes, five arithmetic passes, scatter them back) took more time than the produ
 kernels of ``_fused.c`` do such work in one pass, in place; a GRU layer's step, products
 included, is one call each way, bpr-max's loss is one call, a whole GRU4Rec step with the
 cross-entropy is one call (``_fused_step.py``), and evaluation counts ranks without a
-comparison matrix (GRU4Rec and HRNN: without a score matrix). ``pip install`` compiles them
+comparison matrix (GRU4Rec and HRNN: without a score matrix; GRU4Rec's walk computes the
+state of each distinct session prefix once, ``_fused_walk.py``). ``pip install`` compiles them
 where a C compiler is found (``setup.py``; the extension is optional), and they are then
 used for float32 tensors on the CPU; the GPU, other dtypes, or an installation without
 the library run the PyTorch code they replace, which computes the same values up to
