@@ -8,7 +8,7 @@ equal states, and on rsc15-100k's test set 30% of the prefixes repeat an earlier
 prefixes (``sr_prefix_tree``) and computes its states level by level, the prefixes of
 one length per GRU step (``sr_gru_tree_walk_f32``), with the GRU kernel the Python walk
 calls: each state is the Python walk's, bit for bit (a test checks it), computed once.
-On two cores the rsc15 walk takes 10-11 ms this way, 31-33 ms in Python.
+On two cores the rsc15 walk takes 13-14 ms this way, 32-36 ms in Python.
 """
 
 from __future__ import annotations
