@@ -14,14 +14,18 @@ from .._validation import (
     check_int_tuple,
     check_real,
 )
-from ..evaluation import ranks_from_counts
 from ..nn import _kernels
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
 from ..nn._fused_walk import FusedGRUWalk, session_runs
 from ..nn._network import GRU4RecNetwork, StepConfig
 from ..nn._trainer import train_parallel
-from ._recurrent import SampledTrainingMixin, gathered_state_rows, ranks_from_top_states
+from ._recurrent import (
+    SampledTrainingMixin,
+    counted_ranks,
+    gathered_state_rows,
+    ranks_from_top_states,
+)
 
 __all__ = ["GRU4RecRecommender"]
 
@@ -345,16 +349,14 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         walk = FusedGRUWalk(network, gates)
         items = torch.as_tensor(events.items, dtype=torch.int64)
         offsets = torch.as_tensor(events.offsets, dtype=torch.int64)
+        fed = np.flatnonzero(~events.is_last)  # every event but a session's last
         for first, stop in session_runs(events.offsets,
                                         gathered_state_rows(network.layers[-1])):
             node_of, states = walk.states(items, offsets, first, stop)
-            span = slice(events.offsets[first], events.offsets[stop])
-            positions = np.flatnonzero(~events.is_last[span]) + span.start
-            at_least, above, target_scores = _kernels.product_ranks(
-                states, matrix, items.index_select(0, torch.as_tensor(positions + 1)),
-                ties != "conservative", rows=node_of)
-            yield positions, ranks_from_counts(at_least, above, target_scores,
-                                               matrix.shape[1], ties)
+            positions = fed[np.searchsorted(fed, events.offsets[first]):
+                            np.searchsorted(fed, events.offsets[stop])]
+            yield positions, counted_ranks(states, matrix, items, positions, ties,
+                                           rows=node_of)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         return self.network_.out[:, -1].detach()

@@ -27,7 +27,7 @@ from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 
 __all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH", "ranks_from_top_states",
-           "gathered_state_rows"]
+           "gathered_state_rows", "counted_ranks"]
 
 # Slots of a session-parallel evaluation batch: as many rows as one scoring block holds,
 # within these bounds.
@@ -41,6 +41,18 @@ _GATHERED_STATE_VALUES = 2**22
 def gathered_state_rows(width: int) -> int:
     """How many states of ``width`` values :func:`ranks_from_top_states` counts at once."""
     return max(1, _GATHERED_STATE_VALUES // width)
+
+
+def counted_ranks(states: torch.Tensor, matrix: torch.Tensor, items: torch.Tensor,
+                  positions: np.ndarray, ties: str, rows: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """The ranks of the items after ``positions`` (``items``: every event's item), counted
+    by ``_kernels.product_ranks`` from the scores ``[states | 1] matrix``: of state ``i``
+    for the ``i``-th position, or of state ``rows[i]``."""
+    targets = items.index_select(0, torch.as_tensor(positions + 1))
+    at_least, above, target_scores = _kernels.product_ranks(
+        states, matrix, targets, ties != "conservative", rows=rows)
+    return ranks_from_counts(at_least, above, target_scores, matrix.shape[1], ties)
 
 
 def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str):
@@ -63,11 +75,9 @@ def ranks_from_top_states(blocks, events, matrix: torch.Tensor, ties: str):
     def flush():
         nonlocal positions, filled
         at = np.concatenate(positions)
-        targets = items.index_select(0, torch.as_tensor(at + 1))
-        at_least, above, target_scores = _kernels.product_ranks(
-            buffer[:filled], matrix, targets, ties != "conservative")
+        ranks = counted_ranks(buffer[:filled], matrix, items, at, ties)
         positions, filled = [], 0
-        return at, ranks_from_counts(at_least, above, target_scores, matrix.shape[1], ties)
+        return at, ranks
 
     for block_positions, top in blocks:
         if buffer is None:
