@@ -6,7 +6,7 @@ personalised models, user columns) and offers ``fit``, ``predict_next``, ``predi
 """
 
 from ._base import SessionRecommender, all_estimators
-from .exceptions import NotFittedError, TrainingDivergedError
+from .exceptions import NotFittedError, TrainingDivergedError, TrainingDivergenceWarning
 from .models import (
     BPRMFRecommender,
     GRU4RecRecommender,
@@ -42,6 +42,7 @@ __all__ = [
     "SessionPopularityRecommender",
     "NotFittedError",
     "TrainingDivergedError",
+    "TrainingDivergenceWarning",
     "all_estimators",
     "__version__",
 ]

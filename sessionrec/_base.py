@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,10 @@ class SessionRecommender(BaseEstimator):
     # Parameters added after models of the class could already be pickled or saved, each
     # with the value that reproduces such older models; they load with it.
     _LEGACY_PARAMS: dict = {}
+
+    # Whether the model learns from (item, next item) pairs inside sessions, so that a
+    # training frame without any session of two or more events leaves it nothing to learn.
+    _LEARNS_FROM_PAIRS = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -196,6 +201,12 @@ class SessionRecommender(BaseEstimator):
             self._validate_params()
             self.device_ = resolve_device(self.device)
             events, index = to_session_events(X, **self._column_kwargs())
+            if self._LEARNS_FROM_PAIRS and not (events.lengths >= 2).any():
+                raise ValueError(
+                    f"X has no session with two or more events (column "
+                    f"{self.session_key!r}): {type(self).__name__} learns from the item "
+                    "that follows another in a session, and there is none to learn from. "
+                    "Check that the session column groups the events of a visit.")
             self.item_index_ = index
             self.n_items_ = index.n_items
             self._fit(events, **fit_params)
@@ -418,7 +429,13 @@ class SessionRecommender(BaseEstimator):
         from .metrics import mrr_at_k
 
         ranks = self.rank_next_items(X).to_numpy()
-        return mrr_at_k(ranks[~np.isnan(ranks)], 20)
+        known = ranks[~np.isnan(ranks)]
+        if len(known) == 0:
+            warnings.warn(
+                f"score: no event of X can be ranked ({len(ranks)} targets, none of whose "
+                "item and earlier events were seen in training), so the score is NaN.",
+                UserWarning, stacklevel=2)
+        return mrr_at_k(known, 20)
 
     # -- persistence -------------------------------------------------------------------
 

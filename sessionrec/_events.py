@@ -8,7 +8,12 @@ same rules:
   parameters. A missing column, missing values (NaN/None/NaT) in any of them, a time column
   that cannot be ordered (strings, objects, booleans) or an empty frame raise a
   ``ValueError``/``TypeError`` that names the column.
-* Session, item and user labels may be integers, strings or any other hashable values.
+* Session, item and user labels may be integers, strings or any other hashable values,
+  but one kind per column (:func:`label_kind`): a column that mixes, say, the string
+  ``'214716935'`` and the integer ``214716935`` raises a ``TypeError`` naming it, since
+  the two would silently be different items. At prediction, item labels of another kind
+  than the training labels (strings against integers) raise a ``TypeError`` too: not one
+  of them could be recognised.
 * Times are numbers or datetimes (time-zone aware ones too). Rows need not be sorted: a
   sorted copy is made. Sessions are ordered by the time of their first event (ties by
   first appearance in ``X``), events inside a session by time (ties by their order in
@@ -23,12 +28,15 @@ GRU4Rec evaluation protocol, which removes such events from the test set.
 
 from __future__ import annotations
 
+import datetime
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ItemIndex", "SessionEvents", "to_session_events", "ragged_arange"]
+__all__ = ["ItemIndex", "SessionEvents", "to_session_events", "ragged_arange", "label_kind",
+           "check_same_label_kind", "user_codes"]
 
 
 def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -46,6 +54,111 @@ def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     block_starts = np.cumsum(lengths) - lengths
     return np.arange(total, dtype=np.int64) + np.repeat(starts - block_starts, lengths)
+
+
+# What pandas.api.types.infer_dtype says of a column of one kind of label, and that kind.
+_INFERRED_KINDS = {
+    "string": "str", "unicode": "str", "bytes": "bytes", "boolean": "bool",
+    "integer": "number", "floating": "number", "mixed-integer-float": "number",
+    "decimal": "number", "complex": "number",
+    "datetime": "datetime", "datetime64": "datetime", "date": "datetime",
+    "timedelta": "timedelta", "timedelta64": "timedelta", "period": "period",
+    "interval": "interval", "time": "time",
+}
+
+
+def _kind_of_value(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, numbers.Number):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, bytes):
+        return "bytes"
+    if isinstance(value, (datetime.date, np.datetime64)):
+        return "datetime"
+    return type(value).__name__
+
+
+def _kinds(values) -> dict[str, object]:
+    """The kinds of label in ``values`` (a Series, Index or array), each with an example.
+
+    Integers and floats are one kind (``1`` and ``1.0`` are the same label to pandas), as
+    are ``str`` and its numpy and pandas variants; everything else that is not a number,
+    a string, bytes, a boolean or a date is its own kind by type name.
+    """
+    dtype = getattr(values, "dtype", None)
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _kinds(dtype.categories)
+    if dtype is not None and not pd.api.types.is_object_dtype(dtype):
+        if pd.api.types.is_bool_dtype(dtype):
+            kind = "bool"
+        elif pd.api.types.is_numeric_dtype(dtype):
+            kind = "number"
+        elif pd.api.types.is_string_dtype(dtype):
+            kind = "str"
+        elif pd.api.types.is_datetime64_any_dtype(dtype):
+            kind = "datetime"
+        elif pd.api.types.is_timedelta64_dtype(dtype):
+            kind = "timedelta"
+        else:
+            kind = str(dtype)
+        return {kind: next(iter(values), None)}
+    inferred = pd.api.types.infer_dtype(values, skipna=False)
+    if inferred in _INFERRED_KINDS:
+        return {_INFERRED_KINDS[inferred]: next(iter(values), None)}
+    # Mixed, or values that infer_dtype does not name (tuples, ...): look at the distinct
+    # values only, which a factorisation finds in C.
+    found: dict[str, object] = {}
+    for value in pd.unique(np.asarray(values, dtype=object)):
+        found.setdefault(_kind_of_value(value), value)
+    return found
+
+
+def label_kind(values, what: str = "labels") -> str:
+    """The one kind of label in ``values``: ``"number"``, ``"str"``, ``"bool"``, ...
+
+    Raises ``TypeError`` when ``values`` mixes kinds; ``what`` names them in the message.
+
+    Examples
+    --------
+    >>> label_kind(pd.Series([3, 1.0])), label_kind(pd.Series(["a", "b"]))
+    ('number', 'str')
+    >>> label_kind(pd.Series(["214716935", 214716935], dtype=object))
+    Traceback (most recent call last):
+    ...
+    TypeError: labels mix kinds: str ('214716935') and number (214716935).
+    """
+    found = _kinds(values)
+    if len(found) > 1:
+        listed = " and ".join(f"{kind} ({example!r})" for kind, example in found.items())
+        raise TypeError(f"{what} mix kinds: {listed}.")
+    return next(iter(found))
+
+
+def check_same_label_kind(known_kind: str, labels, key, role: str) -> None:
+    """Raise a ``TypeError`` naming column ``key`` when its ``labels`` (the column, or its
+    distinct values) are of another kind than ``known_kind``, the kind of the labels the
+    model was fitted on."""
+    kind = label_kind(labels)
+    if kind != known_kind:
+        raise TypeError(
+            f"column {key!r} (the {role} column) holds {kind} labels, but the model was "
+            f"fitted on {known_kind} labels, so not one {role} would be recognised. "
+            f"Convert the column to the training labels' type first (e.g. "
+            f"X[{key!r}].astype({_CONVERSIONS.get(known_kind, known_kind)!r})).")
+
+
+_CONVERSIONS = {"number": "int64", "str": "str"}
+
+
+def user_codes(training_users: pd.Index, events: SessionEvents, user_key) -> np.ndarray:
+    """Position in ``training_users`` of each user of ``events`` (``events.user_labels``),
+    -1 for a user unseen in training; a ``TypeError`` naming ``user_key`` when the frame's
+    user labels are of another kind than the training users'."""
+    check_same_label_kind(label_kind(training_users), events.user_labels, user_key, "user")
+    return training_users.get_indexer(events.user_labels)
 
 
 def _factorize_sorted(values) -> tuple[np.ndarray, pd.Index]:
@@ -104,6 +217,14 @@ class ItemIndex:
     def n_items(self) -> int:
         """Number of items in the index."""
         return len(self.labels)
+
+    @property
+    def kind(self) -> str:
+        """The kind of the item labels (see :func:`label_kind`), computed once."""
+        kind = self.__dict__.get("_kind")
+        if kind is None:  # also for indexes pickled before the kind was kept
+            kind = self.__dict__["_kind"] = label_kind(self.labels)
+        return kind
 
     def encode(self, item_labels) -> np.ndarray:
         """Codes of ``item_labels``; labels not in the index get ``-1``."""
@@ -219,7 +340,19 @@ def _check_column(X: pd.DataFrame, key, role: str) -> pd.Series:
             f"column {key!r} (the {role} column) has {n_missing} missing value(s) "
             "(NaN/None/NaT); drop or fill those rows first."
         )
+    if role in _LABEL_ROLES:
+        try:
+            label_kind(col, f"the labels of column {key!r} (the {role} column)")
+        except TypeError as error:
+            raise TypeError(
+                f"{str(error)[:-1]}; labels of different kinds are different {role}s even "
+                f"when they read the same. Convert the column to one type first (e.g. "
+                f"X[{key!r}].astype(str)).") from None
     return col
+
+
+# Columns of labels, whose values must be of one kind (see label_kind).
+_LABEL_ROLES = ("session", "item", "user")
 
 
 _SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -352,6 +485,7 @@ def to_session_events(
         item_index, items = ItemIndex.from_labels(labels_sorted)
         keep = None
     else:
+        check_same_label_kind(item_index.kind, item_col, item_key, "item")
         items = item_index.encode(labels_sorted)
         keep = items >= 0
     n_unknown = 0

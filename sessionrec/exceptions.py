@@ -1,8 +1,8 @@
-"""Exceptions raised by sessionrec."""
+"""Exceptions and warnings raised by sessionrec."""
 
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
-__all__ = ["NotFittedError", "TrainingDivergedError"]
+__all__ = ["NotFittedError", "TrainingDivergedError", "TrainingDivergenceWarning"]
 
 
 class TrainingDivergedError(ArithmeticError):
@@ -10,4 +10,14 @@ class TrainingDivergedError(ArithmeticError):
 
     Raised during ``fit`` (the estimator is then left unfitted). Lower the learning rate
     or the momentum, or use a loss with built-in score regularisation.
+    """
+
+
+class TrainingDivergenceWarning(ConvergenceWarning):
+    """The training loss stayed finite but ended far above where it started.
+
+    Warned at the end of ``fit`` (the model is fitted, but probably useless: for example
+    ``learning_rate=1e30`` gives a finite loss of 1e30 and an MRR near 0). The message
+    names the parameters to change. A subclass of scikit-learn's ``ConvergenceWarning``,
+    so the filters a search already sets for it apply.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -383,3 +384,154 @@ def test_random_state_reproducible(cls, train_test):
     a = make(cls, random_state=7).fit(train)
     b = make(cls, random_state=7).fit(train)
     assert_frames_identical(a.predict_next(test), b.predict_next(test))
+
+
+# -- inputs that used to be silent ----------------------------------------------------------
+
+
+@parametrize
+def test_mixed_label_types_at_fit_are_named(cls, train_test):
+    """'214716935' and 214716935 in one column would be two different items."""
+    train = train_test[0]
+    mixed = train.assign(ItemId=train["ItemId"].astype(object))
+    mixed.loc[mixed.index[::2], "ItemId"] = mixed["ItemId"].iloc[::2].astype(str)
+    before = mixed.copy(deep=True)
+    with pytest.raises(TypeError, match=r"'ItemId'.*mix kinds: (str|number).*and"):
+        make(cls).fit(mixed)
+    pd.testing.assert_frame_equal(mixed, before)
+    sessions = train.assign(SessionId=train["SessionId"].astype(object))
+    sessions.loc[sessions.index[:5], "SessionId"] = "s"
+    with pytest.raises(TypeError, match="'SessionId'.*mix kinds"):
+        make(cls).fit(sessions)
+    if uses_users(cls):
+        users = train.assign(UserId=train["UserId"].astype(object))
+        users.loc[users.index[:5], "UserId"] = users["UserId"].iloc[:5].astype(str)
+        with pytest.raises(TypeError, match="'UserId'.*mix kinds"):
+            make(cls).fit(users)
+
+
+@parametrize
+def test_labels_of_another_type_than_fit_are_named(cls, train_test):
+    """str item labels against a model fitted on ints: none would be recognised."""
+    train, test = train_test
+    est = make(cls).fit(train)
+    as_text = test.assign(ItemId=test["ItemId"].astype(str))
+    for call in (est.predict_next, est.rank_next_items, est.score):
+        with pytest.raises(TypeError, match=r"'ItemId'.*str labels.*fitted on number"):
+            call(as_text)
+    # Floats are the same labels as ints (1.0 == 1): not an error.
+    as_float = test.assign(ItemId=test["ItemId"].astype("float64"))
+    assert_frames_identical(est.predict_next(as_float), est.predict_next(test))
+    text_model = make(cls).fit(train.assign(ItemId="i" + train["ItemId"].astype(str)))
+    with pytest.raises(TypeError, match=r"'ItemId'.*number labels.*fitted on str"):
+        text_model.score(test)
+    if uses_users(cls):
+        users_as_text = test.assign(UserId=test["UserId"].astype(str))
+        with pytest.raises(TypeError, match=r"'UserId'.*str labels.*fitted on number"):
+            est.predict_next(users_as_text)
+
+
+@parametrize
+def test_score_without_rankable_targets_warns(cls, train_test):
+    train, test = train_test
+    est = make(cls).fit(train)
+    unseen = test.assign(ItemId=test["ItemId"] + 10_000)
+    with pytest.warns(UserWarning, match="no event of X can be ranked"):
+        assert np.isnan(est.score(unseen))
+
+
+def one_event_sessions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every session of ``frame`` cut to its first event, each session of its own."""
+    return frame.sort_values("Time", kind="stable").drop_duplicates("SessionId")
+
+
+@parametrize
+def test_training_frame_without_pairs(cls, train_test):
+    """Every session has one event. The models that learn from (item, next item) pairs
+    raise; the others fit, and an item they know nothing about after is completed by
+    popularity (ties of S-POP, empty rows of the item-matrix models, items outside the
+    neighbour sessions of the kNN family) rather than by the lowest labels."""
+    from sessionrec import PopularityRecommender
+
+    train, test = train_test
+    singles = one_event_sessions(train)
+    assert singles["SessionId"].is_unique
+    est = make(cls)
+    if est._LEARNS_FROM_PAIRS:
+        with pytest.raises(ValueError, match=r"no session with two or more events.*'SessionId'"):
+            est.fit(singles)
+        assert not any(k.endswith("_") for k in vars(est))
+        return
+    est.fit(singles)
+    live = with_users(cls, pd.DataFrame({"SessionId": [-1], "ItemId": [singles["ItemId"].iloc[0]],
+                                         "Time": [0.0]}))
+    live = live.assign(UserId=-1) if uses_users(cls) else live  # a user unknown to fit
+    recs = est.predict_next(live, k=10, exclude_seen=True)
+    assert recs.shape == (1, 10) and len(set(recs.iloc[0])) == 10
+    if cls.__name__ == "BPRMFRecommender":
+        return  # a factor model: its list is learnt, not a count
+    pop = PopularityRecommender(device="cpu").fit(singles)
+    expected = pop.predict_next(live, k=10, exclude_seen=True)
+    assert list(recs.iloc[0]) == list(expected.iloc[0])
+
+
+@parametrize
+def test_diverging_training_is_named(cls, train_test):
+    """A learning rate of 1e30 either makes the loss NaN (an error) or leaves it finite
+    far above its start (a warning); both name learning_rate. A normal fit warns of
+    nothing (pyproject.toml turns the warning into an error for the whole suite)."""
+    from sessionrec import TrainingDivergedError, TrainingDivergenceWarning
+
+    if not has_param(cls, "learning_rate"):
+        pytest.skip("not trained by gradient steps")
+    train = train_test[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            make(cls, learning_rate=1e30).fit(train)
+        except TrainingDivergedError as error:
+            assert "learning_rate (now 1e+30)" in str(error)
+            return
+    diverged = [w for w in caught if issubclass(w.category, TrainingDivergenceWarning)]
+    assert diverged, "a fit at learning_rate=1e30 gave no word"
+    assert "learning_rate (now 1e+30)" in str(diverged[0].message)
+    assert "far above where it started" in str(diverged[0].message)
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records what a progress bar was told."""
+
+    made: list = []
+
+    def __init__(self, total, desc, **kwargs):
+        self.total, self.desc, self.kwargs, self.n, self.closed = total, desc, kwargs, 0, False
+        _RecordingBar.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+@parametrize
+def test_verbose_fits_show_progress_and_history(cls, train_test, monkeypatch):
+    """A model trained in epochs shows a bar per epoch when verbose (tqdm, on a terminal
+    only: disable=None), filled once per mini-batch and closed, and records its speed."""
+    from sessionrec import _progress
+
+    if not has_param(cls, "n_epochs"):
+        pytest.skip("not trained in epochs")
+    monkeypatch.setattr(_progress, "tqdm", _RecordingBar)
+    _RecordingBar.made = []
+    make(cls).fit(train_test[0])
+    assert _RecordingBar.made == []  # quiet by default
+    est = make(cls, verbose=True).fit(train_test[0])
+    bars = _RecordingBar.made
+    assert len(bars) == len(est.history_) == est.n_epochs
+    assert all(bar.closed and bar.n == bar.total > 0 for bar in bars)
+    assert all(bar.kwargs["disable"] is None and bar.kwargs["leave"] is False for bar in bars)
+    assert bars[-1].desc.endswith(f"epoch {est.n_epochs}/{est.n_epochs}")
+    for record in est.history_:
+        assert record["events_per_s"] > 0 and record["batches_per_s"] > 0
+        assert np.isclose(record["batches_per_s"] * record["seconds"], bars[0].total)

@@ -108,9 +108,12 @@ def test_read_yoochoose_clicks_and_the_gru4rec_preparation(tmp_path):
     assert 0 < len(ours) < len(clicks)
 
 
-def test_read_diginetica_views(tmp_path):
+@pytest.mark.parametrize("header", ["sessionId;userId;itemId;timeframe;eventdate",
+                                    "session_id;user_id;item_id;timeframe;eventdate"])
+def test_read_diginetica_views(tmp_path, header):
+    """The CIKM Cup release's header and the public sample's snake_case one."""
     path = tmp_path / "train-item-views.csv"
-    path.write_text("sessionId;userId;itemId;timeframe;eventdate\n"
+    path.write_text(f"{header}\n"
                     "1;NA;81766;526309;2016-05-09\n1;NA;31331;1031018;2016-05-09\n"
                     "2;278;32118;243569;2016-05-10\n")
     views = read_diginetica_views(path)
@@ -118,6 +121,13 @@ def test_read_diginetica_views(tmp_path):
     assert views["UserId"].isna().tolist() == [True, True, False]
     day = pd.Timestamp("2016-05-09").timestamp()
     assert views["Time"].tolist()[:2] == pytest.approx([day + 526.309, day + 1031.018])
+
+
+def test_read_diginetica_views_names_missing_columns(tmp_path):
+    path = tmp_path / "views.csv"
+    path.write_text("session;item;timeframe;eventdate\n1;2;3;2016-05-09\n")
+    with pytest.raises(ValueError, match="sessionId.*snake_case.*found"):
+        read_diginetica_views(path)
 
 
 def test_read_retailrocket_events(tmp_path):

@@ -356,6 +356,31 @@ def test_divergence_raises_and_leaves_unfitted(train_test):
     assert not hasattr(est, "network_") and not hasattr(est, "item_index_")
 
 
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "top1"])
+def test_divergence_advice_fits_the_loss(train_test, loss):
+    """bpr-max already regularises its scores: the advice is to regularise more, not to
+    switch to bpr-max. (At learning_rate=1e30 bpr-max's loss turns NaN, an error; the
+    others stay finite far above their start, a warning.)"""
+    import warnings
+
+    from sessionrec import TrainingDivergenceWarning
+
+    train, _ = train_test
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            GRU4RecRecommender(**FAST, loss=loss, learning_rate=1e30).fit(train)
+            (message,) = [str(w.message) for w in caught
+                          if issubclass(w.category, TrainingDivergenceWarning)]
+        except TrainingDivergedError as error:
+            message = str(error)
+    assert "learning_rate (now 1e+30)" in message
+    if loss == "bpr-max":
+        assert "bpreg (now 1.0)" in message and "loss='bpr-max'" not in message
+    else:
+        assert "loss='bpr-max'" in message and "bpreg" not in message
+
+
 @pytest.mark.parametrize("param,value,error", [
     ("loss", "mse", ValueError), ("layers", (0,), ValueError), ("layers", "100", TypeError),
     ("batch_size", 0, ValueError), ("dropout_p_hidden", 1.0, ValueError),

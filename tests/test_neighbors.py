@@ -108,6 +108,19 @@ def test_rsc15_against_independent_implementation(rsc15):
     assert abs(result["mrr@20"] - mrr) < 0.005
 
 
+def assert_loop_scores(model, got: dict, expected: dict, **tolerance) -> None:
+    """``got`` (item -> score, from predict_next) has the loop's scores for the items the
+    loop scores, and every other item the documented fallback: below all of them, in
+    order of popularity, ``support / (max support + 1) - 1`` in float32."""
+    support = model.item_support_
+    below = (support / (support.max() + 1.0) - 1.0).astype(np.float32)
+    for item in model.item_index_.labels:
+        if item in expected:
+            assert got[item] == pytest.approx(expected[item], **tolerance), item
+        else:
+            assert got[item] == below[item], item
+
+
 def loop_rules(train: pd.DataFrame, steps: int, n_rules):
     """Independent sequential rules: a plain loop over every session, as session-rec."""
     from collections import defaultdict
@@ -202,8 +215,7 @@ def test_sknn_matches_a_loop(k, sample_size, similarity):
         _, scores = sknn.predict_next(prefix, k=sknn.n_items_, return_scores=True)
         items, _ = sknn.predict_next(prefix, k=sknn.n_items_, return_scores=True)
         got = dict(zip(items.iloc[0], scores.iloc[0]))
-        for item in sknn.item_index_.labels:
-            assert got[item] == pytest.approx(expected.get(item, 0.0), abs=1e-6), item
+        assert_loop_scores(sknn, got, expected, abs=1e-6)
 
 
 def test_sknn_bad_parameters(train_test):
@@ -257,8 +269,7 @@ def test_vsknn_matches_a_loop(k, sample_size):
         expected = loop_vsknn_scores(train, prefix["ItemId"].tolist(), k, sample_size)
         items, scores = model.predict_next(prefix, k=model.n_items_, return_scores=True)
         got = dict(zip(items.iloc[0], scores.iloc[0]))
-        for item in model.item_index_.labels:
-            assert got[item] == pytest.approx(expected.get(item, 0.0), abs=1e-6), item
+        assert_loop_scores(model, got, expected, abs=1e-6)
 
 
 def test_vsknn_bad_parameters(train_test):
@@ -321,8 +332,7 @@ def test_stan_matches_a_loop(k, sample_size):
         expected = loop_stan_scores(train, prefix, k, sample_size)
         items, scores = model.predict_next(prefix, k=model.n_items_, return_scores=True)
         got = dict(zip(items.iloc[0], scores.iloc[0]))
-        for item in model.item_index_.labels:
-            assert got[item] == pytest.approx(expected.get(item, 0.0), rel=1e-5, abs=1e-7), item
+        assert_loop_scores(model, got, expected, rel=1e-5, abs=1e-7)
 
 
 def test_stan_bad_parameters(train_test):

@@ -72,11 +72,13 @@ def read_yoochoose_clicks(path, *, nrows=None) -> pd.DataFrame:
 
 
 def read_diginetica_views(path, *, nrows=None) -> pd.DataFrame:
-    """Read Diginetica ``train-item-views.csv`` (CIKM Cup 2016).
+    r"""Read Diginetica ``train-item-views.csv`` (CIKM Cup 2016).
 
-    Semicolon-separated with a header: ``sessionId;userId;itemId;timeframe;eventdate``.
-    ``eventdate`` is the day and ``timeframe`` the milliseconds since the session began;
-    the event time is their sum, as in the session-rec preparation.
+    Semicolon-separated with a header: ``sessionId;userId;itemId;timeframe;eventdate`` in
+    the CIKM Cup release, ``session_id;user_id;item_id;timeframe;eventdate`` in the widely
+    used public sample (both are read). ``eventdate`` is the day and ``timeframe`` the
+    milliseconds since the session began; the event time is their sum, as in the
+    session-rec preparation.
 
     Parameters
     ----------
@@ -88,15 +90,41 @@ def read_diginetica_views(path, *, nrows=None) -> pd.DataFrame:
     pandas.DataFrame
         ``SessionId`` (int64), ``UserId`` (nullable Int64: most sessions are anonymous),
         ``ItemId`` (int64), ``Time`` (float64 unix seconds).
+
+    Examples
+    --------
+    >>> import io
+    >>> sample = io.StringIO("session_id;user_id;item_id;timeframe;eventdate\n"
+    ...                      "1;NA;81766;526309;2016-05-09\n")
+    >>> read_diginetica_views(sample)
+       SessionId  UserId  ItemId          Time
+    0          1    <NA>   81766  1.462752e+09
     """
+    header = pd.read_csv(path, sep=";", nrows=0).columns
+    if hasattr(path, "seek"):
+        path.seek(0)
+    # Either spelling of the header, read as the CIKM Cup's camel case.
+    names = {name: _DIGINETICA_COLUMNS.get(name, name) for name in header}
+    missing = sorted(set(_DIGINETICA_COLUMNS.values()) - set(names.values()))
+    if missing:
+        raise ValueError(f"{path!s} is not a Diginetica views file: it lacks the column(s) "
+                         f"{missing} (or their snake_case spellings); found {list(header)}.")
+    dtypes = {"sessionId": "int64", "userId": "Int64", "itemId": "int64",
+              "timeframe": "int64", "eventdate": str}
     frame = pd.read_csv(path, sep=";", nrows=nrows,
-                        dtype={"sessionId": "int64", "userId": "Int64", "itemId": "int64",
-                               "timeframe": "int64", "eventdate": str})
+                        dtype={raw: dtypes[name] for raw, name in names.items()
+                               if name in dtypes}).rename(columns=names)
     day = pd.to_datetime(frame["eventdate"], format="%Y-%m-%d")
     seconds = ((day - pd.Timestamp(0)) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
     return pd.DataFrame({"SessionId": frame["sessionId"], "UserId": frame["userId"],
                          "ItemId": frame["itemId"],
                          "Time": seconds + frame["timeframe"].to_numpy() / 1000.0})
+
+
+# The public sample's snake_case header -> the CIKM Cup release's names.
+_DIGINETICA_COLUMNS = {"session_id": "sessionId", "user_id": "userId", "item_id": "itemId",
+                       "sessionId": "sessionId", "userId": "userId", "itemId": "itemId",
+                       "timeframe": "timeframe", "eventdate": "eventdate"}
 
 
 def read_retailrocket_events(path, *, event_types=None, nrows=None) -> pd.DataFrame:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 import torch
 
 from .._base import SessionRecommender
 from .._events import SessionEvents
+from .._progress import epoch_bar
 from .._validation import check_int, check_real, init_generator, torch_generator
 from ..exceptions import TrainingDivergedError
+from ..nn._trainer import warn_if_diverged
 
 __all__ = ["BPRMFRecommender"]
 
@@ -51,14 +56,16 @@ class BPRMFRecommender(SessionRecommender):
     random_state : int or None, default=None
         Seed of initialisation, shuffling and negative sampling.
     verbose : bool or int, default=False
-        Log one line per epoch.
+        Log one line per epoch and, on a terminal, show a progress bar of each epoch's
+        mini-batches.
 
     Attributes
     ----------
     item_factors_ : torch.Tensor of shape (n_items_, n_factors)
     item_bias_ : torch.Tensor of shape (n_items_,)
     history_ : list of dict
-        Per epoch: ``loss`` (mean BPR loss per triple) and ``seconds``.
+        Per epoch: ``loss`` (mean BPR loss per triple), ``seconds``, ``events_per_s``
+        (triples, one per training event, per second) and ``batches_per_s``.
 
     References
     ----------
@@ -103,8 +110,6 @@ class BPRMFRecommender(SessionRecommender):
         check_int("batch_size", self.batch_size, min_value=1)
 
     def _fit(self, events: SessionEvents) -> None:
-        import time
-
         device = self.device_
         _, generator = torch_generator(self.random_state, device)
         init = init_generator(generator)
@@ -119,8 +124,11 @@ class BPRMFRecommender(SessionRecommender):
                             float(self.reg_item))
         batch = int(self.batch_size)
         n = events.n_events
-        self.history_ = []
+        n_batches = -(-n // batch)
+        history, first_loss = [], math.nan
         for epoch in range(int(self.n_epochs)):
+            bar = epoch_bar(self.verbose, n_batches,
+                            f"BPR-MF epoch {epoch + 1}/{self.n_epochs}")
             start_time = time.perf_counter()
             order = torch.randperm(n, generator=generator, device=device)
             negatives = torch.randint(0, self.n_items_, (n,), generator=generator,
@@ -139,14 +147,26 @@ class BPRMFRecommender(SessionRecommender):
                 items.index_add_(0, j, lr * (-g * p - reg_i * qj))
                 bias.index_add_(0, i, lr * (g.squeeze(1) - reg_i * bias[i]))
                 bias.index_add_(0, j, lr * (-g.squeeze(1) - reg_i * bias[j]))
+                if epoch == 0 and start == 0:  # the loss at the initial factors
+                    first_loss = float(total) / len(idx)
+                if bar is not None:
+                    bar.update()
+            if bar is not None:
+                bar.close()
             mean_loss = float(total) / n
             if not np.isfinite(mean_loss):
                 raise TrainingDivergedError(
                     f"the BPR loss became {mean_loss} in epoch {epoch + 1}; lower "
                     f"learning_rate (now {self.learning_rate}).")
-            self.history_.append({"epoch": epoch + 1, "loss": mean_loss,
-                                  "seconds": time.perf_counter() - start_time})
-            self._log("BPR-MF epoch %d/%d: loss %.4f", epoch + 1, self.n_epochs, mean_loss)
+            seconds = time.perf_counter() - start_time
+            history.append({"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds,
+                            "events_per_s": n / seconds if seconds > 0 else math.inf,
+                            "batches_per_s": n_batches / seconds if seconds > 0 else math.inf})
+            self._log("BPR-MF epoch %d/%d: loss %.4f, %.1f s, %.0f events/s", epoch + 1,
+                      self.n_epochs, mean_loss, seconds, history[-1]["events_per_s"])
+        warn_if_diverged(first_loss, history[-1]["loss"], "BPR-MF",
+                         f"Lower learning_rate (now {self.learning_rate}).", stacklevel=4)
+        self.history_ = history
         self.item_factors_ = items
         self.item_bias_ = bias
 

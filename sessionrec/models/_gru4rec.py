@@ -124,7 +124,8 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         Seed of the initialisation, sampling and dropout; with an int, training on the CPU
         is repeatable bit for bit.
     verbose : bool or int, default=False
-        Log one line per epoch (loss, time, events/s).
+        Log one line per epoch (loss, time, events/s) and, on a terminal, show a
+        progress bar of each epoch's mini-batches.
 
     Attributes
     ----------
@@ -283,12 +284,10 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
                 return replay.fresh_hidden()
             return network.zero_state(width)
 
-        advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
-                  f"{self.momentum}), or use a loss with score regularisation (bpr-max).")
         try:
             self.history_ = train_parallel(
                 step, schedule, fresh_state, n_epochs=int(self.n_epochs),
-                device=device, advice=advice, log=self._log if self.verbose else None,
+                device=device, **self._trainer_options(),
                 name="GRU4Rec")
         finally:
             training.finish()

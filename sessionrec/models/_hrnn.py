@@ -8,7 +8,7 @@ import torch
 
 from .._base import SessionRecommender, plain_labels, rows_per_block
 from .._batching import user_parallel_schedule
-from .._events import SessionEvents
+from .._events import SessionEvents, user_codes
 from .._validation import check_choice, check_int, check_real
 from ..nn import _kernels
 from ..nn._hierarchical import HRNNNetwork
@@ -87,7 +87,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     random_state : int or None, default=None
         Seed; with an int, CPU training is repeatable bit for bit.
     verbose : bool or int, default=False
-        Log one line per epoch.
+        Log one line per epoch and, on a terminal, show a progress bar of each
+        epoch's mini-batches.
 
     Attributes
     ----------
@@ -226,12 +227,10 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
             return network.train_step(inputs[start:stop], batch_targets, samples, state,
                                       start_rows, config, training, shift)
 
-        advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
-                  f"{self.momentum}).")
         try:
             self.history_ = train_parallel(
                 step, schedule, network.zero_state, n_epochs=int(self.n_epochs),
-                device=device, advice=advice, log=self._log if self.verbose else None,
+                device=device, **self._trainer_options(),
                 name="HRNN")
         finally:
             training.finish()
@@ -251,7 +250,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
 
     def _known_users(self, events: SessionEvents) -> np.ndarray:
         """Training-user index of each frame user (-1 if unknown)."""
-        return self.user_labels_.get_indexer(events.user_labels)
+        return user_codes(self.user_labels_, events, self.user_key)
 
     def _forward(self, events: SessionEvents, score_after: np.ndarray, *, include_last: bool,
                  from_training: bool, final: dict | None = None, score_top: bool = True):

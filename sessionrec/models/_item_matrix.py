@@ -10,7 +10,7 @@ from .._base import SessionRecommender
 from .._events import SessionEvents, ragged_arange
 
 __all__ = ["top_k_keep", "top_k_per_row", "csr_state", "csr_from_state",
-           "popularity_scores"]
+           "popularity_scores", "scores_below_row"]
 
 
 def top_k_keep(indptr: np.ndarray, values: np.ndarray, k: int
@@ -94,13 +94,25 @@ def popularity_scores(estimator: SessionRecommender) -> torch.Tensor:
                            device=estimator.device_)
 
 
+def scores_below_row(estimator: SessionRecommender) -> torch.Tensor:
+    """The scores of the items a model gives no score (outside a session's matrix row,
+    or in no neighbour session): ``support / (max support + 1) - 1``, in (-1, 0), so below
+    every positive score and ordered by popularity among themselves, as S-POP breaks its
+    ties. In float32, whose 24 bits keep supports below about 10 million apart."""
+    support = torch.as_tensor(estimator.item_index_.support, dtype=torch.float64)
+    return (support / (support.max() + 1.0) - 1.0).to(torch.float32).to(estimator.device_)
+
+
 class _ItemMatrixRecommender(SessionRecommender):
     """Base of recommenders whose scores are one row of an item x item matrix.
 
-    A subclass builds ``item_matrix_`` (scipy CSR, n_items x n_items) in ``_build_matrix``;
-    a session's scores are the row of its last known item (0 for items not in the row).
-    Rows are expanded to dense score blocks on the device with one scatter per block. A
-    session without any known item is recommended by popularity.
+    A subclass builds ``item_matrix_`` (scipy CSR, n_items x n_items, positive entries) in
+    ``_build_matrix``; a session's scores are the row of its last known item. Items not in
+    that row come after the row's items, by popularity (:func:`scores_below_row`), as S-POP
+    breaks its ties: a last item with an empty row (no neighbour, transition or rule, as
+    for most items of a frame of one-event sessions) gets the POP list rather than the
+    lowest labels. Rows are expanded to dense score blocks on the device with one scatter
+    per block. A session without any known item is recommended by popularity.
     """
 
     def _build_matrix(self, events: SessionEvents) -> sp.csr_matrix:
@@ -118,20 +130,22 @@ class _ItemMatrixRecommender(SessionRecommender):
         self._indices_ = torch.as_tensor(m.indices.astype(np.int64), device=self.device_)
         self._values_ = torch.as_tensor(m.data.astype(np.float32), device=self.device_)
 
-    def _scores_of_items(self, items: np.ndarray) -> torch.Tensor:
-        """Dense score rows for the given last items."""
+    def _scores_of_items(self, items: np.ndarray, below: torch.Tensor) -> torch.Tensor:
+        """Dense score rows for the given last items; ``below`` (from
+        :func:`scores_below_row`) scores the items outside a row."""
         indptr = self.item_matrix_.indptr
         starts, lengths = indptr[items], indptr[items + 1] - indptr[items]
         entries = torch.as_tensor(ragged_arange(starts, lengths), device=self.device_)
         rows = torch.as_tensor(np.repeat(np.arange(len(items)), lengths), device=self.device_)
-        scores = torch.zeros(len(items), self.n_items_, device=self.device_)
+        scores = below.repeat(len(items), 1)
         scores[rows, self._indices_[entries]] = self._values_[entries]
         return scores
 
     def _iter_scores(self, events, score_after):
         positions = np.flatnonzero(score_after)
+        below = scores_below_row(self)
         for block in self._blocks(positions):
-            yield block, self._scores_of_items(events.items[block])
+            yield block, self._scores_of_items(events.items[block], below)
 
     def _empty_history_scores(self, events, sessions):
         return popularity_scores(self)

@@ -16,6 +16,7 @@ from ._item_matrix import (
     csr_from_state,
     csr_state,
     popularity_scores,
+    scores_below_row,
     top_k_keep,
     top_k_per_row,
 )
@@ -34,7 +35,11 @@ class ItemKNNRecommender(_ItemMatrixRecommender):
     where ``cooc = C^T C`` for the session x item matrix ``C`` of event counts, ``supp_i``
     is item i's number of training events, and an item is not its own neighbour. Each
     item keeps its ``n_neighbors`` most similar items; a session's scores are the
-    similarities of its last (known) item to those neighbours, 0 for every other item.
+    similarities of its last (known) item to those neighbours. Every other item comes
+    after the neighbours, ordered by popularity (a score in (-1, 0), see
+    ``scores_below_row`` in ``sessionrec.models._item_matrix``), so the list of an item
+    without neighbours, or with fewer than asked for, is completed by POP (as S-POP breaks
+    its ties).
     The co-occurrence comes from a sparse product; no dense n_items x n_items matrix is
     ever built. A session without any known item is recommended by popularity.
 
@@ -157,8 +162,10 @@ class SKNNRecommender(SessionRecommender):
 
     Everything is computed for a block of prefixes at once with sparse products (prefix x
     session intersections, then neighbour x item sums); ties in recency are broken in
-    favour of the session that started earlier, ties in similarity likewise. A session
-    without any known item is recommended by popularity.
+    favour of the session that started earlier, ties in similarity likewise. Items in no
+    neighbour session come after the scored ones, ordered by popularity (as S-POP breaks
+    its ties), so a short list is completed by POP rather than by the lowest labels. A
+    session without any known item is recommended by popularity.
 
     Parameters
     ----------
@@ -337,9 +344,13 @@ class SKNNRecommender(SessionRecommender):
         positions = np.flatnonzero(score_after)
         starts = events.session_starts[positions]
         blocks = self._blocks(positions, extra_cost=positions - starts + 1)
+        below = scores_below_row(self)
         for block, scores in self._map_blocks(
                 lambda block: self._block_scores(events, block), blocks):
-            yield block, torch.as_tensor(scores, device=self.device_)
+            scores = torch.as_tensor(scores, device=self.device_)
+            # Items in no neighbour session (score 0; every other score is positive)
+            # follow by popularity.
+            yield block, torch.where(scores > 0, scores, below)
 
     def _block_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         """Scores of all items after each of ``positions`` (numpy, in a worker thread)."""

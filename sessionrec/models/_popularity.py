@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from .._base import SessionRecommender, plain_labels
-from .._events import SessionEvents, ragged_arange
+from .._events import SessionEvents, ragged_arange, user_codes
 from ._item_matrix import csr_from_state, csr_state
 
 __all__ = ["PersonalPopularityRecommender", "PopularityRecommender",
@@ -307,7 +307,7 @@ class PersonalPopularityRecommender(SessionRecommender):
 
     def _users_of(self, events: SessionEvents) -> np.ndarray:
         """Training-user code of each session of ``events``; -1 for unknown users."""
-        return self.user_labels_.get_indexer(events.user_labels)[events.users]
+        return user_codes(self.user_labels_, events, self.user_key)[events.users]
 
     def _training_counts(self, users: np.ndarray) -> torch.Tensor:
         """Rows of ``user_items_`` for ``users`` (zeros for -1), as float64.

@@ -186,7 +186,8 @@ default="residual"
     random_state : int or None, default=None
         Seed; with an int, CPU training is repeatable bit for bit.
     verbose : bool or int, default=False
-        Log one line per epoch.
+        Log one line per epoch and, on a terminal, show a progress bar of each
+        epoch's mini-batches.
 
     Attributes
     ----------
@@ -459,9 +460,8 @@ default="residual"
         training = network.start_training(self._optimizer(), int(self.batch_size),
                                           float(self.dropout_p_hidden), generator)
         names = [s.name for s in network.subnets]
-        advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
-                  f"{self.momentum}).")
-        log = self._log if self.verbose else None
+        options = self._trainer_options()
+        log = options["log"]
         history = []
         residual = self.training == "residual" and len(names) > 1
         if stopper is not None and residual:  # a subnet scores once training reaches it
@@ -486,8 +486,8 @@ default="residual"
                 name = f"p-RNN [{'+'.join(trained)}]{label}"
                 if stopper is None:
                     records = train_parallel(step, schedule, network.zero_state,
-                                             n_epochs=epochs, device=device, advice=advice,
-                                             log=log, name=name)
+                                             n_epochs=epochs, device=device, name=name,
+                                             **options)
                     for record in records:
                         record.update(epoch=len(history) + 1, trained=trained)
                         history.append(record)
@@ -497,8 +497,8 @@ default="residual"
                 for epoch in range(epochs):
                     # One epoch per call: the loop resets the slots every epoch anyway.
                     (record,) = train_parallel(step, schedule, network.zero_state,
-                                               n_epochs=1, device=device, advice=advice,
-                                               log=log, name=name)
+                                               n_epochs=1, device=device, name=name,
+                                               **options)
                     improved = stopper.update()
                     record.update(epoch=len(history) + 1, trained=trained,
                                   validation_mrr=stopper.last)

@@ -22,7 +22,7 @@ from .._validation import (
 )
 from ..evaluation import ranks_from_counts
 from ..nn import _kernels
-from ..nn._losses import FINAL_ACTIVATIONS, LOSSES
+from ..nn._losses import FINAL_ACTIVATIONS, LOSS_FLOORS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 
@@ -127,6 +127,9 @@ class SampledTrainingMixin:
     and ``random_state``, and a fitted ``item_index_`` / ``device_``.
     """
 
+    # Trained on (item, next item) pairs: fit refuses a frame without any.
+    _LEARNS_FROM_PAIRS = True
+
     def _validate_training_params(self) -> None:
         check_choice("loss", self.loss, LOSSES)
         check_int("batch_size", self.batch_size, min_value=1)
@@ -144,6 +147,22 @@ class SampledTrainingMixin:
         check_choice("final_activation", self.final_activation, ("auto",) + FINAL_ACTIVATIONS)
         check_int("n_epochs", self.n_epochs, min_value=1)
         check_int("sample_store_size", self.sample_store_size, min_value=1)
+
+    def _trainer_options(self) -> dict:
+        """The keyword arguments of ``train_parallel`` that every recurrent model passes
+        alike: its messages and its logging."""
+        return dict(advice=self._divergence_advice(),
+                    loss_floor=LOSS_FLOORS.get(self.loss, 0.0),
+                    log=self._log if self.verbose else None, progress=bool(self.verbose))
+
+    def _divergence_advice(self) -> str:
+        """What to change when training diverges, for the messages of the trainer."""
+        advice = (f"Lower learning_rate (now {self.learning_rate}) or momentum (now "
+                  f"{self.momentum})")
+        if self.loss == "bpr-max":
+            return (f"{advice}, or raise bpreg (now {self.bpreg}), the score regularisation "
+                    "of bpr-max.")
+        return f"{advice}, or use a loss with score regularisation (loss='bpr-max')."
 
     def _activation(self) -> str:
         """The final activation inside the loss: ``"auto"`` is ELU for bpr-max (official)."""

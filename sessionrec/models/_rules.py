@@ -17,8 +17,10 @@ class MarkovRecommender(_ItemMatrixRecommender):
 
     ``score(j) = number of times j directly followed the session's last item i`` in the
     training sessions (transition counts; rankings are those of the transition
-    probabilities, which only divide a row by a constant). A session without any known
-    item is recommended by popularity.
+    probabilities, which only divide a row by a constant). Items that never followed i
+    come after those that did, ordered by popularity (as S-POP breaks its ties), so a last
+    item without transitions gets the POP list. A session without any known item is
+    recommended by popularity.
 
     Parameters
     ----------
@@ -74,8 +76,10 @@ class SequentialRulesRecommender(_ItemMatrixRecommender):
     The SR method of Ludewig & Jannach (session-rec): for every pair of events in a
     training session where j comes ``d`` steps after i, with ``1 <= d <= steps``, the rule
     i -> j gains ``1 / d``. Each item keeps its ``n_rules`` strongest rules (session-rec's
-    pruning); a session's scores are the rules of its last item. A session without any
-    known item is recommended by popularity.
+    pruning); a session's scores are the rules of its last item. Items without a rule from
+    it come after those with one, ordered by popularity (as S-POP breaks its ties), so a
+    last item without rules gets the POP list. A session without any known item is
+    recommended by popularity.
 
     Parameters
     ----------

@@ -29,10 +29,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LOSSES", "FINAL_ACTIVATIONS", "loss_and_grad", "bpr_max_closed_form",
+__all__ = ["LOSSES", "LOSS_FLOORS", "FINAL_ACTIVATIONS", "loss_and_grad", "bpr_max_closed_form",
            "cross_entropy_distinct", "sampled_loss"]
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")
+
+# The least value of each loss per row (0 where not listed): TOP1 and TOP1-max keep the
+# regulariser sigmoid(r_j^2) >= 1/2 of their negatives. Divergence is judged on the loss
+# above this floor (see sessionrec.nn._trainer.warn_if_diverged).
+LOSS_FLOORS = {"top1": 0.5, "top1-max": 0.5}
 FINAL_ACTIVATIONS = ("linear", "tanh", "elu")
 
 

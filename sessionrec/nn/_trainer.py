@@ -5,20 +5,43 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
 
 from .._batching import ParallelSchedule
-from ..exceptions import TrainingDivergedError
+from .._progress import epoch_bar
+from ..exceptions import TrainingDivergedError, TrainingDivergenceWarning
 
-__all__ = ["train_parallel"]
+__all__ = ["train_parallel", "warn_if_diverged"]
 
 logger = logging.getLogger("sessionrec")
 
 # How often the running loss is checked for NaN/inf: each check synchronises a GPU with
 # the host, so it is not done every step (the official code does it every step).
 _CHECK_EVERY = 256
+
+# A fit whose last epoch's mean loss per pair, above the loss's floor, is this many times
+# the first mini-batch's (the loss at the initial weights) has diverged. Every loss falls
+# from its start when training works. The bounded ones stay close to it even when they
+# diverge (TOP1 lies in [0.5, 2] and starts near 1), hence a modest ratio, taken above
+# the floor (LOSS_FLOORS): diverged TOP1 ends about twice as far above 0.5 as it starts.
+DIVERGED_RATIO = 1.5
+
+
+def warn_if_diverged(first: float, last: float, name: str, advice: str, *,
+                     floor: float = 0.0, stacklevel: int = 2) -> None:
+    """Warn (:class:`~sessionrec.exceptions.TrainingDivergenceWarning`) when the mean loss
+    per pair of the last epoch, ``last``, is far above ``first``, the loss per pair of the
+    first mini-batch, both measured above ``floor``, the loss's least value; ``advice``
+    says which parameters to change."""
+    start, end = first - floor, last - floor
+    if math.isfinite(start) and start > 0 and end > DIVERGED_RATIO * start:
+        warnings.warn(
+            f"{name}: the training loss ended at {last:.4g} per pair, far above where it "
+            f"started ({first:.4g}): training diverged and the model is probably "
+            f"useless. {advice}", TrainingDivergenceWarning, stacklevel=stacklevel)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -36,6 +59,8 @@ def train_parallel(
     advice: str,
     log: Callable[..., None] | None = None,
     name: str = "model",
+    progress: bool = False,
+    loss_floor: float = 0.0,
 ) -> list[dict]:
     """Run ``n_epochs`` epochs of a slot-parallel schedule.
 
@@ -55,6 +80,13 @@ def train_parallel(
         Appended to the error raised when the loss diverges.
     log : callable or None
         ``log(message, *args)`` for one line per epoch.
+    name : str
+        Names the model in log lines, progress bars and messages.
+    progress : bool
+        Show a progress bar of each epoch's mini-batches (see ``sessionrec._progress``).
+    loss_floor : float
+        The least value of the loss per pair (``nn._losses.LOSS_FLOORS``), for the
+        divergence warning.
 
     Returns
     -------
@@ -66,6 +98,12 @@ def train_parallel(
     ------
     TrainingDivergedError
         As soon as the running loss is NaN or infinite.
+
+    Warns
+    -----
+    TrainingDivergenceWarning
+        When the last epoch's mean loss is far above the first mini-batch's
+        (:func:`warn_if_diverged`): finite, but diverged.
     """
     bounds = schedule.step_offsets.tolist()
     widths = schedule.widths()
@@ -73,7 +111,9 @@ def train_parallel(
     shrink = {t: torch.as_tensor(rows, device=device) for t, rows in schedule.shrink.items()}
     n_pairs = schedule.n_entries
     history = []
+    first_loss = math.nan  # per pair, of the first mini-batch: the loss at the start
     for epoch in range(n_epochs):
+        bar = epoch_bar(progress, schedule.n_steps, f"{name} epoch {epoch + 1}/{n_epochs}")
         _synchronize(device)
         start_time = time.perf_counter()
         slots = state(first_width)
@@ -88,8 +128,14 @@ def train_parallel(
                 host_total += loss
             else:
                 total += loss
+            if epoch == 0 and t == 0:  # one host synchronisation per fit
+                first_loss = float(loss) / (bounds[1] - bounds[0])
             if (t + 1) % _CHECK_EVERY == 0:
                 _check_finite(total, host_total, epoch, advice)
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
         mean_loss = _check_finite(total, host_total, epoch, advice) / max(n_pairs, 1)
         _synchronize(device)
         seconds = time.perf_counter() - start_time
@@ -100,6 +146,9 @@ def train_parallel(
         if log is not None:
             log("%s epoch %d/%d: loss %.4f, %.1f s, %.0f events/s", name, epoch + 1,
                 n_epochs, mean_loss, seconds, record["events_per_s"])
+    if history:
+        warn_if_diverged(first_loss, history[-1]["loss"], name, advice, floor=loss_floor,
+                         stacklevel=5)
     return history
 
 
