@@ -1,21 +1,28 @@
-# One command, one job. Both create the virtual environment when it is missing.
+# One command, one job. Each creates the virtual environment when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is installed first and pinned, so that pip takes the CPU wheel on this machine
 # instead of resolving a multi-GB CUDA build for the range in pyproject.toml.
 TORCH_VERSION ?= 2.13.0
+say = @echo "[setup] $(1)"
 
 .PHONY: demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml setup.py sessionrec/nn/_fused.c
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+$(VENV)/.installed: Makefile pyproject.toml setup.py sessionrec/nn/_fused.c
+	$(call say,virtual environment $(VENV) (Python: $(shell $(PYTHON) --version 2>&1)))
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	$(call say,torch==$(TORCH_VERSION))
+	@$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(call say,sessionrec and its dependencies; compiling the C kernels (sessionrec/nn/_fused.c))
+	@$(PY) -m pip install -q -e ".[dev]"
+	@$(PY) -c "from sessionrec.nn import _kernels as k; print('[setup] C kernels:', \
+	  f'built, {k.threads()} thread(s)' if k.available() else \
+	  'not built (no C compiler?): the PyTorch code runs instead, at about a third of the speed')"
+	@touch $@
 
-demo: $(VENV)/.installed  ## set up, then fit every available model on real data and print a table
+demo: $(VENV)/.installed  ## set up, then fit every model on real data and print a table
 	$(PY) examples/quickstart.py
 
 test: $(VENV)/.installed  ## set up, then run the whole test suite (slow tests included)

@@ -7,7 +7,8 @@
 3. Recommend for a live session, and save / load the fitted model.
 
 Data: ../shared/data/rsc15-100k when present, otherwise synthetic sessions. Run with
-``python examples/gru4rec_rsc15.py [--epochs 10] [--quick]`` inside the virtualenv.
+``python examples/gru4rec_rsc15.py [--epochs 10] [--smoke]`` inside the virtualenv
+(``--smoke``: less data, one epoch, a grid of one value).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sklearn.model_selection import GridSearchCV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import rsc15_or_synthetic  # noqa: E402
+from _data import SMOKE_EPOCHS, add_smoke_flag, rsc15_or_synthetic  # noqa: E402
 
 from sessionrec import (  # noqa: E402
     GRU4RecRecommender,
@@ -41,17 +42,17 @@ RSC15 = dict(loss="cross-entropy", constrained_embedding=True, layers=(100,), ba
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="tiny grid search (CI smoke)")
     args = parser.parse_args()
-    name, train, test = rsc15_or_synthetic()
+    epochs = SMOKE_EPOCHS if args.smoke else args.epochs
+    name, train, test = rsc15_or_synthetic(smoke=args.smoke)
     print(f"data: {name}")
 
     models = {
         "POP": PopularityRecommender(),
         "S-POP": SessionPopularityRecommender(),
-        "GRU4Rec": GRU4RecRecommender(**RSC15, n_epochs=args.epochs, random_state=0,
+        "GRU4Rec": GRU4RecRecommender(**RSC15, n_epochs=epochs, random_state=0,
                                       verbose=True),
     }
     print(f"\n{'model':<10}{'Recall@20':>10}{'MRR@20':>9}{'fit s':>8}")
@@ -63,10 +64,10 @@ def main() -> None:
         print(f"{label:<10}{result['recall@20']:>10.4f}{result['mrr@20']:>9.4f}"
               f"{seconds:>8.1f}")
 
-    grid = {"learning_rate": [0.1, 0.2]} if not args.quick else {"learning_rate": [0.2]}
+    grid = {"learning_rate": [0.2] if args.smoke else [0.1, 0.2]}
     search = GridSearchCV(
         GRU4RecRecommender(**{**RSC15, "learning_rate": 0.2},
-                           n_epochs=2 if args.quick else 3, random_state=0),
+                           n_epochs=SMOKE_EPOCHS if args.smoke else 3, random_state=0),
         grid, scoring=NextItemScorer(["mrr@20", "recall@20"]), refit="mrr@20",
         cv=TimeSplit(test_days=1, n_splits=2))
     search.fit(train)

@@ -7,8 +7,9 @@
 3. Personal POP, Item-KNN, GRU4Rec (session-only RNN), RNN Concat (each user's sessions
    concatenated), HRNN Init and HRNN All, with the same network settings for the RNNs.
 
-Run with ``python examples/hrnn_movielens.py [--epochs 10] [--seeds 0 1 2]`` inside the
-virtualenv; data from ../shared/data/ml-latest-small (or SESSIONREC_SHARED_DATA).
+Run with ``python examples/hrnn_movielens.py [--epochs 10] [--seeds 0 1 2] [--smoke]``
+inside the virtualenv; data from ../shared/data/ml-latest-small (or
+SESSIONREC_SHARED_DATA).
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import make_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import SHARED_DATA  # noqa: E402
+from _data import (  # noqa: E402
+    SMOKE_EPOCHS,
+    add_smoke_flag,
+    hrnn_preparation,
+    require_movielens,
+    smoke_sessions,
+)
 
 from sessionrec import (  # noqa: E402
     GRU4RecRecommender,
@@ -34,27 +41,11 @@ from sessionrec import (  # noqa: E402
 from sessionrec.datasets import read_movielens_ratings  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
 from sessionrec.model_selection import LastSessionSplit, train_test_split  # noqa: E402
-from sessionrec.preprocessing import (  # noqa: E402
-    ConcatenateUserSessions,
-    ItemSupportFilter,
-    RepeatUntilStable,
-    SessionLengthFilter,
-    SessionSplitter,
-    UserSessionFilter,
-)
+from sessionrec.preprocessing import ConcatenateUserSessions  # noqa: E402
 
 # The RNNs share these settings (the HRNN paper's small networks: 100 units, TOP1,
 # Adagrad, dropout on the session GRU's output; in-batch negatives).
 RNN = dict(loss="top1", batch_size=50, learning_rate=0.1, momentum=0.0, n_sample=0)
-
-
-def prepare(folder: Path):
-    ratings = read_movielens_ratings(folder / "ratings.csv")
-    sessions = SessionSplitter(idle_gap=30 * 60).fit_transform(ratings)
-    filters = RepeatUntilStable(Pipeline([("items", ItemSupportFilter(5)),
-                                          ("sessions", SessionLengthFilter(3)),
-                                          ("users", UserSessionFilter(5))]))
-    return filters.fit_transform(sessions)
 
 
 def models(seed: int, epochs: int) -> dict:
@@ -73,14 +64,14 @@ def models(seed: int, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    folder = SHARED_DATA / "ml-latest-small"
-    if not folder.is_dir():
-        sys.exit(f"MovieLens not found at {folder}; set SESSIONREC_SHARED_DATA.")
-    data = prepare(folder)
+    data, _ = hrnn_preparation(read_movielens_ratings(require_movielens() / "ratings.csv"))
+    if args.smoke:
+        args.epochs, args.seeds = SMOKE_EPOCHS, args.seeds[:1]
+        data = smoke_sessions(data)
     train, test = train_test_split(data, splitter=LastSessionSplit())
     print(f"ml-latest-small, HRNN preparation: {len(data):,} events, "
           f"{data['SessionId'].nunique():,} sessions, {data['UserId'].nunique():,} users, "

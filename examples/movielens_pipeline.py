@@ -10,7 +10,7 @@
 5. Print a results table of every model on the held-out last sessions.
 
 Data: ../shared/data/ml-latest-small (or SESSIONREC_SHARED_DATA). Run with
-``python examples/movielens_pipeline.py [--epochs 10]`` inside the virtualenv.
+``python examples/movielens_pipeline.py [--epochs 10] [--smoke]`` inside the virtualenv.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from sklearn.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import SHARED_DATA  # noqa: E402
+from _data import (  # noqa: E402
+    SMOKE_EPOCHS,
+    add_smoke_flag,
+    hrnn_preparation,
+    require_movielens,
+    smoke_sessions,
+)
 
 from sessionrec import (  # noqa: E402
     GRU4RecRecommender,
@@ -40,34 +46,18 @@ from sessionrec.datasets import read_movielens_ratings  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
 from sessionrec.metrics import NextItemScorer  # noqa: E402
 from sessionrec.model_selection import LastSessionSplit, train_test_split  # noqa: E402
-from sessionrec.preprocessing import (  # noqa: E402
-    ItemSupportFilter,
-    RepeatUntilStable,
-    SessionLengthFilter,
-    SessionSplitter,
-    UserSessionFilter,
-)
-
-
-def prepare(ratings):
-    """The HRNN paper's preparation, as transformers."""
-    sessions = SessionSplitter(idle_gap=30 * 60).fit_transform(ratings)
-    filters = RepeatUntilStable(Pipeline([("items", ItemSupportFilter(5)),
-                                          ("sessions", SessionLengthFilter(3)),
-                                          ("users", UserSessionFilter(5))]))
-    return filters.fit_transform(sessions), filters
+from sessionrec.preprocessing import ItemSupportFilter  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
-    folder = SHARED_DATA / "ml-latest-small"
-    if not folder.is_dir():
-        sys.exit(f"MovieLens not found at {folder}; set SESSIONREC_SHARED_DATA.")
-
-    ratings = read_movielens_ratings(folder / "ratings.csv")
-    data, filters = prepare(ratings)
+    ratings = read_movielens_ratings(require_movielens() / "ratings.csv")
+    data, filters = hrnn_preparation(ratings)  # see _data.py: the transformers in a row
+    if args.smoke:
+        args.epochs = SMOKE_EPOCHS
+        data = smoke_sessions(data)
     print(f"ml-latest-small: {len(ratings):,} ratings -> {len(data):,} events, "
           f"{data['SessionId'].nunique():,} sessions, {data['UserId'].nunique():,} users, "
           f"{data['ItemId'].nunique():,} items after {filters.n_iter_} filter passes")

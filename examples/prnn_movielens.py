@@ -11,7 +11,7 @@
    print Recall@20 and MRR@20 (mean over seeds) for each.
 
 Data: ../shared/data/ml-latest-small (or SESSIONREC_SHARED_DATA). Run with
-``python examples/prnn_movielens.py [--epochs 5] [--seeds 3] [--hidden 100]``.
+``python examples/prnn_movielens.py [--epochs 5] [--seeds 3] [--hidden 100] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -21,57 +21,38 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import SHARED_DATA  # noqa: E402
+from _data import (  # noqa: E402
+    SMOKE_EPOCHS,
+    add_smoke_flag,
+    hrnn_preparation,
+    movielens_features,
+    require_movielens,
+    smoke_sessions,
+)
 
 from sessionrec import ItemKNNRecommender, ParallelRNNRecommender  # noqa: E402
-from sessionrec.datasets import (  # noqa: E402
-    read_movielens_movies,
-    read_movielens_ratings,
-    read_movielens_tags,
-)
+from sessionrec.datasets import read_movielens_ratings  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
 from sessionrec.model_selection import LastSessionSplit, train_test_split  # noqa: E402
-from sessionrec.preprocessing import (  # noqa: E402
-    DenseItemFeatures,
-    ItemSupportFilter,
-    RepeatUntilStable,
-    SessionLengthFilter,
-    SessionSplitter,
-    TfidfItemFeatures,
-    UserSessionFilter,
-)
 
 ARCHITECTURES = ("parallel", "shared_w", "interaction")
 TRAININGS = ("simultaneous", "alternating", "residual", "interleaving")
 
 
-def load(root: Path):
-    ratings = read_movielens_ratings(root / "ratings.csv")
-    sessions = SessionSplitter(idle_gap=30 * 60).fit_transform(ratings)
-    events = RepeatUntilStable(Pipeline([("items", ItemSupportFilter(5)),
-                                         ("sessions", SessionLengthFilter(3)),
-                                         ("users", UserSessionFilter(5))])).fit_transform(
-        sessions)
+def load(root: Path, smoke: bool):
+    events, _ = hrnn_preparation(read_movielens_ratings(root / "ratings.csv"))
+    if smoke:
+        events = smoke_sessions(events)
     train, test = train_test_split(events, splitter=LastSessionSplit())
-    movies = read_movielens_movies(root / "movies.csv")
-    tags = read_movielens_tags(root / "tags.csv")
-    # One row per movie with its tags joined; TF-IDF over title + genres + tags.
-    tag_text = tags.groupby("ItemId")["Tag"].agg(" ".join)
-    text = movies.assign(tags=tag_text.reindex(movies.index).fillna(""))
-    tfidf = TfidfItemFeatures(["title", "genres", "tags"]).fit_transform(text)
-    genres = movies["genres"].str.get_dummies(sep="|")
-    genre = DenseItemFeatures().fit_transform(genres.astype(np.float32))
-    return train, test, {"text": tfidf, "genre": genre}
+    return train, test, movielens_features(root)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=100)
@@ -79,11 +60,9 @@ def main() -> None:
                         help="run only this row (e.g. 'interaction (interleaving)'); "
                              "repeat for several; default: every row")
     args = parser.parse_args()
-    root = SHARED_DATA / "ml-latest-small"
-    if not (root / "ratings.csv").exists():
-        print(f"MovieLens not found under {root}; set SESSIONREC_SHARED_DATA.")
-        return
-    train, test, features = load(root)
+    if args.smoke:
+        args.epochs, args.seeds, args.hidden = SMOKE_EPOCHS, 1, 16
+    train, test, features = load(require_movielens(), args.smoke)
     print(f"{len(train):,} training events, {len(test):,} test events, "
           f"{train['ItemId'].nunique():,} items; text features: "
           f"{features['text'].n_features:,} sparse columns, genre: "

@@ -1,62 +1,128 @@
-"""Fit every available recommender on real data and print an accuracy and speed table.
+"""Fit every recommender of sessionrec on real data and print an accuracy and speed table.
 
-Data: ../shared/data/rsc15-100k (train_full -> test) when present, otherwise a synthetic
-set from ``sessionrec.datasets.make_sessions``. Protocol: next-item, all training items
-ranked, conservative ties (see ``sessionrec.evaluation``).
+* Session models on rsc15-100k (train_full -> test, the GRU4Rec layout).
+* The models of users (HRNN, Personal POP) and p-RNN, with TF-IDF text and genre
+  features, on ml-latest-small, prepared as in the HRNN paper by sessionrec's own
+  transformers (30-minute sessions, support filters until stable), each user's last
+  session to test.
 
-Run with ``make demo`` (or ``python examples/quickstart.py`` inside the virtualenv).
+Without ../shared/data (or ``SESSIONREC_SHARED_DATA``) both come from
+``sessionrec.datasets.make_sessions``, and the table says so. Protocol: next-item, all
+training items ranked, conservative ties (see ``sessionrec.evaluation``).
+
+Run with ``make demo``, or ``python examples/quickstart.py [--smoke]`` inside the virtual
+environment (``--smoke``: the same code on less data and one epoch).
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import needs_users, rsc15_or_synthetic  # noqa: E402
+from _data import (  # noqa: E402
+    SMOKE_EPOCHS,
+    add_smoke_flag,
+    movielens_or_synthetic,
+    needs_users,
+    rsc15_or_synthetic,
+)
 
 import sessionrec  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
 
-# Per-model settings for the demo; a model not listed here runs with its defaults.
+# Per-model settings for the demo; a model not listed here runs with its defaults (and
+# random_state=0 where it has one).
 DEMO_PARAMS: dict[str, dict] = {
     # The official GRU4Rec parameter file for rsc15.
     "GRU4RecRecommender": dict(loss="cross-entropy", constrained_embedding=True,
                                layers=(100,), batch_size=32, dropout_p_hidden=0.4,
                                learning_rate=0.2, momentum=0.2, n_sample=2048,
-                               sample_alpha=0.5, logq=1.0, n_epochs=10, random_state=0),
+                               sample_alpha=0.5, logq=1.0, n_epochs=10),
+    # The HRNN paper's small networks (100 + 100 units, TOP1, in-batch negatives).
+    "HRNNRecommender": dict(session_size=100, user_size=100, loss="top1", batch_size=50,
+                            learning_rate=0.1, dropout_p_session=0.1, n_sample=0,
+                            n_epochs=10),
+    # The p-RNN paper's parallel architecture with residual training, 100 units a subnet.
+    "ParallelRNNRecommender": dict(architecture="parallel", training="residual",
+                                   hidden_size=100, n_epochs=5),
 }
+
+# Models fitted on the data of users (with item features for p-RNN); the rest on sessions.
+USER_DATA = {"ParallelRNNRecommender"}
+
+
+def build(cls, smoke: bool):
+    """The demo's estimator of class ``cls``: its settings, a fixed seed, verbose fits."""
+    accepted = inspect.signature(cls.__init__).parameters
+    params = dict(DEMO_PARAMS.get(cls.__name__, {}))
+    if "random_state" in accepted:
+        params.setdefault("random_state", 0)
+    if "n_epochs" in accepted:
+        params["verbose"] = True  # a progress bar per epoch on a terminal, a log line each
+        if smoke:
+            params["n_epochs"] = SMOKE_EPOCHS
+    return cls(**params)
 
 
 def main() -> None:
-    name, train, test = rsc15_or_synthetic()
-    print(f"data: {name}: {len(train):,} training events, {len(test):,} test events")
-    header = (f"{'model':<32}{'Recall@20':>10}{'MRR@20':>10}{'train s':>10}"
-              f"{'events/s':>12}{'eval s':>9}")
-    print(header)
-    print("-" * len(header))
-    for cls in sessionrec.all_estimators():
-        if needs_users(cls) and "UserId" not in train:
-            print(f"{cls.__name__:<32}(skipped: needs a user column, which {name} lacks)")
-            continue
-        est = cls(**DEMO_PARAMS.get(cls.__name__, {}))
+    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    args = parser.parse_args()
+    sessions_name, train, test = rsc15_or_synthetic(smoke=args.smoke)
+    users_name, user_train, user_test, features = movielens_or_synthetic(smoke=args.smoke)
+    data = {"sessions": (sessions_name, train, test), "users": (users_name, user_train,
+                                                                user_test)}
+    for label, (name, fit_on, scored) in data.items():
+        note = "" if "make_sessions" not in name else (
+            "  (../shared/data not found: synthetic data from sessionrec.datasets)")
+        print(f"{label} data: {name}: {len(fit_on):,} training events, "
+              f"{len(scored):,} test events{note}", flush=True)
+
+    estimators = sessionrec.all_estimators()
+    rows = {"sessions": [], "users": []}
+    for number, cls in enumerate(estimators, start=1):
+        which = "users" if needs_users(cls) or cls.__name__ in USER_DATA else "sessions"
+        name, fit_on, scored = data[which]
+        fit_params = {"item_features": features} if cls.__name__ == "ParallelRNNRecommender" \
+            else {}
+        print(f"[{number:>2}/{len(estimators)}] {cls.__name__} on {name.split(',')[0]}: "
+              "fitting ...", flush=True)
+        est = build(cls, args.smoke)
         start = time.perf_counter()
-        est.fit(train)
-        train_s = time.perf_counter() - start
+        est.fit(fit_on, **fit_params)
+        fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        result = evaluate(est, test, cutoffs=[20], metrics=["recall", "mrr"])
+        result = evaluate(est, scored, cutoffs=[20], metrics=["recall", "mrr"])
         eval_s = time.perf_counter() - start
-        # Throughput of training: (input, target) pairs per second within an epoch for
-        # models trained in epochs, else events consumed per second of fit.
+        # Training pairs per second within an epoch, for models trained in epochs.
         history = getattr(est, "history_", None)
         events_s = (sum(h["events_per_s"] for h in history) / len(history) if history
-                    else len(train) / train_s)
-        print(f"{cls.__name__:<32}{result['recall@20']:>10.4f}{result['mrr@20']:>10.4f}"
-              f"{train_s:>10.2f}{events_s:>12,.0f}{eval_s:>9.2f}")
-    print(f"({result['n_targets']:,} targets ranked against all {est.n_items_:,} training "
-          f"items, ties: {result['ties']}; {result['n_dropped']} dropped as unseen)")
+                    else None)
+        rows[which].append((cls.__name__, result, fit_s, events_s, eval_s, est.n_items_))
+        print(f"        Recall@20 {result['recall@20']:.4f}  MRR@20 {result['mrr@20']:.4f}  "
+              f"fit {fit_s:.1f} s  evaluation {eval_s:.1f} s", flush=True)
+
+    header = (f"{'model':<32}{'Recall@20':>10}{'MRR@20':>9}{'fit s':>8}{'events/s':>11}"
+              f"{'eval s':>8}")
+    for which, table in rows.items():
+        name = data[which][0]
+        print(f"\n{name}")
+        print(header)
+        print("-" * len(header))
+        for model, result, fit_s, events_s, eval_s, _ in table:
+            speed = f"{events_s:>11,.0f}" if events_s is not None else f"{'-':>11}"
+            print(f"{model:<32}{result['recall@20']:>10.4f}{result['mrr@20']:>9.4f}"
+                  f"{fit_s:>8.1f}{speed}{eval_s:>8.2f}")
+        print(f"({result['n_targets']:,} targets ranked against all {table[-1][-1]:,} "
+              f"training items, ties: {result['ties']}; {result['n_dropped']} dropped as "
+              "unseen; events/s: training pairs per second of an epoch)")
+        if which == "users" and "ml-latest-small" in name:
+            print("(Personal POP recommends the items a user already had; a MovieLens user "
+                  "rates a movie once, so here it can never be right.)")
 
 
 if __name__ == "__main__":
