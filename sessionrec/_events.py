@@ -116,10 +116,10 @@ def _kinds(values) -> dict[str, object]:
     return found
 
 
-def label_kind(values, what: str = "labels") -> str:
+def label_kind(values) -> str:
     """The one kind of label in ``values``: ``"number"``, ``"str"``, ``"bool"``, ...
 
-    Raises ``TypeError`` when ``values`` mixes kinds; ``what`` names them in the message.
+    Raises ``TypeError`` when ``values`` mixes kinds.
 
     Examples
     --------
@@ -132,16 +132,17 @@ def label_kind(values, what: str = "labels") -> str:
     """
     found = _kinds(values)
     if len(found) > 1:
-        listed = " and ".join(f"{kind} ({example!r})" for kind, example in found.items())
-        raise TypeError(f"{what} mix kinds: {listed}.")
+        raise TypeError(f"labels mix kinds: {_listed(found)}.")
     return next(iter(found))
 
 
-def check_same_label_kind(known_kind: str, labels, key, role: str) -> None:
-    """Raise a ``TypeError`` naming column ``key`` when its ``labels`` (the column, or its
-    distinct values) are of another kind than ``known_kind``, the kind of the labels the
-    model was fitted on."""
-    kind = label_kind(labels)
+def _listed(found: dict) -> str:
+    return " and ".join(f"{kind} ({example!r})" for kind, example in found.items())
+
+
+def check_same_label_kind(known_kind: str, kind: str, key, role: str) -> None:
+    """Raise a ``TypeError`` naming column ``key`` when its labels are of another ``kind``
+    than ``known_kind``, the kind of the labels the model was fitted on."""
     if kind != known_kind:
         raise TypeError(
             f"column {key!r} (the {role} column) holds {kind} labels, but the model was "
@@ -157,7 +158,8 @@ def user_codes(training_users: pd.Index, events: SessionEvents, user_key) -> np.
     """Position in ``training_users`` of each user of ``events`` (``events.user_labels``),
     -1 for a user unseen in training; a ``TypeError`` naming ``user_key`` when the frame's
     user labels are of another kind than the training users'."""
-    check_same_label_kind(label_kind(training_users), events.user_labels, user_key, "user")
+    check_same_label_kind(label_kind(training_users), label_kind(events.user_labels),
+                          user_key, "user")
     return training_users.get_indexer(events.user_labels)
 
 
@@ -324,7 +326,11 @@ class SessionEvents:
         return last
 
 
-def _check_column(X: pd.DataFrame, key, role: str) -> pd.Series:
+def _check_column(X: pd.DataFrame, key, role: str, known_kind: str | None = None
+                  ) -> pd.Series:
+    """Column ``key`` of ``X`` (the ``role`` column), checked: present once, no missing
+    values and, for labels, one kind of label, ``known_kind`` where it is given (the
+    kind the model was fitted on)."""
     if key not in X.columns:
         available = ", ".join(repr(c) for c in list(X.columns)[:20])
         raise ValueError(
@@ -341,13 +347,15 @@ def _check_column(X: pd.DataFrame, key, role: str) -> pd.Series:
             "(NaN/None/NaT); drop or fill those rows first."
         )
     if role in _LABEL_ROLES:
-        try:
-            label_kind(col, f"the labels of column {key!r} (the {role} column)")
-        except TypeError as error:
+        found = _kinds(col)
+        if len(found) > 1:
             raise TypeError(
-                f"{str(error)[:-1]}; labels of different kinds are different {role}s even "
+                f"the labels of column {key!r} (the {role} column) mix kinds: "
+                f"{_listed(found)}; labels of different kinds are different {role}s even "
                 f"when they read the same. Convert the column to one type first (e.g. "
-                f"X[{key!r}].astype(str)).") from None
+                f"X[{key!r}].astype(str)).")
+        if known_kind is not None:
+            check_same_label_kind(known_kind, next(iter(found)), key, role)
     return col
 
 
@@ -441,7 +449,8 @@ def to_session_events(
     if len(X) == 0:
         raise ValueError("X is empty: at least one event is needed.")
     sessions = _check_column(X, session_key, "session")
-    item_col = _check_column(X, item_key, "item")
+    item_col = _check_column(X, item_key, "item",
+                             known_kind=None if item_index is None else item_index.kind)
     times, to_seconds = _orderable_times(_check_column(X, time_key, "time"), time_key)
     n = len(X)
 
@@ -485,7 +494,6 @@ def to_session_events(
         item_index, items = ItemIndex.from_labels(labels_sorted)
         keep = None
     else:
-        check_same_label_kind(item_index.kind, item_col, item_key, "item")
         items = item_index.encode(labels_sorted)
         keep = items >= 0
     n_unknown = 0

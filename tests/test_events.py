@@ -145,3 +145,33 @@ def test_ragged_arange(pairs):
     lengths = np.array([p[1] for p in pairs], dtype=np.int64)
     expected = [v for s, n in pairs for v in range(s, s + n)]
     assert ragged_arange(starts, lengths).tolist() == expected
+
+
+@pytest.mark.parametrize("values,kind", [
+    (pd.Series([3, 1, 2]), "number"),
+    (pd.Series([3, 1.5], dtype=object), "number"),  # ints and floats: one kind, as in pandas
+    (pd.Series(["a", "b"]), "str"),
+    (pd.Series(["a", "b"], dtype=object), "str"),
+    (pd.Series(pd.Categorical(["x", "y", "x"])), "str"),
+    (pd.Series([(1, 2), (3, 4)]), "tuple"),
+    (pd.Series(pd.to_datetime([0, 1], unit="s")), "datetime"),
+    (pd.Series([True, False]), "bool"),
+    (pd.Index([np.int64(4), 5], dtype=object), "number"),
+])
+def test_label_kind(values, kind):
+    from sessionrec._events import label_kind
+
+    assert label_kind(values) == kind
+
+
+@pytest.mark.parametrize("values", [["214716935", 214716935], ["a", 2.5], [True, "1"],
+                                    [(1, 2), "a"], [b"a", "a"]])
+def test_mixed_label_kinds_are_refused(values):
+    from sessionrec._events import label_kind
+
+    with pytest.raises(TypeError, match="mix kinds"):
+        label_kind(pd.Series(values, dtype=object))
+    X = pd.DataFrame({"SessionId": [1, 1], "ItemId": pd.Series(values, dtype=object),
+                      "Time": [0, 1]})
+    with pytest.raises(TypeError, match="'ItemId' \\(the item column\\) mix kinds"):
+        to_session_events(X)
