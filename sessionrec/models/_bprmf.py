@@ -134,25 +134,27 @@ class BPRMFRecommender(SessionRecommender):
             negatives = torch.randint(0, self.n_items_, (n,), generator=generator,
                                       device=device)
             total = torch.zeros((), dtype=torch.float64, device=device)
-            for start in range(0, n, batch):  # one Python iteration per mini-batch
-                idx = order[start:start + batch]
-                s, i, j = session_of[idx], item_of[idx], negatives[idx]
-                p, qi, qj = sessions[s], items[i], items[j]
-                diff = (p * (qi - qj)).sum(1) + bias[i] - bias[j]
-                total += torch.nn.functional.softplus(-diff).sum()
-                g = torch.sigmoid(-diff).unsqueeze(1)  # d(-loss)/d(diff)
-                # SGD ascent on log sigmoid(diff) minus L2 terms, rows merged by index_add.
-                sessions.index_add_(0, s, lr * (g * (qi - qj) - reg_s * p))
-                items.index_add_(0, i, lr * (g * p - reg_i * qi))
-                items.index_add_(0, j, lr * (-g * p - reg_i * qj))
-                bias.index_add_(0, i, lr * (g.squeeze(1) - reg_i * bias[i]))
-                bias.index_add_(0, j, lr * (-g.squeeze(1) - reg_i * bias[j]))
-                if epoch == 0 and start == 0:  # the loss at the initial factors
-                    first_loss = float(total) / len(idx)
+            try:
+                for start in range(0, n, batch):  # one Python iteration per mini-batch
+                    idx = order[start:start + batch]
+                    s, i, j = session_of[idx], item_of[idx], negatives[idx]
+                    p, qi, qj = sessions[s], items[i], items[j]
+                    diff = (p * (qi - qj)).sum(1) + bias[i] - bias[j]
+                    total += torch.nn.functional.softplus(-diff).sum()
+                    g = torch.sigmoid(-diff).unsqueeze(1)  # d(-loss)/d(diff)
+                    # SGD ascent on log sigmoid(diff) minus L2 terms, rows merged by index_add.
+                    sessions.index_add_(0, s, lr * (g * (qi - qj) - reg_s * p))
+                    items.index_add_(0, i, lr * (g * p - reg_i * qi))
+                    items.index_add_(0, j, lr * (-g * p - reg_i * qj))
+                    bias.index_add_(0, i, lr * (g.squeeze(1) - reg_i * bias[i]))
+                    bias.index_add_(0, j, lr * (-g.squeeze(1) - reg_i * bias[j]))
+                    if epoch == 0 and start == 0:  # the loss at the initial factors
+                        first_loss = float(total) / len(idx)
+                    if bar is not None:
+                        bar.update()
+            finally:  # also when fitting is interrupted: no half-drawn bar is left behind
                 if bar is not None:
-                    bar.update()
-            if bar is not None:
-                bar.close()
+                    bar.close()
             mean_loss = float(total) / n
             if not np.isfinite(mean_loss):
                 raise TrainingDivergedError(

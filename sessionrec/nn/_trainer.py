@@ -119,23 +119,25 @@ def train_parallel(
         slots = state(first_width)
         total = torch.zeros((), dtype=torch.float64, device=device)
         host_total = 0.0  # the losses that steps return as floats
-        for t in range(schedule.n_steps):
-            if t in shrink:
-                rows = shrink[t]
-                slots = [s.index_select(0, rows) for s in slots]
-            loss = step(bounds[t], bounds[t + 1], slots)
-            if isinstance(loss, float):
-                host_total += loss
-            else:
-                total += loss
-            if epoch == 0 and t == 0:  # one host synchronisation per fit
-                first_loss = float(loss) / (bounds[1] - bounds[0])
-            if (t + 1) % _CHECK_EVERY == 0:
-                _check_finite(total, host_total, epoch, advice)
+        try:
+            for t in range(schedule.n_steps):
+                if t in shrink:
+                    rows = shrink[t]
+                    slots = [s.index_select(0, rows) for s in slots]
+                loss = step(bounds[t], bounds[t + 1], slots)
+                if isinstance(loss, float):
+                    host_total += loss
+                else:
+                    total += loss
+                if epoch == 0 and t == 0:  # one host synchronisation per fit
+                    first_loss = float(loss) / (bounds[1] - bounds[0])
+                if (t + 1) % _CHECK_EVERY == 0:
+                    _check_finite(total, host_total, epoch, advice)
+                if bar is not None:
+                    bar.update()
+        finally:  # also when the loss diverges: no half-drawn bar is left behind
             if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
+                bar.close()
         mean_loss = _check_finite(total, host_total, epoch, advice) / max(n_pairs, 1)
         _synchronize(device)
         seconds = time.perf_counter() - start_time
