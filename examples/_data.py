@@ -37,6 +37,7 @@ from sessionrec.preprocessing import (
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SESSIONREC_SHARED_DATA", REPO.parent / "shared" / "data"))
 MOVIELENS = SHARED_DATA / "ml-latest-small"
+MOVIELENS_FILES = ("ratings.csv", "movies.csv", "tags.csv")
 
 # In smoke runs: sessions kept of a data set (the earliest ones), and epochs of training.
 SMOKE_SESSIONS = 1500
@@ -114,7 +115,7 @@ def movielens_or_synthetic(random_state: int = 0, smoke: bool = False):
     and genre features (:func:`movielens_features`) when present, else ``make_sessions``
     with users who persist across sessions and noisy topic features.
     """
-    if MOVIELENS.is_dir():
+    if _has_movielens():
         name = "ml-latest-small (HRNN preparation)"
         events, _ = hrnn_preparation(read_movielens_ratings(MOVIELENS / "ratings.csv"))
         features = movielens_features(MOVIELENS)
@@ -131,11 +132,16 @@ def movielens_or_synthetic(random_state: int = 0, smoke: bool = False):
     return name, train, test, features
 
 
+def _has_movielens() -> bool:
+    return all((MOVIELENS / name).is_file() for name in MOVIELENS_FILES)
+
+
 def require_movielens() -> Path:
     """The MovieLens folder, or exit with a message saying where it was looked for."""
-    if not (MOVIELENS / "ratings.csv").exists():
-        raise SystemExit(f"MovieLens not found at {MOVIELENS}; set SESSIONREC_SHARED_DATA "
-                         "to the folder that holds ml-latest-small.")
+    if not _has_movielens():
+        raise SystemExit(f"MovieLens ({', '.join(MOVIELENS_FILES)}) not found at "
+                         f"{MOVIELENS}; set SESSIONREC_SHARED_DATA to the folder that holds "
+                         "ml-latest-small.")
     return MOVIELENS
 
 

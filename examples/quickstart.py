@@ -89,8 +89,8 @@ def main() -> None:
         name, fit_on, scored = data[which]
         fit_params = {"item_features": features} if cls.__name__ == "ParallelRNNRecommender" \
             else {}
-        print(f"[{number:>2}/{len(estimators)}] {cls.__name__} on {name.split(',')[0]}: "
-              "fitting ...", flush=True)
+        print(f"[{number:>2}/{len(estimators)}] {cls.__name__} on {which} data: fitting ...",
+              flush=True)
         est = build(cls, args.smoke)
         start = time.perf_counter()
         est.fit(fit_on, **fit_params)

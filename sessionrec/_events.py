@@ -77,37 +77,44 @@ def _kind_of_value(value) -> str:
     if isinstance(value, bytes):
         return "bytes"
     if isinstance(value, (datetime.date, np.datetime64)):
-        return "datetime"
+        return _datetime_kind(value)
     return type(value).__name__
+
+
+def _datetime_kind(value) -> str:
+    # Naive and time-zone aware times never match: they are different kinds.
+    return "datetime" if getattr(value, "tzinfo", None) is None else "tz-aware datetime"
 
 
 def _kinds(values) -> dict[str, object]:
     """The kinds of label in ``values`` (a Series, Index or array), each with an example.
 
     Integers and floats are one kind (``1`` and ``1.0`` are the same label to pandas), as
-    are ``str`` and its numpy and pandas variants; everything else that is not a number,
-    a string, bytes, a boolean or a date is its own kind by type name.
+    are ``str`` and its numpy and pandas variants; naive and time-zone aware datetimes are
+    two; everything else that is not a number, a string, bytes, a boolean or a date is
+    its own kind, by the name pandas infers for it (``"period"``, ``"interval"``) or its
+    type name. Empty ``values`` have no kind (an empty dict).
     """
+    if len(values) == 0:
+        return {}
     dtype = getattr(values, "dtype", None)
-    if isinstance(dtype, pd.CategoricalDtype):
-        return _kinds(dtype.categories)
+    first = next(iter(values))
+    if isinstance(dtype, pd.CategoricalDtype):  # the categories in use
+        codes = pd.Categorical(values).codes
+        return _kinds(dtype.categories.take(np.unique(codes[codes >= 0])))
     if dtype is not None and not pd.api.types.is_object_dtype(dtype):
         if pd.api.types.is_bool_dtype(dtype):
-            kind = "bool"
-        elif pd.api.types.is_numeric_dtype(dtype):
-            kind = "number"
-        elif pd.api.types.is_string_dtype(dtype):
-            kind = "str"
-        elif pd.api.types.is_datetime64_any_dtype(dtype):
-            kind = "datetime"
-        elif pd.api.types.is_timedelta64_dtype(dtype):
-            kind = "timedelta"
-        else:
-            kind = str(dtype)
-        return {kind: next(iter(values), None)}
+            return {"bool": first}
+        if pd.api.types.is_numeric_dtype(dtype):
+            return {"number": first}
+        if pd.api.types.is_string_dtype(dtype):
+            return {"str": first}
+        if pd.api.types.is_datetime64_any_dtype(dtype):
+            return {_datetime_kind(first): first}
     inferred = pd.api.types.infer_dtype(values, skipna=False)
     if inferred in _INFERRED_KINDS:
-        return {_INFERRED_KINDS[inferred]: next(iter(values), None)}
+        kind = _INFERRED_KINDS[inferred]
+        return {_datetime_kind(first) if kind == "datetime" else kind: first}
     # Mixed, or values that infer_dtype does not name (tuples, ...): look at the distinct
     # values only, which a factorisation finds in C.
     found: dict[str, object] = {}
@@ -119,7 +126,7 @@ def _kinds(values) -> dict[str, object]:
 def label_kind(values) -> str:
     """The one kind of label in ``values``: ``"number"``, ``"str"``, ``"bool"``, ...
 
-    Raises ``TypeError`` when ``values`` mixes kinds.
+    Raises ``TypeError`` when ``values`` mixes kinds, ``ValueError`` when it is empty.
 
     Examples
     --------
@@ -131,6 +138,8 @@ def label_kind(values) -> str:
     TypeError: labels mix kinds: str ('214716935') and number (214716935).
     """
     found = _kinds(values)
+    if not found:
+        raise ValueError("no labels: the kind of an empty set of labels is undefined.")
     if len(found) > 1:
         raise TypeError(f"labels mix kinds: {_listed(found)}.")
     return next(iter(found))
@@ -147,8 +156,9 @@ def check_same_label_kind(known_kind: str, kind: str, key, role: str) -> None:
         raise TypeError(
             f"column {key!r} (the {role} column) holds {kind} labels, but the model was "
             f"fitted on {known_kind} labels, so not one {role} would be recognised. "
-            f"Convert the column to the training labels' type first (e.g. "
-            f"X[{key!r}].astype({_CONVERSIONS.get(known_kind, known_kind)!r})).")
+            f"Convert the column to the training labels' type first"
+            + (f" (e.g. X[{key!r}].astype({_CONVERSIONS[known_kind]!r}))."
+               if known_kind in _CONVERSIONS else "."))
 
 
 _CONVERSIONS = {"number": "int64", "str": "str"}

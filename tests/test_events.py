@@ -175,3 +175,39 @@ def test_mixed_label_kinds_are_refused(values):
                       "Time": [0, 1]})
     with pytest.raises(TypeError, match="'ItemId' \\(the item column\\) mix kinds"):
         to_session_events(X)
+
+
+def test_label_kinds_of_typed_and_object_columns_agree():
+    """A typed column and an object column of the same labels are one kind (the model
+    indexes a Period or Interval column as a typed index); categoricals count the
+    categories in use; naive and tz-aware datetimes are two kinds; empty has none."""
+    from sessionrec._events import label_kind
+
+    periods = pd.period_range("2020-01", periods=3, freq="D")
+    assert label_kind(pd.Series(periods)) == label_kind(pd.Series(periods, dtype=object))
+    assert label_kind(pd.Index(periods)) == "period"
+    intervals = pd.interval_range(0, 3)
+    assert label_kind(pd.Series(intervals)) == label_kind(pd.Series(intervals, dtype=object))
+    unused = pd.Categorical(["a", "b"], categories=["a", "b", 5])
+    assert label_kind(pd.Series(unused)) == "str"
+    naive = pd.Series(pd.date_range("2020", periods=2))
+    aware = pd.Series(pd.date_range("2020", periods=2, tz="UTC"))
+    assert label_kind(naive) == "datetime"
+    assert label_kind(aware) == label_kind(aware.astype(object)) == "tz-aware datetime"
+    with pytest.raises(ValueError, match="empty"):
+        label_kind(pd.Series([], dtype=object))
+
+
+def test_period_labels_fit_and_predict():
+    from sessionrec import PopularityRecommender
+
+    X = pd.DataFrame({"SessionId": [1, 1, 2, 2], "Time": [0, 1, 2, 3],
+                      "ItemId": pd.Series(pd.period_range("2020-01", periods=4, freq="D"),
+                                          dtype=object)})
+    model = PopularityRecommender(device="cpu").fit(X)
+    assert model.predict_next(X, k=2).shape == (2, 2)
+    aware = X.assign(ItemId=pd.date_range("2020", periods=4, tz="UTC"))
+    naive_model = PopularityRecommender(device="cpu").fit(
+        X.assign(ItemId=pd.date_range("2020", periods=4)))
+    with pytest.raises(TypeError, match="tz-aware datetime labels.*fitted on datetime"):
+        naive_model.predict_next(aware)

@@ -519,3 +519,34 @@ def test_planted_feature_signal_helps_and_noise_does_not_hurt(setting):
     assert mean["informative"] >= 1.05 * best_id
     assert mean["uninformative"] >= 0.97 * best_id
     assert mean["prnn_rare"] > mean["id_rare"]
+
+
+def test_divergence_is_judged_over_the_whole_fit():
+    """p-RNN trains a subnet, or with early stopping an epoch, per call of the trainer; the
+    loss is compared with the first mini-batch of the fit, not of each call (where a
+    single batch of trained weights can sit far below its epoch's mean). pyproject.toml
+    turns a divergence warning into an error: falling losses must give none, even at
+    batch size 1, while learning_rate=1e30 still warns."""
+    import warnings
+
+    from sessionrec import TrainingDivergenceWarning
+
+    events, topics = make_sessions(n_sessions=300, n_items=60, return_item_features=True,
+                                   random_state=0)
+    for seed in (1, 3):
+        model = ParallelRNNRecommender(hidden_size=16, n_epochs=3, batch_size=1,
+                                       loss="cross-entropy", n_sample=16,
+                                       early_stopping=True, refit=False, device="cpu",
+                                       random_state=seed).fit(events,
+                                                              item_features={"topic": topics})
+        assert model.history_[-1]["loss"] < model.history_[0]["loss"]
+        # Some epoch's first batch lies far below its epoch's mean (what fooled a
+        # per-call judgement), yet the fit as a whole falls and no warning is raised.
+        assert max(r["loss"] / r["start_loss"] for r in model.history_) > 1.5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ParallelRNNRecommender(hidden_size=16, n_epochs=2, learning_rate=1e30,
+                               early_stopping=True, device="cpu", random_state=0).fit(
+            events, item_features={"topic": topics})
+    assert any(issubclass(w.category, TrainingDivergenceWarning)
+               and "learning_rate (now 1e+30)" in str(w.message) for w in caught)

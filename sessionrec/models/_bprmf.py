@@ -64,8 +64,9 @@ class BPRMFRecommender(SessionRecommender):
     item_factors_ : torch.Tensor of shape (n_items_, n_factors)
     item_bias_ : torch.Tensor of shape (n_items_,)
     history_ : list of dict
-        Per epoch: ``loss`` (mean BPR loss per triple), ``seconds``, ``events_per_s``
-        (triples, one per training event, per second) and ``batches_per_s``.
+        Per epoch: ``loss`` (mean BPR loss per triple), ``start_loss`` (that of the
+        epoch's first mini-batch), ``seconds``, ``events_per_s`` (triples, one per
+        training event, per second) and ``batches_per_s``.
 
     References
     ----------
@@ -125,7 +126,7 @@ class BPRMFRecommender(SessionRecommender):
         batch = int(self.batch_size)
         n = events.n_events
         n_batches = -(-n // batch)
-        history, first_loss = [], math.nan
+        history = []
         for epoch in range(int(self.n_epochs)):
             bar = epoch_bar(self.verbose, n_batches,
                             f"BPR-MF epoch {epoch + 1}/{self.n_epochs}")
@@ -134,6 +135,7 @@ class BPRMFRecommender(SessionRecommender):
             negatives = torch.randint(0, self.n_items_, (n,), generator=generator,
                                       device=device)
             total = torch.zeros((), dtype=torch.float64, device=device)
+            start_loss = math.nan
             try:
                 for start in range(0, n, batch):  # one Python iteration per mini-batch
                     idx = order[start:start + batch]
@@ -148,8 +150,8 @@ class BPRMFRecommender(SessionRecommender):
                     items.index_add_(0, j, lr * (-g * p - reg_i * qj))
                     bias.index_add_(0, i, lr * (g.squeeze(1) - reg_i * bias[i]))
                     bias.index_add_(0, j, lr * (-g.squeeze(1) - reg_i * bias[j]))
-                    if epoch == 0 and start == 0:  # the loss at the initial factors
-                        first_loss = float(total) / len(idx)
+                    if start == 0:  # in the first epoch, the loss at the initial factors
+                        start_loss = float(total) / len(idx)
                     if bar is not None:
                         bar.update()
             finally:  # also when fitting is interrupted: no half-drawn bar is left behind
@@ -161,12 +163,13 @@ class BPRMFRecommender(SessionRecommender):
                     f"the BPR loss became {mean_loss} in epoch {epoch + 1}; lower "
                     f"learning_rate (now {self.learning_rate}).")
             seconds = time.perf_counter() - start_time
-            history.append({"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds,
+            history.append({"epoch": epoch + 1, "loss": mean_loss, "start_loss": start_loss,
+                            "seconds": seconds,
                             "events_per_s": n / seconds if seconds > 0 else math.inf,
                             "batches_per_s": n_batches / seconds if seconds > 0 else math.inf})
             self._log("BPR-MF epoch %d/%d: loss %.4f, %.1f s, %.0f events/s", epoch + 1,
                       self.n_epochs, mean_loss, seconds, history[-1]["events_per_s"])
-        warn_if_diverged(first_loss, history[-1]["loss"], "BPR-MF",
+        warn_if_diverged(history[0]["start_loss"], history[-1]["loss"], "BPR-MF",
                          f"Lower learning_rate (now {self.learning_rate}).", stacklevel=4)
         self.history_ = history
         self.item_factors_ = items

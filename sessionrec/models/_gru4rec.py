@@ -132,8 +132,8 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     network_ : GRU4RecNetwork
         The trained network (a ``torch.nn.Module`` on ``device_``).
     history_ : list of dict
-        Per epoch: ``loss`` (mean per training pair), ``seconds``, ``events_per_s``,
-        ``batches_per_s``.
+        Per epoch: ``loss`` (mean per training pair), ``start_loss`` (that of the epoch's
+        first mini-batch), ``seconds``, ``events_per_s``, ``batches_per_s``.
     item_index_ : ItemIndex
     n_items_ : int
     device_ : torch.device

@@ -94,7 +94,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     ----------
     network_ : HRNNNetwork
     history_ : list of dict
-        Per epoch: ``loss``, ``seconds``, ``events_per_s``, ``batches_per_s``.
+        Per epoch: ``loss``, ``start_loss`` (that of the epoch's first mini-batch),
+        ``seconds``, ``events_per_s``, ``batches_per_s``.
     user_labels_ : pandas.Index
         Training users.
     user_states_ : torch.Tensor of shape (n_users, user_size)

@@ -344,13 +344,18 @@ class SKNNRecommender(SessionRecommender):
         positions = np.flatnonzero(score_after)
         starts = events.session_starts[positions]
         blocks = self._blocks(positions, extra_cost=positions - starts + 1)
-        below = scores_below_row(self)
-        for block, scores in self._map_blocks(
-                lambda block: self._block_scores(events, block), blocks):
-            scores = torch.as_tensor(scores, device=self.device_)
+        below = scores_below_row(self).cpu().numpy()
+
+        def score(block):
+            scores = self._block_scores(events, block)
             # Items in no neighbour session (score 0; every other score is positive)
-            # follow by popularity.
-            yield block, torch.where(scores > 0, scores, below)
+            # follow by popularity: in place, in the worker thread. (Adding is exact:
+            # x + 0 * below is x; and it is 5x as fast as numpy's masked copy.)
+            scores += (scores == 0) * below
+            return scores
+
+        for block, scores in self._map_blocks(score, blocks):
+            yield block, torch.as_tensor(scores, device=self.device_)
 
     def _block_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         """Scores of all items after each of ``positions`` (numpy, in a worker thread)."""

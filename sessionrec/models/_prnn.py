@@ -17,7 +17,7 @@ from ..evaluation import ranks_from_scores
 from ..metrics import mrr_at_k
 from ..nn._network import StepConfig
 from ..nn._parallel import ParallelNetwork, SubnetSpec
-from ..nn._trainer import train_parallel
+from ..nn._trainer import train_parallel, warn_if_diverged
 from ..preprocessing._features import ItemFeatures
 from ._recurrent import SampledTrainingMixin
 
@@ -193,7 +193,8 @@ default="residual"
     ----------
     network_ : ParallelNetwork
     history_ : list of dict
-        Per epoch: ``loss``, ``seconds``, ``events_per_s``, ``batches_per_s``,
+        Per epoch: ``loss``, ``start_loss`` (that of the epoch's first mini-batch),
+        ``seconds``, ``events_per_s``, ``batches_per_s``,
         ``trained`` (the names of the subnets trained in that epoch) and, with
         ``early_stopping``, ``validation_mrr`` and ``refit``: the epochs of the run on the
         sessions left after the hold-out come first (``refit`` False), then, with
@@ -430,6 +431,9 @@ default="residual"
                 for record in refit:
                     record.update(refit=True, validation_mrr=np.nan)
                 history += refit
+        options = self._trainer_options()
+        warn_if_diverged(history[0]["start_loss"], history[-1]["loss"], "p-RNN",
+                         options["advice"], floor=options["loss_floor"], stacklevel=4)
         self.history_ = history
         self.subnet_active_ = dict(zip(names, network.active, strict=True))
         self.network_ = network
@@ -460,7 +464,9 @@ default="residual"
         training = network.start_training(self._optimizer(), int(self.batch_size),
                                           float(self.dropout_p_hidden), generator)
         names = [s.name for s in network.subnets]
-        options = self._trainer_options()
+        # Trained in several calls (a phase, or with early stopping an epoch, at a time):
+        # divergence is judged once, over the whole fit (see _fit).
+        options = {**self._trainer_options(), "warn_divergence": False}
         log = options["log"]
         history = []
         residual = self.training == "residual" and len(names) > 1

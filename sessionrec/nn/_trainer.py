@@ -61,6 +61,7 @@ def train_parallel(
     name: str = "model",
     progress: bool = False,
     loss_floor: float = 0.0,
+    warn_divergence: bool = True,
 ) -> list[dict]:
     """Run ``n_epochs`` epochs of a slot-parallel schedule.
 
@@ -87,12 +88,18 @@ def train_parallel(
     loss_floor : float
         The least value of the loss per pair (``nn._losses.LOSS_FLOORS``), for the
         divergence warning.
+    warn_divergence : bool
+        Warn at the end when the loss ended far above the first mini-batch's. A model that
+        trains in several calls (one epoch or one subnet at a time) passes False and
+        compares the first call's ``start_loss`` with its last epoch itself.
 
     Returns
     -------
     history : list of dict
-        Per epoch: ``epoch``, ``loss`` (mean per training pair), ``seconds``,
-        ``events_per_s`` (training pairs per second) and ``batches_per_s``.
+        Per epoch: ``epoch``, ``loss`` (mean per training pair), ``start_loss`` (per pair,
+        of the epoch's first mini-batch: in the first epoch, the loss at the initial
+        weights), ``seconds``, ``events_per_s`` (training pairs per second) and
+        ``batches_per_s``.
 
     Raises
     ------
@@ -111,7 +118,6 @@ def train_parallel(
     shrink = {t: torch.as_tensor(rows, device=device) for t, rows in schedule.shrink.items()}
     n_pairs = schedule.n_entries
     history = []
-    first_loss = math.nan  # per pair, of the first mini-batch: the loss at the start
     for epoch in range(n_epochs):
         bar = epoch_bar(progress, schedule.n_steps, f"{name} epoch {epoch + 1}/{n_epochs}")
         _synchronize(device)
@@ -119,6 +125,7 @@ def train_parallel(
         slots = state(first_width)
         total = torch.zeros((), dtype=torch.float64, device=device)
         host_total = 0.0  # the losses that steps return as floats
+        start_loss = math.nan
         try:
             for t in range(schedule.n_steps):
                 if t in shrink:
@@ -129,8 +136,8 @@ def train_parallel(
                     host_total += loss
                 else:
                     total += loss
-                if epoch == 0 and t == 0:  # one host synchronisation per fit
-                    first_loss = float(loss) / (bounds[1] - bounds[0])
+                if t == 0:  # one host synchronisation per epoch
+                    start_loss = float(loss) / (bounds[1] - bounds[0])
                 if (t + 1) % _CHECK_EVERY == 0:
                     _check_finite(total, host_total, epoch, advice)
                 if bar is not None:
@@ -141,16 +148,17 @@ def train_parallel(
         mean_loss = _check_finite(total, host_total, epoch, advice) / max(n_pairs, 1)
         _synchronize(device)
         seconds = time.perf_counter() - start_time
-        record = {"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds,
+        record = {"epoch": epoch + 1, "loss": mean_loss, "start_loss": start_loss,
+                  "seconds": seconds,
                   "events_per_s": n_pairs / seconds if seconds > 0 else math.inf,
                   "batches_per_s": schedule.n_steps / seconds if seconds > 0 else math.inf}
         history.append(record)
         if log is not None:
             log("%s epoch %d/%d: loss %.4f, %.1f s, %.0f events/s", name, epoch + 1,
                 n_epochs, mean_loss, seconds, record["events_per_s"])
-    if history:
-        warn_if_diverged(first_loss, history[-1]["loss"], name, advice, floor=loss_floor,
-                         stacklevel=5)
+    if history and warn_divergence:
+        warn_if_diverged(history[0]["start_loss"], history[-1]["loss"], name, advice,
+                         floor=loss_floor, stacklevel=5)
     return history
 
 
