@@ -4,7 +4,11 @@ A subclass provides:
 
 * ``__init__`` storing its keyword arguments unchanged (the column names ``session_key``,
   ``item_key``, ``time_key``, ``device`` and ``verbose`` included);
-* ``_validate_params()``, raising ``ValueError``/``TypeError`` for a bad hyperparameter;
+* ``_parameter_constraints``: scikit-learn's declaration of every parameter's valid
+  values, the base class's (columns, device, verbose) merged in; ``fit`` checks them
+  with scikit-learn's machinery (``InvalidParameterError``);
+* optionally ``_check_params()``, for the rules that tie parameters together, raising
+  ``InvalidParameterError`` (one place per estimator);
 * ``_fit(events)``, learning from :class:`~sessionrec._events.SessionEvents`;
 * ``_iter_scores(events, score_after)``, yielding ``(positions, scores)``: for event
   positions where ``score_after`` is True, the scores of all ``n_items_`` items given the
@@ -36,7 +40,14 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ._events import ItemIndex, SessionEvents, ragged_arange, to_session_events
-from ._validation import check_bool, check_int, resolve_device
+from ._validation import (
+    COLUMN,
+    DEVICE,
+    check_bool,
+    check_int,
+    resolve_device,
+    validate_constraints,
+)
 from .evaluation import check_ties, ranks_from_scores
 
 __all__ = ["SessionRecommender", "all_estimators"]
@@ -103,6 +114,12 @@ class SessionRecommender(BaseEstimator):
     no-history recommendation. Targets with an unseen item get no rank (NaN).
     """
 
+    # The valid values of the parameters every recommender has; subclasses merge theirs in.
+    _parameter_constraints: dict = {
+        "session_key": COLUMN, "item_key": COLUMN, "time_key": COLUMN,
+        "device": DEVICE, "verbose": ["verbose"],
+    }
+
     # Parameters added after models of the class could already be pickled or saved, each
     # with the value that reproduces such older models; they load with it.
     _LEGACY_PARAMS: dict = {}
@@ -131,8 +148,9 @@ class SessionRecommender(BaseEstimator):
 
     # -- hooks for subclasses ----------------------------------------------------------
 
-    def _validate_params(self) -> None:
-        """Check hyperparameters; subclasses extend this."""
+    def _check_params(self) -> None:
+        """Check the rules that tie parameters together (after each parameter was checked
+        against ``_parameter_constraints``); raise ``InvalidParameterError``."""
 
     def _fit(self, events: SessionEvents, **fit_params) -> None:
         raise NotImplementedError
@@ -155,19 +173,6 @@ class SessionRecommender(BaseEstimator):
     def _column_kwargs(self) -> dict:
         return dict(session_key=self.session_key, item_key=self.item_key,
                     time_key=self.time_key, user_key=getattr(self, "user_key", None))
-
-    def _validate_common_params(self) -> None:
-        for name in ("session_key", "item_key", "time_key"):
-            value = getattr(self, name)
-            try:
-                hash(value)
-            except TypeError:
-                raise TypeError(f"{name} must be a column name, got {value!r}.") from None
-        verbose = self.verbose
-        if isinstance(verbose, (bool, np.bool_)):
-            check_bool("verbose", verbose)
-        else:
-            check_int("verbose", verbose, min_value=0)
 
     def _reset_fitted(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
@@ -197,8 +202,8 @@ class SessionRecommender(BaseEstimator):
         """
         self._reset_fitted()
         try:
-            self._validate_common_params()
-            self._validate_params()
+            validate_constraints(self)
+            self._check_params()
             self.device_ = resolve_device(self.device)
             events, index = to_session_events(X, **self._column_kwargs())
             if self._LEARNS_FROM_PAIRS and not (events.lengths >= 2).any():

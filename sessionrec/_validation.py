@@ -1,18 +1,41 @@
-"""Checks of constructor parameters, run in ``fit`` (never in ``__init__``).
+"""Checks of parameters, run in ``fit`` (never in ``__init__``).
 
-Each helper raises a ``ValueError`` or ``TypeError`` that names the parameter and says
-what was expected, so that a wrong value in a grid search fails with a readable message.
+Constructor parameters are declared, per estimator and transformer, in scikit-learn's
+``_parameter_constraints`` and checked by scikit-learn's own machinery
+(:func:`validate_constraints`): a wrong value raises
+``sklearn.utils._param_validation.InvalidParameterError`` (both a ``ValueError`` and a
+``TypeError``) naming the parameter, the estimator and what was expected. The constraint
+objects that several classes share are here, with :class:`Satisfies` for the rules
+scikit-learn has no object for (a tuple of sizes, a dict of subnet sizes, a device).
+
+The ``check_*`` helpers check the arguments of methods (``predict_next(k=...)``) and of
+functions, with a ``ValueError`` or ``TypeError`` that names the argument.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn import get_config
+from sklearn.utils._param_validation import HasMethods, Interval
 
 __all__ = [
+    "Satisfies",
+    "validate_constraints",
+    "COLUMN",
+    "USER_COLUMN",
+    "DEVICE",
+    "RANDOM_STATE",
+    "POSITIVE_INT",
+    "NON_NEGATIVE_INT",
+    "POSITIVE_REAL",
+    "NON_NEGATIVE_REAL",
+    "DROPOUT",
+    "int_tuple_constraint",
     "check_choice",
     "check_int",
     "check_real",
@@ -21,6 +44,89 @@ __all__ = [
     "resolve_device",
     "torch_generator",
 ]
+
+
+class Satisfies(HasMethods):
+    """A parameter constraint defined by a predicate, for scikit-learn's validation.
+
+    ``test(value)`` says whether ``value`` is valid (an exception counts as no);
+    ``description`` completes "must be ..." in the error message. (A subclass of
+    ``HasMethods`` only because scikit-learn's ``make_constraint`` takes such objects
+    as they are; its checks generate an object without methods as an invalid value.)
+
+    Examples
+    --------
+    >>> from sklearn.utils._param_validation import validate_parameter_constraints
+    >>> even = Satisfies(lambda v: v % 2 == 0, "an even number")
+    >>> validate_parameter_constraints({"n": [even]}, {"n": 3}, caller_name="f")
+    Traceback (most recent call last):
+    ...
+    sklearn.utils._param_validation.InvalidParameterError: The 'n' parameter of f must be \
+an even number. Got 3 instead.
+    """
+
+    def __init__(self, test, description: str):
+        super().__init__([])
+        self.test = test
+        self.description = description
+
+    def is_satisfied_by(self, val) -> bool:
+        try:
+            return bool(self.test(val))
+        except Exception:  # noqa: BLE001 - a value the predicate cannot read is invalid
+            return False
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def validate_constraints(estimator) -> None:
+    """Check ``estimator``'s parameters against its ``_parameter_constraints`` with
+    scikit-learn's machinery, unless ``sklearn.set_config(skip_parameter_validation=True)``
+    turned validation off (as for scikit-learn's own estimators)."""
+    if not get_config().get("skip_parameter_validation", False):
+        estimator._validate_params()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def int_tuple_constraint(min_value: int = 1) -> Satisfies:
+    """An int >= ``min_value``, or a non-empty sequence of them (e.g. ``layers``)."""
+
+    def test(value) -> bool:
+        if _is_int(value):
+            return value >= min_value
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            return False
+        value = list(value)
+        return bool(value) and all(_is_int(v) and v >= min_value for v in value)
+
+    return Satisfies(test, f"an int >= {min_value} or a non-empty sequence of ints >= "
+                           f"{min_value}")
+
+
+def _is_device(value) -> bool:
+    if isinstance(value, torch.device):
+        return value.type in ("cpu", "cuda")
+    if not isinstance(value, str):
+        return False
+    return value == "auto" or torch.device(value).type in ("cpu", "cuda")
+
+
+# Shared constraints (lists, as scikit-learn's _parameter_constraints takes them).
+COLUMN = [Hashable]
+USER_COLUMN = [Satisfies(lambda v: v is not None and isinstance(v, Hashable),
+                         "the name of the user column (not None)")]
+DEVICE = [Satisfies(_is_device, "'auto', 'cpu', 'cuda', 'cuda:N' or a CPU or CUDA "
+                                "torch.device")]
+RANDOM_STATE = ["random_state", np.random.Generator]
+POSITIVE_INT = [Interval(Integral, 1, None, closed="left")]
+NON_NEGATIVE_INT = [Interval(Integral, 0, None, closed="left")]
+POSITIVE_REAL = [Interval(Real, 0, None, closed="neither")]
+NON_NEGATIVE_REAL = [Interval(Real, 0, None, closed="left")]
+DROPOUT = [Interval(Real, 0, 1, closed="left")]
 
 
 def _type_name(value) -> str:

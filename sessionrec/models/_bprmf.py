@@ -11,7 +11,14 @@ import torch
 from .._base import SessionRecommender
 from .._events import SessionEvents
 from .._progress import epoch_bar
-from .._validation import check_int, check_real, init_generator, torch_generator
+from .._validation import (
+    NON_NEGATIVE_REAL,
+    POSITIVE_INT,
+    POSITIVE_REAL,
+    RANDOM_STATE,
+    init_generator,
+    torch_generator,
+)
 from ..exceptions import TrainingDivergedError
 from ..nn._trainer import warn_if_diverged
 
@@ -101,14 +108,13 @@ class BPRMFRecommender(SessionRecommender):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        check_int("n_factors", self.n_factors, min_value=1)
-        check_int("n_epochs", self.n_epochs, min_value=1)
-        check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
-        check_real("reg_session", self.reg_session, min_value=0.0)
-        check_real("reg_item", self.reg_item, min_value=0.0)
-        check_real("init_std", self.init_std, min_value=0.0)
-        check_int("batch_size", self.batch_size, min_value=1)
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        "n_factors": POSITIVE_INT, "n_epochs": POSITIVE_INT, "learning_rate": POSITIVE_REAL,
+        "reg_session": NON_NEGATIVE_REAL, "reg_item": NON_NEGATIVE_REAL,
+        "init_std": NON_NEGATIVE_REAL, "batch_size": POSITIVE_INT,
+        "random_state": RANDOM_STATE,
+    }
 
     def _fit(self, events: SessionEvents) -> None:
         device = self.device_

@@ -6,14 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import StrOptions
 
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
-from .._validation import (
-    check_int_tuple,
-    check_real,
-)
+from .._validation import DROPOUT, check_int_tuple, int_tuple_constraint
 from ..nn import _kernels
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
@@ -178,6 +176,15 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     2
     """
 
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        **SampledTrainingMixin._training_constraints,
+        "layers": [int_tuple_constraint(1)],
+        "dropout_p_embed": DROPOUT,
+        "dropout_p_hidden": DROPOUT,
+        "reset_after": [StrOptions({"auto"}), "boolean"],
+    }
+
     # Pickles and saved files from before ``reset_after`` existed were trained with the
     # paper's GRU; they load with that value (see SessionRecommender._LEGACY_PARAMS).
     _LEGACY_PARAMS = {"reset_after": False}
@@ -215,17 +222,6 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         self.verbose = verbose
 
     # -- parameters -----------------------------------------------------------------------
-
-    def _validate_params(self) -> None:
-        check_int_tuple("layers", self.layers)
-        if not (isinstance(self.reset_after, (bool, np.bool_)) or (
-                isinstance(self.reset_after, str) and self.reset_after == "auto")):
-            raise ValueError(
-                f"reset_after must be 'auto', True or False; got {self.reset_after!r}.")
-        for name in ("dropout_p_embed", "dropout_p_hidden"):
-            check_real(name, getattr(self, name), min_value=0.0, max_value=1.0,
-                       max_inclusive=False)
-        self._validate_training_params()
 
     def _step_config(self) -> StepConfig:
         return StepConfig(loss=self.loss, activation=self._activation(),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.utils._param_validation import StrOptions
 
 from .._base import SessionRecommender, plain_labels, rows_per_block
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents, user_codes
-from .._validation import check_choice, check_int, check_real
+from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
 from ..nn import _kernels
 from ..nn._hierarchical import HRNNNetwork
 from ..nn._network import StepConfig
@@ -176,16 +177,17 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
 
     # -- parameters -----------------------------------------------------------------------
 
-    def _validate_params(self) -> None:
-        if self.user_key is None:
-            raise ValueError("user_key must name the user column; got None.")
-        check_int("session_size", self.session_size, min_value=1)
-        check_int("user_size", self.user_size, min_value=1)
-        check_choice("user_propagation", self.user_propagation, ("init", "all"))
-        for name in ("dropout_p_user", "dropout_p_session", "dropout_p_init"):
-            check_real(name, getattr(self, name), min_value=0.0, max_value=1.0,
-                       max_inclusive=False)
-        self._validate_training_params()
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        **SampledTrainingMixin._training_constraints,
+        "session_size": POSITIVE_INT,
+        "user_size": POSITIVE_INT,
+        "user_propagation": [StrOptions({"init", "all"})],
+        "dropout_p_user": DROPOUT,
+        "dropout_p_session": DROPOUT,
+        "dropout_p_init": DROPOUT,
+        "user_key": USER_COLUMN,
+    }
 
     def _build_network(self) -> HRNNNetwork:
         return HRNNNetwork(self.n_items_, int(self.session_size), int(self.user_size),

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._base import SessionRecommender
 from .._events import SessionEvents, ragged_arange
-from .._validation import check_choice, check_int, check_real
+from .._validation import NON_NEGATIVE_REAL, POSITIVE_INT, POSITIVE_REAL
 from ._item_matrix import (
     _ItemMatrixRecommender,
     csr_from_state,
@@ -100,10 +102,11 @@ class ItemKNNRecommender(_ItemMatrixRecommender):
         self.device = device
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        check_int("n_neighbors", self.n_neighbors, min_value=1)
-        check_real("shrink", self.shrink, min_value=0.0)
-        check_real("alpha", self.alpha, min_value=0.0, max_value=1.0)
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        "n_neighbors": POSITIVE_INT, "shrink": NON_NEGATIVE_REAL,
+        "alpha": [Interval(Real, 0, 1, closed="both")],
+    }
 
     def _build_matrix(self, events: SessionEvents) -> sp.csr_matrix:
         counts = sp.csr_matrix(
@@ -219,11 +222,11 @@ class SKNNRecommender(SessionRecommender):
         self.device = device
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        check_int("k", self.k, min_value=1)
-        if self.sample_size is not None:
-            check_int("sample_size", self.sample_size, min_value=1)
-        check_choice("similarity", self.similarity, ("jaccard", "cosine"))
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        "k": POSITIVE_INT, "sample_size": [None, *POSITIVE_INT],
+        "similarity": [StrOptions({"jaccard", "cosine"})],
+    }
 
     def _fit(self, events: SessionEvents) -> None:
         matrix = sp.csr_matrix(
@@ -452,12 +455,12 @@ class VSKNNRecommender(SKNNRecommender):
 
     # Candidate sampling, fitting and state are SKNN's; similarity and scoring differ.
 
-    def _validate_params(self) -> None:
-        check_int("k", self.k, min_value=1)
-        if self.sample_size is not None:
-            check_int("sample_size", self.sample_size, min_value=1)
-        check_choice("position_weighting", self.position_weighting, _POSITION_WEIGHTS)
-        check_choice("score_weighting", self.score_weighting, _SCORE_WEIGHTS)
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        "k": POSITIVE_INT, "sample_size": [None, *POSITIVE_INT],
+        "position_weighting": [StrOptions(set(_POSITION_WEIGHTS))],
+        "score_weighting": [StrOptions(set(_SCORE_WEIGHTS))],
+    }
 
     def _block_scores(self, events: SessionEvents, positions: np.ndarray) -> np.ndarray:
         n_rows, n_sessions = len(positions), self.session_items_.shape[0]
@@ -546,12 +549,11 @@ class STANRecommender(SKNNRecommender):
         self.device = device
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        check_int("k", self.k, min_value=1)
-        if self.sample_size is not None:
-            check_int("sample_size", self.sample_size, min_value=1)
-        for name in ("lambda_spw", "lambda_snh", "lambda_inh"):
-            check_real(name, getattr(self, name), min_value=0.0, min_inclusive=False)
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        "k": POSITIVE_INT, "sample_size": [None, *POSITIVE_INT],
+        "lambda_spw": POSITIVE_REAL, "lambda_snh": POSITIVE_REAL, "lambda_inh": POSITIVE_REAL,
+    }
 
     def _fit(self, events: SessionEvents) -> None:
         super()._fit(events)

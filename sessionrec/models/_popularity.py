@@ -16,6 +16,7 @@ import torch
 
 from .._base import SessionRecommender, plain_labels
 from .._events import SessionEvents, ragged_arange, user_codes
+from .._validation import USER_COLUMN
 from ._item_matrix import csr_from_state, csr_state
 
 __all__ = ["PersonalPopularityRecommender", "PopularityRecommender",
@@ -285,13 +286,9 @@ class PersonalPopularityRecommender(SessionRecommender):
         self.device = device
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        try:
-            hash(self.user_key)
-        except TypeError:
-            raise TypeError(f"user_key must be a column name, got {self.user_key!r}.") from None
-        if self.user_key is None:
-            raise ValueError("user_key must name the user column; got None.")
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints, "user_key": USER_COLUMN,
+    }
 
     def _fit(self, events: SessionEvents) -> None:
         support = torch.as_tensor(self.item_index_.support, dtype=torch.float64,

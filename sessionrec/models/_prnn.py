@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
-from .._validation import check_bool, check_choice, check_int, check_real
+from .._validation import DROPOUT, Satisfies
 from ..evaluation import ranks_from_scores
 from ..metrics import mrr_at_k
 from ..nn._network import StepConfig
@@ -29,6 +31,20 @@ _HEAD = {"id": "sum", "feature": "sum", "concat": "sum", "parallel": "sum",
          "shared_w": "shared", "interaction": "interaction"}
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _finite_real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _mapping_of(value, test) -> bool:
+    """Whether ``value`` is a dict from subnet names (strings) to values passing ``test``."""
+    return isinstance(value, Mapping) and all(
+        isinstance(name, str) and test(v) for name, v in value.items())
+
+
 def _as_item_features(value, what: str) -> ItemFeatures:
     """One feature set given as ItemFeatures, a DataFrame or a (labels, matrix) pair."""
     if isinstance(value, ItemFeatures):
@@ -40,7 +56,12 @@ def _as_item_features(value, what: str) -> ItemFeatures:
         if non_numeric:
             raise TypeError(f"{what} must have numeric columns only; "
                             f"{non_numeric[:3]} are not numeric.")
-        features = ItemFeatures(value.index, value.to_numpy(dtype=np.float32))
+        if len(value.columns) and all(isinstance(d, pd.SparseDtype) for d in value.dtypes):
+            # Sparse columns (e.g. TfidfItemFeatures with set_output("pandas")) stay sparse.
+            matrix = sp.csr_matrix(value.sparse.to_coo(), dtype=np.float32)
+        else:
+            matrix = value.to_numpy(dtype=np.float32)
+        features = ItemFeatures(value.index, matrix)
     elif isinstance(value, tuple) and len(value) == 2:
         labels, matrix = value
         if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray)):
@@ -295,32 +316,26 @@ default="residual"
 
     # -- parameters -----------------------------------------------------------------------
 
-    def _validate_params(self) -> None:
-        check_choice("architecture", self.architecture, ARCHITECTURES)
-        check_choice("training", self.training, TRAININGS)
-        if isinstance(self.hidden_size, Mapping):
-            for name, size in self.hidden_size.items():
-                check_int(f"hidden_size[{name!r}]", size, min_value=1)
-        else:
-            check_int("hidden_size", self.hidden_size, min_value=1)
-        if self.subnet_weights is not None:
-            if not isinstance(self.subnet_weights, Mapping):
-                raise TypeError("subnet_weights must be None or a dict from subnet name to "
-                                f"weight; got {self.subnet_weights!r}.")
-            for name, weight in self.subnet_weights.items():
-                check_real(f"subnet_weights[{name!r}]", weight)
-        if isinstance(self.subnet_epochs, Mapping):
-            for name, epochs in self.subnet_epochs.items():
-                check_int(f"subnet_epochs[{name!r}]", epochs, min_value=1)
-        elif self.subnet_epochs is not None:
-            check_int("subnet_epochs", self.subnet_epochs, min_value=1)
-        check_real("dropout_p_hidden", self.dropout_p_hidden, min_value=0.0, max_value=1.0,
-                   max_inclusive=False)
-        check_bool("early_stopping", self.early_stopping)
-        check_real("validation_fraction", self.validation_fraction, min_value=0.0,
-                   max_value=1.0, min_inclusive=False, max_inclusive=False)
-        check_bool("refit", self.refit)
-        self._validate_training_params()
+    _parameter_constraints: dict = {
+        **SessionRecommender._parameter_constraints,
+        **{name: constraint for name, constraint
+           in SampledTrainingMixin._training_constraints.items()
+           if name not in ("embedding", "constrained_embedding")},  # one-hot ID input
+        "architecture": [StrOptions(set(ARCHITECTURES))],
+        "training": [StrOptions(set(TRAININGS))],
+        "hidden_size": [Interval(Integral, 1, None, closed="left"),
+                        Satisfies(lambda v: _mapping_of(v, _positive_int),
+                                  "a dict from subnet name to an int >= 1")],
+        "subnet_weights": [None, Satisfies(lambda v: _mapping_of(v, _finite_real),
+                                           "a dict from subnet name to a finite real")],
+        "subnet_epochs": [None, Interval(Integral, 1, None, closed="left"),
+                          Satisfies(lambda v: _mapping_of(v, _positive_int),
+                                    "a dict from subnet name to an int >= 1")],
+        "dropout_p_hidden": DROPOUT,
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "refit": ["boolean"],
+    }
 
     def _subnets(self, feature_names: list[str]) -> list[tuple[str, bool, tuple[int, ...]]]:
         """(name, uses the ID, feature-set indices) of each subnet."""

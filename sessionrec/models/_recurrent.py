@@ -7,16 +7,20 @@ and turns them into the training objects, so each model states only its architec
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._base import rows_per_block
 from .._batching import session_parallel_schedule
 from .._validation import (
-    check_bool,
-    check_choice,
-    check_int,
-    check_real,
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_REAL,
+    POSITIVE_INT,
+    POSITIVE_REAL,
+    RANDOM_STATE,
     init_generator,
     torch_generator,
 )
@@ -130,23 +134,26 @@ class SampledTrainingMixin:
     # Trained on (item, next item) pairs: fit refuses a frame without any.
     _LEARNS_FROM_PAIRS = True
 
-    def _validate_training_params(self) -> None:
-        check_choice("loss", self.loss, LOSSES)
-        check_int("batch_size", self.batch_size, min_value=1)
-        check_real("momentum", self.momentum, min_value=0.0, max_value=1.0,
-                   max_inclusive=False)
-        check_real("learning_rate", self.learning_rate, min_value=0.0, min_inclusive=False)
-        check_int("n_sample", self.n_sample, min_value=0)
-        check_real("sample_alpha", self.sample_alpha, min_value=0.0, max_value=1.0)
-        if hasattr(self, "embedding"):  # models with a choice of item input
-            check_int("embedding", self.embedding, min_value=0)
-            check_bool("constrained_embedding", self.constrained_embedding)
-        check_real("bpreg", self.bpreg, min_value=0.0)
-        check_real("elu_param", self.elu_param, min_value=0.0)
-        check_real("logq", self.logq, min_value=0.0)
-        check_choice("final_activation", self.final_activation, ("auto",) + FINAL_ACTIVATIONS)
-        check_int("n_epochs", self.n_epochs, min_value=1)
-        check_int("sample_store_size", self.sample_store_size, min_value=1)
+    # The valid values of the shared training parameters, for the models'
+    # _parameter_constraints (a model without a choice of item input leaves out
+    # "embedding" and "constrained_embedding").
+    _training_constraints: dict = {
+        "loss": [StrOptions(set(LOSSES))],
+        "batch_size": POSITIVE_INT,
+        "learning_rate": POSITIVE_REAL,
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "n_sample": NON_NEGATIVE_INT,
+        "sample_alpha": [Interval(Real, 0, 1, closed="both")],
+        "embedding": NON_NEGATIVE_INT,
+        "constrained_embedding": ["boolean"],
+        "bpreg": NON_NEGATIVE_REAL,
+        "elu_param": NON_NEGATIVE_REAL,
+        "logq": NON_NEGATIVE_REAL,
+        "final_activation": [StrOptions({"auto", *FINAL_ACTIVATIONS})],
+        "n_epochs": POSITIVE_INT,
+        "sample_store_size": POSITIVE_INT,
+        "random_state": RANDOM_STATE,
+    }
 
     def _trainer_options(self) -> dict:
         """The keyword arguments of ``train_parallel`` that every recurrent model passes

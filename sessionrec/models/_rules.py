@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._events import SessionEvents
-from .._validation import check_int
+from .._validation import POSITIVE_INT
 from ._item_matrix import _ItemMatrixRecommender, top_k_per_row, transition_pairs
 
 __all__ = ["MarkovRecommender", "SequentialRulesRecommender"]
@@ -128,10 +128,10 @@ class SequentialRulesRecommender(_ItemMatrixRecommender):
         self.device = device
         self.verbose = verbose
 
-    def _validate_params(self) -> None:
-        check_int("steps", self.steps, min_value=1)
-        if self.n_rules is not None:
-            check_int("n_rules", self.n_rules, min_value=1)
+    _parameter_constraints: dict = {
+        **_ItemMatrixRecommender._parameter_constraints,
+        "steps": POSITIVE_INT, "n_rules": [None, *POSITIVE_INT],
+    }
 
     def _build_matrix(self, events: SessionEvents) -> sp.csr_matrix:
         rows, cols, weights = [], [], []

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
+
+from .._validation import Satisfies
+from ._base import FrameTransformer
 
 __all__ = ["DenseItemFeatures", "ItemFeatures", "TfidfItemFeatures"]
 
@@ -25,6 +30,11 @@ class ItemFeatures:
         Item labels, unique; row ``i`` of ``matrix`` belongs to ``labels[i]``.
     matrix : ndarray or scipy.sparse.csr_matrix of shape (len(labels), n_features)
         float32 features; sparse matrices stay sparse.
+    feature_names : pandas.Index or None, default=None
+        The name of each feature (column), when known.
+
+    Not a sequence or an array (no ``len``): scikit-learn passes it to a fit unchanged
+    and never slices it by row in cross-validation, since its rows are items, not events.
 
     Examples
     --------
@@ -37,6 +47,7 @@ class ItemFeatures:
 
     labels: pd.Index
     matrix: np.ndarray | sp.csr_matrix
+    feature_names: pd.Index | None = None
 
     def __post_init__(self):
         labels = pd.Index(self.labels)
@@ -49,6 +60,21 @@ class ItemFeatures:
                   else np.asarray(self.matrix, dtype=np.float32))
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "matrix", matrix)
+        if self.feature_names is not None:
+            names = pd.Index(self.feature_names)
+            if len(names) != matrix.shape[1]:
+                raise ValueError(f"ItemFeatures has {matrix.shape[1]} features but "
+                                 f"{len(names)} feature names.")
+            object.__setattr__(self, "feature_names", names)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The features as a DataFrame indexed by item label, one column per feature
+        (sparse columns for a sparse matrix), as p-RNN also takes them."""
+        columns = self.feature_names if self.feature_names is not None else None
+        if self.is_sparse:
+            return pd.DataFrame.sparse.from_spmatrix(self.matrix, index=self.labels,
+                                                     columns=columns)
+        return pd.DataFrame(self.matrix, index=self.labels, columns=columns)
 
     @property
     def n_features(self) -> int:
@@ -89,7 +115,20 @@ def _item_table(X, item_key) -> tuple[pd.DataFrame, pd.Index]:
     return X, pd.Index(X[item_key])
 
 
-class TfidfItemFeatures(TransformerMixin, BaseEstimator):
+def _is_column_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, Hashable) for v in value)
+
+
+class _ItemFeatureEncoder(FrameTransformer):
+    """Base of the encoders: ``transform`` gives :class:`ItemFeatures`, or with
+    ``set_output(transform="pandas")`` the same as a DataFrame indexed by item label
+    (:meth:`ItemFeatures.to_frame`)."""
+
+    def _output(self, features: ItemFeatures):
+        return features.to_frame() if self._output_config() == "pandas" else features
+
+
+class TfidfItemFeatures(_ItemFeatureEncoder):
     """TF-IDF of item texts (unigrams and bigrams by default), as sparse item features.
 
     The p-RNN paper represents item text as TF-IDF over unigrams and bigrams. The text
@@ -112,6 +151,11 @@ class TfidfItemFeatures(TransformerMixin, BaseEstimator):
     vectorizer_ : TfidfVectorizer
         The fitted clone.
     n_features_ : int
+    feature_names_in_ : ndarray of object
+        The columns of the frame ``fit`` saw.
+
+    ``get_feature_names_out()`` gives the vocabulary's tokens (the columns of the
+    output), and the features carry them (``ItemFeatures.feature_names``).
 
     Examples
     --------
@@ -123,6 +167,13 @@ class TfidfItemFeatures(TransformerMixin, BaseEstimator):
     ([1, 2], True, 13)
     """
 
+    _parameter_constraints: dict = {
+        "columns": [str, Satisfies(lambda v: _is_column_list(v) and len(v) > 0,
+                                   "a non-empty list of column names")],
+        "item_key": [None, Hashable],
+        "vectorizer": [None, TfidfVectorizer],
+    }
+
     def __init__(self, columns, *, item_key=None, vectorizer=None):
         self.columns = columns
         self.item_key = item_key
@@ -131,8 +182,6 @@ class TfidfItemFeatures(TransformerMixin, BaseEstimator):
     def _documents(self, X) -> tuple[pd.Index, pd.Series]:
         X, labels = _item_table(X, self.item_key)
         columns = [self.columns] if isinstance(self.columns, str) else list(self.columns)
-        if not columns:
-            raise ValueError("columns must name at least one text column.")
         missing = [c for c in columns if c not in X.columns]
         if missing:
             raise ValueError(f"text column(s) {missing} missing from X.")
@@ -158,12 +207,11 @@ class TfidfItemFeatures(TransformerMixin, BaseEstimator):
         -------
         self
         """
+        self._validate()
         _, docs = self._documents(X)
+        self._remember_columns(X)
         base = self.vectorizer if self.vectorizer is not None else TfidfVectorizer(
             ngram_range=(1, 2), dtype=np.float32)
-        if not isinstance(base, TfidfVectorizer):
-            raise TypeError(f"vectorizer must be a TfidfVectorizer, got "
-                            f"{type(base).__name__}.")
         self.vectorizer_ = clone(base).fit(docs.to_numpy())
         self.n_features_ = len(self.vectorizer_.vocabulary_)
         return self
@@ -177,16 +225,33 @@ class TfidfItemFeatures(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        ItemFeatures
-            Sparse (CSR, float32), one row per distinct item in order of appearance.
+        ItemFeatures or pandas.DataFrame
+            Sparse (CSR, float32), one row per distinct item in order of appearance; with
+            ``set_output(transform="pandas")`` a DataFrame of sparse columns, indexed by
+            item label.
         """
         check_is_fitted(self)
         labels, docs = self._documents(X)
-        return ItemFeatures(labels, sp.csr_matrix(self.vectorizer_.transform(docs.to_numpy()),
-                                                  dtype=np.float32))
+        matrix = sp.csr_matrix(self.vectorizer_.transform(docs.to_numpy()), dtype=np.float32)
+        return self._output(ItemFeatures(labels, matrix, self.get_feature_names_out()))
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The tokens of the vocabulary, in the order of the feature columns.
+
+        Parameters
+        ----------
+        input_features : ignored
+            Present for scikit-learn's API.
+
+        Returns
+        -------
+        ndarray of object
+        """
+        check_is_fitted(self)
+        return np.asarray(self.vectorizer_.get_feature_names_out(), dtype=object)
 
 
-class DenseItemFeatures(TransformerMixin, BaseEstimator):
+class DenseItemFeatures(_ItemFeatureEncoder):
     """Dense numeric item vectors (e.g. image embeddings), L2-normalised per item.
 
     The p-RNN paper feeds image feature vectors normalised to unit length. Stateless:
@@ -201,6 +266,11 @@ class DenseItemFeatures(TransformerMixin, BaseEstimator):
     norm : {"l2", None}, default="l2"
         Row normalisation; items whose vector is all zeros stay zero.
 
+    Attributes
+    ----------
+    feature_columns_ : list
+        The columns read (after ``fit``); ``get_feature_names_out()`` gives them.
+
     Examples
     --------
     >>> import pandas as pd
@@ -208,6 +278,13 @@ class DenseItemFeatures(TransformerMixin, BaseEstimator):
     >>> DenseItemFeatures().fit_transform(X).matrix.tolist()
     [[0.6000000238418579, 0.800000011920929], [0.0, 1.0]]
     """
+
+    _parameter_constraints: dict = {
+        "columns": [None, Satisfies(lambda v: _is_column_list(v) and len(v) > 0,
+                                    "a non-empty list of column names")],
+        "item_key": [None, Hashable],
+        "norm": [StrOptions({"l2"}), None],
+    }
 
     def __init__(self, columns=None, *, item_key=None, norm="l2"):
         self.columns = columns
@@ -227,12 +304,12 @@ class DenseItemFeatures(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        self._matrix(X)
+        self._validate()
+        _, _, self.feature_columns_ = self._matrix(X)
+        self._remember_columns(X)
         return self
 
-    def _matrix(self, X) -> tuple[pd.Index, np.ndarray]:
-        if self.norm not in ("l2", None):
-            raise ValueError(f"norm must be 'l2' or None, got {self.norm!r}.")
+    def _matrix(self, X) -> tuple[pd.Index, np.ndarray, list]:
         X, labels = _item_table(X, self.item_key)
         if self.columns is None:
             data = X.drop(columns=[self.item_key] if self.item_key is not None else [])
@@ -251,7 +328,7 @@ class DenseItemFeatures(TransformerMixin, BaseEstimator):
             raise ValueError("each item must appear once in X (duplicate item labels).")
         if self.norm == "l2":
             matrix = normalize(matrix, norm="l2")
-        return labels, matrix.astype(np.float32)
+        return labels, matrix.astype(np.float32), list(data.columns)
 
     def transform(self, X) -> ItemFeatures:
         """The (normalised) feature rows of the items of ``X``.
@@ -262,10 +339,27 @@ class DenseItemFeatures(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        ItemFeatures
+        ItemFeatures or pandas.DataFrame
+            With ``set_output(transform="pandas")``, a DataFrame indexed by item label.
         """
-        labels, matrix = self._matrix(X)
-        return ItemFeatures(labels, matrix)
+        self._validate()  # stateless: transform needs no fit
+        labels, matrix, columns = self._matrix(X)
+        return self._output(ItemFeatures(labels, matrix, pd.Index(columns)))
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The feature columns read (those of the frame ``fit`` saw).
+
+        Parameters
+        ----------
+        input_features : ignored
+            Present for scikit-learn's API.
+
+        Returns
+        -------
+        ndarray of object
+        """
+        check_is_fitted(self, "feature_columns_")
+        return np.asarray(self.feature_columns_, dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import clone
+from sklearn.utils._param_validation import HasMethods, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from .._events import _check_column, _orderable_times
-from .._validation import check_bool, check_int
-from ._sessions import _check_frame
+from .._validation import COLUMN, POSITIVE_INT, USER_COLUMN
+from ._base import FrameTransformer, check_frame
 
 __all__ = ["ConsecutiveDuplicateFilter", "ItemSupportFilter", "RepeatUntilStable",
            "SessionLengthFilter", "UserSessionFilter"]
 
 
-class _RowFilter(TransformerMixin, BaseEstimator):
-    """Base: ``fit`` validates and learns, ``transform`` keeps rows where ``_keep`` says."""
+class _RowFilter(FrameTransformer):
+    """Base: ``fit`` validates and learns, ``transform`` keeps rows where ``_keep`` says.
+    The output has the input's columns."""
 
     _stateless = True
-
-    def _validate_params(self) -> None:
-        """Check the hyperparameters; subclasses extend this."""
 
     def _learn(self, X: pd.DataFrame) -> None:
         """Learn from the training frame (stateful filters)."""
@@ -49,8 +48,10 @@ class _RowFilter(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        self._validate_params()
-        self._learn(_check_frame(X))
+        self._validate()
+        X = check_frame(X)
+        self._remember_columns(X)
+        self._learn(X)
         return self
 
     def transform(self, X):
@@ -65,10 +66,10 @@ class _RowFilter(TransformerMixin, BaseEstimator):
         pandas.DataFrame
         """
         if self._stateless:
-            self._validate_params()
+            self._validate()
         else:
             check_is_fitted(self)
-        X = _check_frame(X)
+        X = check_frame(X)
         keep = np.asarray(self._keep(X), dtype=bool)
         return X.copy(deep=False) if keep.all() else X[keep]
 
@@ -76,6 +77,15 @@ class _RowFilter(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.requires_fit = not self._stateless
         return tags
+
+
+def _check_range(estimator, low: str, high: str) -> None:
+    """The rule of a (minimum, maximum or None) pair of parameters: minimum <= maximum."""
+    low_value, high_value = getattr(estimator, low), getattr(estimator, high)
+    if high_value is not None and high_value < low_value:
+        raise InvalidParameterError(
+            f"The {high!r} parameter of {type(estimator).__name__} must be None or >= "
+            f"{low} ({low_value}). Got {high_value!r} instead.")
 
 
 def _session_order(X, session_key, time_key) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +120,11 @@ class ConsecutiveDuplicateFilter(_RowFilter):
     ['a', 'b']
     """
 
+    _parameter_constraints: dict = {
+        "consecutive_only": ["boolean"], "session_key": COLUMN, "item_key": COLUMN,
+        "time_key": COLUMN,
+    }
+
     def __init__(self, *, consecutive_only=True, session_key="SessionId", item_key="ItemId",
                  time_key="Time"):
         self.consecutive_only = consecutive_only
@@ -117,8 +132,6 @@ class ConsecutiveDuplicateFilter(_RowFilter):
         self.item_key = item_key
         self.time_key = time_key
 
-    def _validate_params(self) -> None:
-        check_bool("consecutive_only", self.consecutive_only)
 
     def _keep(self, X):
         order, sessions = _session_order(X, self.session_key, self.time_key)
@@ -159,10 +172,13 @@ class SessionLengthFilter(_RowFilter):
         self.max_length = max_length
         self.session_key = session_key
 
-    def _validate_params(self) -> None:
-        low = check_int("min_length", self.min_length, min_value=1)
-        if self.max_length is not None:
-            check_int("max_length", self.max_length, min_value=low)
+    _parameter_constraints: dict = {
+        "min_length": POSITIVE_INT, "max_length": [None, *POSITIVE_INT],
+        "session_key": COLUMN,
+    }
+
+    def _check_params(self) -> None:
+        _check_range(self, "min_length", "max_length")
 
     def _keep(self, X):
         sessions, _ = pd.factorize(_check_column(X, self.session_key, "session"))
@@ -211,8 +227,7 @@ class ItemSupportFilter(_RowFilter):
         self.min_support = min_support
         self.item_key = item_key
 
-    def _validate_params(self) -> None:
-        check_int("min_support", self.min_support, min_value=1)
+    _parameter_constraints: dict = {"min_support": POSITIVE_INT, "item_key": COLUMN}
 
     def _learn(self, X):
         self.support_ = _check_column(X, self.item_key, "item").value_counts(sort=False)
@@ -260,10 +275,13 @@ class UserSessionFilter(_RowFilter):
         self.user_key = user_key
         self.session_key = session_key
 
-    def _validate_params(self) -> None:
-        low = check_int("min_sessions", self.min_sessions, min_value=1)
-        if self.max_sessions is not None:
-            check_int("max_sessions", self.max_sessions, min_value=low)
+    _parameter_constraints: dict = {
+        "min_sessions": POSITIVE_INT, "max_sessions": [None, *POSITIVE_INT],
+        "user_key": USER_COLUMN, "session_key": COLUMN,
+    }
+
+    def _check_params(self) -> None:
+        _check_range(self, "min_sessions", "max_sessions")
 
     def _learn(self, X):
         users = _check_column(X, self.user_key, "user")
@@ -279,7 +297,7 @@ class UserSessionFilter(_RowFilter):
         return _check_column(X, self.user_key, "user").isin(self.users_).to_numpy()
 
 
-class RepeatUntilStable(TransformerMixin, BaseEstimator):
+class RepeatUntilStable(FrameTransformer):
     """Apply a filter (or a Pipeline of filters) again and again until no row is dropped.
 
     Filters interact: dropping rare items shortens sessions, dropping short sessions makes
@@ -316,6 +334,10 @@ class RepeatUntilStable(TransformerMixin, BaseEstimator):
     ('abadbd', 3)
     """
 
+    _parameter_constraints: dict = {
+        "filters": [HasMethods(["fit_transform", "transform"])], "max_iter": POSITIVE_INT,
+    }
+
     def __init__(self, filters, *, max_iter=100):
         self.filters = filters
         self.max_iter = max_iter
@@ -349,8 +371,10 @@ class RepeatUntilStable(TransformerMixin, BaseEstimator):
         -------
         pandas.DataFrame
         """
-        max_iter = check_int("max_iter", self.max_iter, min_value=1)
-        X = _check_frame(X)
+        self._validate()
+        max_iter = int(self.max_iter)
+        X = check_frame(X)
+        self._remember_columns(X)
         for n_iter in range(1, max_iter + 1):
             filters = clone(self.filters)
             out = filters.fit_transform(X)
@@ -373,8 +397,8 @@ class RepeatUntilStable(TransformerMixin, BaseEstimator):
         pandas.DataFrame
         """
         check_is_fitted(self)
-        X = _check_frame(X)
-        for _ in range(check_int("max_iter", self.max_iter, min_value=1)):
+        X = check_frame(X)
+        for _ in range(int(self.max_iter)):
             out = self.filters_.transform(X)
             if len(out) == len(X):
                 return out

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._events import _SECONDS, _check_column, time_seconds
-from .._validation import check_choice, check_real
+from .._validation import COLUMN, USER_COLUMN, Satisfies, check_choice, check_real
+from ._base import FrameTransformer, check_frame
 
 __all__ = ["ConcatenateUserSessions", "SessionSplitter", "session_codes"]
 
@@ -64,7 +67,12 @@ def session_codes(X: pd.DataFrame, *, idle_gap=1800.0, user_key="UserId", time_k
     return codes
 
 
-class SessionSplitter(TransformerMixin, BaseEstimator):
+def _positive_timedelta(value) -> bool:
+    return isinstance(value, (pd.Timedelta, np.timedelta64)) and \
+        pd.Timedelta(value) > pd.Timedelta(0)
+
+
+class SessionSplitter(FrameTransformer):
     """Cut each user's event stream into sessions at idle gaps.
 
     The papers' preparation: a new session starts when a user is idle for more than
@@ -98,6 +106,13 @@ class SessionSplitter(TransformerMixin, BaseEstimator):
     [0, 0, 1, 2]
     """
 
+    _parameter_constraints: dict = {
+        "idle_gap": [Interval(Real, 0, None, closed="neither"),
+                     Satisfies(_positive_timedelta, "a positive pandas.Timedelta")],
+        "user_key": [None, *COLUMN], "time_key": COLUMN, "session_key": COLUMN,
+        "time_unit": [StrOptions(set(_SECONDS))],
+    }
+
     def __init__(self, idle_gap=1800.0, *, user_key="UserId", time_key="Time",
                  session_key="SessionId", time_unit="s"):
         self.idle_gap = idle_gap
@@ -119,8 +134,8 @@ class SessionSplitter(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        idle_gap_seconds(self.idle_gap)
-        check_choice("time_unit", self.time_unit, _SECONDS)
+        self._validate()
+        self._remember_columns(check_frame(X))
         return self
 
     def transform(self, X):
@@ -134,12 +149,16 @@ class SessionSplitter(TransformerMixin, BaseEstimator):
         -------
         pandas.DataFrame
         """
-        X = _check_frame(X)
+        X = check_frame(X)
+        self._validate()  # stateless: transform needs no fit
         codes = session_codes(X, idle_gap=self.idle_gap, user_key=self.user_key,
                               time_key=self.time_key, time_unit=self.time_unit)
         out = X.copy(deep=False)  # new column on a new frame: X is left as it was
         out[self.session_key] = codes
         return out
+
+    def _columns_out(self, columns: list) -> list:
+        return columns + [self.session_key] * (self.session_key not in columns)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -147,7 +166,7 @@ class SessionSplitter(TransformerMixin, BaseEstimator):
         return tags
 
 
-class ConcatenateUserSessions(TransformerMixin, BaseEstimator):
+class ConcatenateUserSessions(FrameTransformer):
     """Make each user's events one session: the HRNN paper's RNN Concat baseline.
 
     The session column is replaced by the user column, so a session-based model sees all
@@ -169,6 +188,8 @@ class ConcatenateUserSessions(TransformerMixin, BaseEstimator):
     ['u', 'u', 'v']
     """
 
+    _parameter_constraints: dict = {"user_key": USER_COLUMN, "session_key": COLUMN}
+
     def __init__(self, *, user_key="UserId", session_key="SessionId"):
         self.user_key = user_key
         self.session_key = session_key
@@ -186,6 +207,8 @@ class ConcatenateUserSessions(TransformerMixin, BaseEstimator):
         -------
         self
         """
+        self._validate()
+        self._remember_columns(check_frame(X))
         return self
 
     def transform(self, X):
@@ -199,19 +222,17 @@ class ConcatenateUserSessions(TransformerMixin, BaseEstimator):
         -------
         pandas.DataFrame
         """
-        X = _check_frame(X)
+        X = check_frame(X)
+        self._validate()  # stateless: transform needs no fit
         users = _check_column(X, self.user_key, "user")
         out = X.copy(deep=False)
         out[self.session_key] = users.to_numpy()
         return out
 
+    def _columns_out(self, columns: list) -> list:
+        return columns + [self.session_key] * (self.session_key not in columns)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         return tags
-
-
-def _check_frame(X) -> pd.DataFrame:
-    if not isinstance(X, pd.DataFrame):
-        raise TypeError(f"X must be a pandas DataFrame of events, got {type(X).__name__}.")
-    return X
