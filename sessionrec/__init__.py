@@ -6,7 +6,12 @@ personalised models, user columns) and offers ``fit``, ``predict_next``, ``predi
 """
 
 from ._base import SessionRecommender, all_estimators
-from .exceptions import NotFittedError, TrainingDivergedError, TrainingDivergenceWarning
+from .exceptions import (
+    NotFittedError,
+    SessionCutWarning,
+    TrainingDivergedError,
+    TrainingDivergenceWarning,
+)
 from .models import (
     BPRMFRecommender,
     GRU4RecRecommender,
@@ -41,6 +46,7 @@ __all__ = [
     "PopularityRecommender",
     "SessionPopularityRecommender",
     "NotFittedError",
+    "SessionCutWarning",
     "TrainingDivergedError",
     "TrainingDivergenceWarning",
     "all_estimators",

@@ -49,6 +49,7 @@ from ._validation import (
     validate_constraints,
 )
 from .evaluation import check_ties, ranks_from_scores
+from .exceptions import SessionCutWarning
 
 __all__ = ["SessionRecommender", "all_estimators"]
 
@@ -60,6 +61,10 @@ _REGISTRY: dict[str, type] = {}
 # in float32) ranks about 5x faster than one that does not; a GPU wants large blocks to
 # fill the device (2**24 values, 64 MiB).
 _SCORE_BLOCK_VALUES = {"cpu": 2**20, "cuda": 2**24}
+
+# Training sessions recorded (label -> length, in memory only, never pickled) so that an
+# evaluation can tell that a split cut sessions in two; above this many, none are.
+_RECORDED_SESSIONS = 2**21
 
 _SAVE_FORMAT = "sessionrec-model"
 _SAVE_VERSION = 1
@@ -137,7 +142,9 @@ class SessionRecommender(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = False
-        tags.input_tags.two_d_array = True
+        # X is a DataFrame of events, not an array: scikit-learn's array-based checks
+        # cannot apply (tests/test_sklearn_checks.py lists them, with reasons).
+        tags.input_tags.two_d_array = False
         tags.input_tags.string = True
         tags.input_tags.categorical = True
         tags.requires_fit = True
@@ -214,6 +221,8 @@ class SessionRecommender(BaseEstimator):
                     "Check that the session column groups the events of a visit.")
             self.item_index_ = index
             self.n_items_ = index.n_items
+            if events.n_sessions <= _RECORDED_SESSIONS:
+                self._fit_sessions_ = pd.Series(events.lengths, index=events.session_labels)
             self._fit(events, **fit_params)
         except BaseException:
             self._reset_fitted()
@@ -354,20 +363,29 @@ class SessionRecommender(BaseEstimator):
             return items, pd.DataFrame(top_scores, index=index, columns=columns)
         return items
 
-    def predict(self, X):
-        """``predict_next(X)`` with its defaults (top 20), so a Pipeline can recommend.
+    def predict(self, X, k: int = 20, *, exclude_seen: bool = False,
+                return_scores: bool = False):
+        """:meth:`predict_next`, under the name a ``Pipeline`` calls.
+
+        ``pipe.predict(X, k=10, exclude_seen=True)`` passes the options through a
+        Pipeline that ends in a recommender. With scikit-learn's metadata routing on,
+        request them first: ``model.set_predict_request(k=True, exclude_seen=True)``.
 
         Parameters
         ----------
         X : pandas.DataFrame
             Events of the sessions to continue.
+        k : int, default=20
+        exclude_seen : bool, default=False
+        return_scores : bool, default=False
+            See :meth:`predict_next`.
 
         Returns
         -------
         items : pandas.DataFrame
-            See :meth:`predict_next`.
+            See :meth:`predict_next` (and the scores with ``return_scores=True``).
         """
-        return self.predict_next(X)
+        return self.predict_next(X, k, exclude_seen=exclude_seen, return_scores=return_scores)
 
     def _iter_ranks(self, events: SessionEvents, ties: str):
         """``(positions, ranks)`` blocks: the rank of the item after each position (all
@@ -434,6 +452,7 @@ class SessionRecommender(BaseEstimator):
         from .metrics import mrr_at_k
 
         ranks = self.rank_next_items(X).to_numpy()
+        self._warn_if_sessions_cut(X)
         known = ranks[~np.isnan(ranks)]
         if len(known) == 0:
             warnings.warn(
@@ -441,6 +460,27 @@ class SessionRecommender(BaseEstimator):
                 "item and earlier events were seen in training), so the score is NaN.",
                 UserWarning, stacklevel=2)
         return mrr_at_k(known, 20)
+
+    def _warn_if_sessions_cut(self, X) -> None:
+        """Warn (:class:`~sessionrec.exceptions.SessionCutWarning`) when the evaluation
+        frame ``X`` holds part of a training session: a session of the same label, with
+        another number of events. That is what a row-based split does (an integer
+        ``cv``, ``KFold``, ``learning_curve``, ``HalvingGridSearchCV``): it puts the start
+        of a session in training and its end in the test, which leaks the session."""
+        trained = vars(self).get("_fit_sessions_")
+        if trained is None or self.session_key not in getattr(X, "columns", ()):
+            return
+        tested = X[self.session_key].value_counts(sort=False)
+        shared = trained.index.get_indexer(tested.index)
+        found = shared >= 0
+        if (trained.to_numpy()[shared[found]] != tested.to_numpy()[found]).any():
+            warnings.warn(
+                f"the evaluation frame holds the rest of sessions that {type(self).__name__} "
+                f"was trained on (same {self.session_key!r}, other events): the split cut "
+                "sessions in two, as an integer cv=, KFold, learning_curve or "
+                "HalvingGridSearchCV does with rows of events. Use a splitter that keeps "
+                "sessions whole: sessionrec.model_selection.SessionKFold, TimeSplit or "
+                "LastSessionSplit (cv=...).", SessionCutWarning, stacklevel=3)
 
     # -- persistence -------------------------------------------------------------------
 
@@ -457,6 +497,7 @@ class SessionRecommender(BaseEstimator):
                 state[name] = value
             elif isinstance(value, torch.Generator):
                 state.pop(name)  # transient: not needed once fitted
+        state.pop("_fit_sessions_", None)  # for evaluations right after fit, in memory only
         return state
 
     def __setstate__(self, state):

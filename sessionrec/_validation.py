@@ -15,7 +15,7 @@ functions, with a ``ValueError`` or ``TypeError`` that names the argument.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from numbers import Integral, Real
 
 import numpy as np
@@ -116,9 +116,9 @@ def _is_device(value) -> bool:
 
 
 # Shared constraints (lists, as scikit-learn's _parameter_constraints takes them).
-COLUMN = [Hashable]
-USER_COLUMN = [Satisfies(lambda v: v is not None and isinstance(v, Hashable),
-                         "the name of the user column (not None)")]
+# A column label: a string, an integer or a tuple (of a MultiIndex).
+COLUMN = [str, Integral, tuple]
+USER_COLUMN = COLUMN  # None (no user column) is refused: the models of users need one
 DEVICE = [Satisfies(_is_device, "'auto', 'cpu', 'cuda', 'cuda:N' or a CPU or CUDA "
                                 "torch.device")]
 RANDOM_STATE = ["random_state", np.random.Generator]

@@ -28,7 +28,7 @@ import torch
 
 from .metrics import (
     TIE_MODES,
-    _final_estimator_and_data,
+    _checked_final_estimator,
     hit_rate_at_k,
     mrr_at_k,
     ndcg_at_k,
@@ -186,7 +186,7 @@ def evaluate(estimator, X, cutoffs=(5, 10, 20), *, ties: str = "conservative",
         # Fresh positional labels; a target counts when its row came from X.
         n_history = len(history)
         X = pd.concat([history, X], ignore_index=True)
-    est, X = _final_estimator_and_data(estimator, X)
+    est, X = _checked_final_estimator(estimator, X)
     ranks = est.rank_next_items(X, ties=ties)
     if history is not None:
         ranks = ranks[ranks.index >= n_history]

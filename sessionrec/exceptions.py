@@ -2,7 +2,8 @@
 
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
-__all__ = ["NotFittedError", "TrainingDivergedError", "TrainingDivergenceWarning"]
+__all__ = ["NotFittedError", "SessionCutWarning", "TrainingDivergedError",
+           "TrainingDivergenceWarning"]
 
 
 class TrainingDivergedError(ArithmeticError):
@@ -20,4 +21,14 @@ class TrainingDivergenceWarning(ConvergenceWarning):
     ``learning_rate=1e30`` gives a finite loss of 1e30 and an MRR near 0). The message
     names the parameters to change. A subclass of scikit-learn's ``ConvergenceWarning``,
     so the filters a search already sets for it apply.
+    """
+
+
+class SessionCutWarning(UserWarning):
+    """An evaluation frame holds the rest of sessions the model was trained on.
+
+    A row-based split (an integer ``cv``, ``KFold``, ``learning_curve``,
+    ``HalvingGridSearchCV``) puts the start of a session in training and its end in the
+    test fold, which leaks the session into training and cuts its test part short. Use a
+    splitter of :mod:`sessionrec.model_selection`, which keeps sessions whole.
     """

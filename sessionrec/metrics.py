@@ -198,8 +198,26 @@ def _final_estimator_and_data(estimator, X):
     return estimator, X
 
 
+def _relabels_sessions(estimator) -> bool:
+    """Whether a Pipeline writes the session column (SessionSplitter numbers the sessions
+    of each frame afresh), so that equal labels in two frames are not one session."""
+    from sklearn.pipeline import Pipeline
+
+    return isinstance(estimator, Pipeline) and any(
+        getattr(step, "_relabels_sessions", False) or _relabels_sessions(step)
+        for _, step in estimator.steps[:-1])
+
+
+def _checked_final_estimator(estimator, X):
+    """:func:`_final_estimator_and_data`, and a warning if the split cut sessions."""
+    final, data = _final_estimator_and_data(estimator, X)
+    if not _relabels_sessions(estimator) and hasattr(final, "_warn_if_sessions_cut"):
+        final._warn_if_sessions_cut(data)
+    return final, data
+
+
 def _known_ranks(estimator, X, ties: str) -> np.ndarray:
-    estimator, X = _final_estimator_and_data(estimator, X)
+    estimator, X = _checked_final_estimator(estimator, X)
     ranks = np.asarray(estimator.rank_next_items(X, ties=ties), dtype=np.float64)
     ranks = ranks[~np.isnan(ranks)]
     if ranks.size == 0:

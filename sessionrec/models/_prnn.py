@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
 
@@ -397,7 +398,43 @@ default="residual"
 
     # -- training -------------------------------------------------------------------------
 
+    def fit(self, X, y=None, *, item_features=None):
+        """Learn from the events in ``X`` and the items' features.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Training events with the session, item and time columns.
+        y : None
+            Ignored.
+        item_features : ItemFeatures, DataFrame, (labels, matrix) pair, dict of those, \
+or None
+            The feature sets (see the class's Notes); None only with
+            ``architecture="id"``. Data, not a hyperparameter: in ``GridSearchCV`` or a
+            ``Pipeline`` pass it to ``fit``; with scikit-learn's metadata routing on,
+            request it first, ``set_fit_request(item_features=True)``. Features are rows
+            of items, not of events, and are never split by a search: but scikit-learn
+            cuts any table whose length equals ``len(X)`` per fold before it gets here,
+            so in a search pass :class:`~sessionrec.preprocessing.ItemFeatures` (what the
+            encoders return; not a table) or a dict of feature sets.
+
+        Returns
+        -------
+        self : ParallelRNNRecommender
+        """
+        return super().fit(X, y, item_features=item_features)
+
     def _fit(self, events: SessionEvents, item_features=None) -> None:
+        if (not isinstance(item_features, (ItemFeatures, Mapping)) and item_features is not None
+                and len(item_features) == events.n_events):
+            # The length by which scikit-learn takes a fit parameter for one row per event
+            # and cuts it per fold in searches, Pipelines and cross_validate.
+            warnings.warn(
+                f"item_features is a table of {events.n_events} rows, as many as X: "
+                "scikit-learn's searches and cross-validation cut such a table per fold as "
+                "if its rows were events, which leaves items without features. Pass an "
+                "ItemFeatures (sessionrec.preprocessing) or a dict of feature sets.",
+                UserWarning, stacklevel=3)
         sets = _feature_sets(item_features)
         if self.architecture != "id" and not sets:
             raise ValueError(f"architecture={self.architecture!r} needs item features: pass "

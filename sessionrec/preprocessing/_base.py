@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from .._validation import validate_constraints
@@ -71,8 +72,8 @@ class FrameTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
         """
         if input_features is None:
             if not hasattr(self, "feature_names_in_"):
-                raise ValueError(f"{type(self).__name__} has not seen a frame: fit it, or "
-                                 "pass input_features.")
+                raise NotFittedError(f"{type(self).__name__} has not seen a frame: fit it, "
+                                     "or pass input_features.")
             input_features = self.feature_names_in_
         return np.asarray(self._columns_out(list(input_features)), dtype=object)
 
@@ -97,6 +98,14 @@ class FrameTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
         if transform is not None:
             self._sklearn_output_config = {"transform": transform}
         return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        tags.input_tags.two_d_array = False  # a DataFrame of events or items, not an array
+        tags.input_tags.string = True
+        tags.input_tags.categorical = True
+        return tags
 
     def _output_config(self) -> str:
         return getattr(self, "_sklearn_output_config", {}).get("transform", "default")

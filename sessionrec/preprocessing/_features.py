@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +13,7 @@ from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import Satisfies
+from .._validation import COLUMN, Satisfies
 from ._base import FrameTransformer
 
 __all__ = ["DenseItemFeatures", "ItemFeatures", "TfidfItemFeatures"]
@@ -116,7 +115,8 @@ def _item_table(X, item_key) -> tuple[pd.DataFrame, pd.Index]:
 
 
 def _is_column_list(value) -> bool:
-    return isinstance(value, (list, tuple)) and all(isinstance(v, Hashable) for v in value)
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, tuple))
+                                                    for v in value)
 
 
 class _ItemFeatureEncoder(FrameTransformer):
@@ -170,7 +170,7 @@ class TfidfItemFeatures(_ItemFeatureEncoder):
     _parameter_constraints: dict = {
         "columns": [str, Satisfies(lambda v: _is_column_list(v) and len(v) > 0,
                                    "a non-empty list of column names")],
-        "item_key": [None, Hashable],
+        "item_key": [None, *COLUMN],
         "vectorizer": [None, TfidfVectorizer],
     }
 
@@ -282,7 +282,7 @@ class DenseItemFeatures(_ItemFeatureEncoder):
     _parameter_constraints: dict = {
         "columns": [None, Satisfies(lambda v: _is_column_list(v) and len(v) > 0,
                                     "a non-empty list of column names")],
-        "item_key": [None, Hashable],
+        "item_key": [None, *COLUMN],
         "norm": [StrOptions({"l2"}), None],
     }
 

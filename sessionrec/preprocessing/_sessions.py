@@ -106,6 +106,10 @@ class SessionSplitter(FrameTransformer):
     [0, 0, 1, 2]
     """
 
+    # Writes the session column, numbering each frame's sessions afresh (see
+    # sessionrec.metrics._relabels_sessions).
+    _relabels_sessions = True
+
     _parameter_constraints: dict = {
         "idle_gap": [Interval(Real, 0, None, closed="neither"),
                      Satisfies(_positive_timedelta, "a positive pandas.Timedelta")],
@@ -187,6 +191,8 @@ class ConcatenateUserSessions(FrameTransformer):
     >>> ConcatenateUserSessions().fit_transform(X)["SessionId"].tolist()
     ['u', 'u', 'v']
     """
+
+    _relabels_sessions = True  # writes the session column
 
     _parameter_constraints: dict = {"user_key": USER_COLUMN, "session_key": COLUMN}
 
