@@ -7,17 +7,17 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 say = @echo "[setup] $(1)"
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-pytorch lint bench clean
 
-$(VENV)/.installed: Makefile pyproject.toml setup.py sessionrec/nn/_fused.c
+$(VENV)/.installed: Makefile pyproject.toml setup.py $(wildcard sessionrec/_native/csrc/*)
 	$(call say,virtual environment $(VENV) (Python: $(shell $(PYTHON) --version 2>&1)))
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	$(call say,torch==$(TORCH_VERSION))
 	@$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(call say,sessionrec and its dependencies; compiling the C kernels (sessionrec/nn/_fused.c))
+	$(call say,sessionrec and its dependencies; compiling the C kernels (sessionrec/_native/csrc))
 	@$(PY) -m pip install -q -e ".[dev]"
-	@$(PY) -c "from sessionrec.nn import _kernels as k; print('[setup] C kernels:', \
+	@$(PY) -c "from sessionrec._native import kernels as k; print('[setup] C kernels:', \
 	  f'built, {k.threads()} thread(s)' if k.available() else \
 	  'not built (no C compiler?): the PyTorch code runs instead, at about a third of the speed')"
 	@touch $@
@@ -27,6 +27,14 @@ demo: $(VENV)/.installed  ## set up, then fit every model on real data and print
 
 test: $(VENV)/.installed  ## set up, then run the whole test suite (slow tests included)
 	$(PY) -m pytest sessionrec tests
+
+# The shared estimator suite and the models' tests again on the pure PyTorch backend (the
+# fused C kernels off): the path of a machine without a C compiler, and the reference
+# the kernels are held to. CI runs it after `make test`.
+test-pytorch: $(VENV)/.installed  ## the shared suite with SESSIONREC_FUSED=0
+	SESSIONREC_FUSED=0 $(PY) -m pytest -m "not slow" tests/test_common.py \
+	  tests/test_training.py tests/test_gru4rec.py tests/test_hrnn.py tests/test_prnn.py \
+	  tests/test_bprmf.py tests/test_persistence.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sessionrec tests examples benchmarks

@@ -1,12 +1,13 @@
-"""Builds the optional C library of fused CPU kernels (sessionrec/nn/_fused.c).
+"""Builds the optional C library of fused CPU kernels (sessionrec/_native/csrc/).
 
 Everything else about the package is in pyproject.toml. The extension is optional: where
 it cannot be compiled (no C compiler), installation goes on and sessionrec runs the
 PyTorch code the kernels replace. On Linux it is built with OpenMP, to share PyTorch's
-thread pool (see the head of _fused.c); where the compiler has no OpenMP it is built
+thread pool (see the head of csrc/fused.c); where the compiler has no OpenMP it is built
 without, and the kernels run on one thread.
 """
 
+import glob
 import sys
 
 from setuptools import Extension, setup
@@ -35,7 +36,10 @@ class BuildWithFallback(build_ext):
             super().build_extension(ext)
 
 
-setup(ext_modules=[Extension("sessionrec.nn._fused", sources=["sessionrec/nn/_fused.c"],
+setup(ext_modules=[Extension("sessionrec._native._fused",
+                             # One translation unit that includes the other parts.
+                             sources=["sessionrec/_native/csrc/fused.c"],
+                             depends=sorted(glob.glob("sessionrec/_native/csrc/*")),
                              extra_compile_args=flags + OPENMP, extra_link_args=OPENMP,
                              optional=True)],
       cmdclass={"build_ext": BuildWithFallback})

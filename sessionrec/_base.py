@@ -40,6 +40,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ._events import ItemIndex, SessionEvents, ragged_arange, to_session_events
+from ._progress import report
+from ._threads import torch_threads_limited
 from ._validation import (
     COLUMN,
     DEVICE,
@@ -53,7 +55,6 @@ from .exceptions import SessionCutWarning
 
 __all__ = ["SessionRecommender", "all_estimators"]
 
-logger = logging.getLogger("sessionrec")
 
 _REGISTRY: dict[str, type] = {}
 
@@ -80,17 +81,6 @@ def all_estimators() -> list[type]:
     """
     return sorted((c for c in _REGISTRY.values() if not c.__name__.startswith("_")),
                   key=lambda c: c.__name__)
-
-
-def _ensure_log_handler() -> None:
-    # verbose=True must show something even when the application configured no logging;
-    # an application that did configure logging keeps full control.
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[sessionrec] %(message)s"))
-        logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
 
 
 def block_values(device: torch.device) -> int:
@@ -186,9 +176,9 @@ class SessionRecommender(BaseEstimator):
             delattr(self, name)
 
     def _log(self, message: str, *args) -> None:
-        if self.verbose:
-            _ensure_log_handler()
-            logger.info(message, *args)
+        """Report a step of a fit (see :func:`sessionrec._progress.report`), through the
+        logger of the model's module."""
+        report(self.verbose, logging.getLogger(type(self).__module__), message % args)
 
     def fit(self, X, y=None, **fit_params):
         """Learn from the events in ``X``.
@@ -270,31 +260,31 @@ class SessionRecommender(BaseEstimator):
         """Yield ``(block, score(block))`` in order, computing several blocks at once.
 
         For models that score with numpy on the CPU (numpy releases the GIL in its
-        kernels): ``torch.get_num_threads()`` blocks are computed in worker threads, so
-        ``torch.set_num_threads`` controls this parallelism as it does torch's. While the
-        workers run, torch's own kernels (the ranking of the yielded blocks) run on one
-        thread: a torch thread pool competing with busy workers for the same cores was
-        measured to slow the ranking tenfold. Results are identical to a serial loop.
+        kernels): as many blocks as torch has threads (``torch.set_num_threads``) are
+        computed in worker threads, so that setting controls this parallelism as it does
+        torch's. While the workers run, torch's own kernels (the ranking of the yielded
+        blocks) run on one thread in the calling thread
+        (:func:`~sessionrec._threads.torch_threads_limited`; other threads keep their
+        count, and the caller gets its own back when the scoring ends): a torch thread
+        pool competing with busy workers for the same cores was measured to slow the
+        ranking tenfold. Results are identical to a serial loop.
         """
         n_threads = torch.get_num_threads()
         if n_threads <= 1:
             for block in blocks:
                 yield block, score(block)
             return
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(n_threads, thread_name_prefix="sessionrec") as pool:
-                pending: deque = deque()
-                for block in blocks:
-                    pending.append((block, pool.submit(score, block)))
-                    if len(pending) > n_threads:
-                        done, future = pending.popleft()
-                        yield done, future.result()
-                while pending:
+        with (torch_threads_limited(1),
+              ThreadPoolExecutor(n_threads, thread_name_prefix="sessionrec") as pool):
+            pending: deque = deque()
+            for block in blocks:
+                pending.append((block, pool.submit(score, block)))
+                if len(pending) > n_threads:
                     done, future = pending.popleft()
                     yield done, future.result()
-        finally:
-            torch.set_num_threads(n_threads)
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
 
     def predict_next(self, X, k: int = 20, *, exclude_seen: bool = False,
                      return_scores: bool = False):

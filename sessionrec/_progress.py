@@ -1,4 +1,5 @@
-"""Progress bars of long fits (``verbose``), one decision for every model.
+"""What a fit shows under ``verbose``, one decision for every model: progress bars and
+one line per epoch or phase.
 
 A bar is shown only when ``verbose`` is set and standard error is a terminal (tqdm's
 ``disable=None``), so logs and CI output get the per-epoch log lines alone. Bars are
@@ -8,9 +9,27 @@ its bar instead of being interleaved with it.
 
 from __future__ import annotations
 
+import logging
+import sys
+
 from tqdm.auto import tqdm
 
-__all__ = ["epoch_bar"]
+__all__ = ["epoch_bar", "report"]
+
+
+def report(verbose, logger: logging.Logger, message: str) -> None:
+    """Say ``message`` about a fit: on standard error under ``verbose`` (the user asked
+    to see it, whatever logging the application configured: scikit-learn's estimators
+    print their ``verbose`` output too), and always to ``logger`` (the calling module's)
+    at DEBUG level, for applications that collect it. Nothing here configures logging.
+
+    Examples
+    --------
+    >>> report(False, logging.getLogger("sessionrec"), "quiet")
+    """
+    logger.debug(message)
+    if verbose:
+        print(f"[sessionrec] {message}", file=sys.stderr, flush=True)
 
 
 def epoch_bar(verbose, total: int, description: str, unit: str = "batch"):

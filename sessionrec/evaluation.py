@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._native import kernels as _kernels
 from .metrics import (
     TIE_MODES,
     _checked_final_estimator,
@@ -34,7 +35,6 @@ from .metrics import (
     ndcg_at_k,
     recall_at_k,
 )
-from .nn import _kernels
 
 __all__ = ["ranks_from_scores", "ranks_from_counts", "evaluate", "TIE_MODES"]
 
@@ -63,7 +63,7 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
 
     Notes
     -----
-    Float32 scores on the CPU are counted by a C kernel (``sessionrec.nn._kernels``) in
+    Float32 scores on the CPU are counted by a C kernel (``sessionrec._native.kernels``) in
     one pass, without the boolean matrix a comparison writes; the counts are the same.
 
     Examples
@@ -80,7 +80,7 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     n_items = scores.shape[1]
     strict = ties != "conservative"
     if _kernels.enabled_for(scores) and len(targets) == len(scores):
-        # One pass over the scores in C (sessionrec/nn/_fused.c), the same counts; it
+        # One pass over the scores in C (sessionrec/_native/csrc/), the same counts; it
         # checks the targets' range before anything reads them.
         at_least, above = _kernels.rank_counts(scores, targets, strict)
         target_scores = scores.gather(1, targets)

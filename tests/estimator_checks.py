@@ -54,7 +54,7 @@ def assert_counted_ranks_match_scored(model, test: pd.DataFrame) -> None:
     kernels) ranks like the score matrix of the PyTorch path: its scores differ from
     MKL's by rounding only, so the ranks match but for rare near-ties, and unknown
     targets stay NaN."""
-    from sessionrec.nn import _kernels
+    from sessionrec._native import kernels as _kernels
 
     if not _kernels.available():
         pytest.skip("needs the fused kernels")

@@ -16,10 +16,10 @@ from sessionrec import (
     SessionPopularityRecommender,
     TrainingDivergedError,
 )
+from sessionrec._native import kernels as _kernels
 from sessionrec._validation import init_generator
 from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
-from sessionrec.nn import _kernels
 from sessionrec.nn._network import GRU4RecNetwork, StepConfig
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows, unique_rows_padded
 from sessionrec.nn._sampling import NegativeSampler
@@ -437,13 +437,25 @@ def test_models_from_before_reset_after_load_with_the_papers_gru(train_test, tmp
     pd.testing.assert_frame_equal(loaded.predict_next(test, k=5), expected)
 
 
-def test_history_and_verbose_logging(train_test, caplog):
+def test_history_and_verbose_logging(train_test, caplog, capsys):
     train, _ = train_test
-    with caplog.at_level(logging.INFO, logger="sessionrec"):
+    root, package = logging.getLogger(), logging.getLogger("sessionrec")
+    before = (root.level, list(root.handlers), package.level, list(package.handlers))
+    with caplog.at_level(logging.DEBUG, logger="sessionrec"):
         est = GRU4RecRecommender(**FAST, verbose=True).fit(train)
+        quiet = GRU4RecRecommender(**FAST).fit(train)
     assert [h["epoch"] for h in est.history_] == [1, 2]
     assert all(h["events_per_s"] > 0 and h["batches_per_s"] > 0 for h in est.history_)
-    assert sum("GRU4Rec epoch" in r.getMessage() for r in caplog.records) == 2
+    # verbose prints one line per epoch to stderr; both fits log them at DEBUG level.
+    lines = [line for line in capsys.readouterr().err.splitlines() if "GRU4Rec epoch" in line]
+    assert len(lines) == 2 and lines[0].startswith("[sessionrec] GRU4Rec epoch 1/2: loss")
+    records = [r for r in caplog.records if "GRU4Rec epoch" in r.getMessage()]
+    assert len(records) == 4 and {r.levelno for r in records} == {logging.DEBUG}
+    assert {r.name for r in records} == {"sessionrec._training"}
+    assert quiet.history_[0]["loss"] == est.history_[0]["loss"]
+    # No fit configures logging: no handler added, no level changed.
+    after = (root.level, list(root.handlers), package.level, list(package.handlers))
+    assert after == before
 
 
 def test_empty_history_recommends_by_output_bias(train_test):
@@ -674,9 +686,10 @@ def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeyp
     the Python walk's, bit for bit, over each input and several layers of either GRU, in
     one run of sessions or several; the ranks come from it; an item outside the
     catalogue raises."""
+    from sessionrec.nn._fused_walk import FusedGRUWalk, session_runs
+
     from sessionrec.models import _recurrent
     from sessionrec.nn import _fused_walk
-    from sessionrec.nn._fused_walk import FusedGRUWalk, session_runs
 
     train, test = train_test
     unknown = test.head(3).assign(SessionId=-1, ItemId=-1)  # a session left empty

@@ -1,4 +1,4 @@
-"""The fused CPU kernels (sessionrec/nn/_fused.c) against the PyTorch code they replace."""
+"""The fused CPU kernels (sessionrec/_native/csrc/) against the PyTorch code they replace."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessionrec import GRU4RecRecommender
+from sessionrec._native import kernels as _kernels
 from sessionrec.datasets import make_sessions
-from sessionrec.nn import _kernels
 from sessionrec.nn._layers import gru_backward, gru_forward, gru_layer_backward, gru_layer_forward
 from sessionrec.nn._network import StepConfig, _output_layer
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows
@@ -515,3 +515,19 @@ def test_prefix_tree_numbers_each_distinct_prefix_once(sessions, data):
     lengths = [len(p) for p in expected]
     assert level_offsets.tolist() == [0] + [sum(n <= k for n in lengths)
                                             for k in range(1, max(lengths, default=0) + 1)]
+
+
+def test_the_c_structure_matches_its_python_mirror():
+    """The library reports Gru4recStep's size and field offsets; the ctypes mirror has
+    the same, and a library whose layout differs is refused with a warning (the PyTorch
+    code then runs)."""
+    if not _kernels.available():
+        pytest.skip("needs the fused kernels")
+    assert _kernels._layout_mismatch(_kernels._library) is None
+
+    class Shifted:
+        def sr_struct_layout(self, out, capacity):
+            out[0] = 8
+            return 1
+
+    assert "Gru4recStep" in _kernels._layout_mismatch(Shifted())

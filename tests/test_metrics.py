@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from sessionrec._native import kernels as _kernels
 from sessionrec.evaluation import evaluate, ranks_from_scores
 from sessionrec.metrics import (
     MRRAtK,
@@ -26,7 +27,6 @@ from sessionrec.metrics import (
     popularity_bias,
     recall_at_k,
 )
-from sessionrec.nn import _kernels
 
 SCORES = np.array([
     [0.9, 0.5, 0.5, 0.5, 0.1],   # target 1 ties with 2 and 3, one item above

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import time
-
 import numpy as np
 import torch
 
 from .._base import SessionRecommender
 from .._events import SessionEvents
-from .._progress import epoch_bar
 from .._validation import (
     NON_NEGATIVE_REAL,
     POSITIVE_INT,
@@ -19,13 +15,13 @@ from .._validation import (
     init_generator,
     torch_generator,
 )
-from ..exceptions import TrainingDivergedError
-from ..nn._trainer import warn_if_diverged
+from ._epochs import EpochTrainingMixin, document_epochs
 
 __all__ = ["BPRMFRecommender"]
 
 
-class BPRMFRecommender(SessionRecommender):
+@document_epochs
+class BPRMFRecommender(EpochTrainingMixin, SessionRecommender):
     """BPR-MF with sessions as users; a live session is the mean of its items' factors.
 
     The matrix-factorisation baseline of the GRU4Rec paper (Hidasi et al., ICLR 2016,
@@ -46,6 +42,7 @@ class BPRMFRecommender(SessionRecommender):
         Dimension of the factors.
     n_epochs : int, default=10
         Passes over the training events.
+    {epoch_parameters}
     learning_rate : float, default=0.01
         SGD step.
     reg_session : float, default=0.0
@@ -62,18 +59,15 @@ class BPRMFRecommender(SessionRecommender):
         ``"auto"`` trains on CUDA when available.
     random_state : int or None, default=None
         Seed of initialisation, shuffling and negative sampling.
-    verbose : bool or int, default=False
-        Log one line per epoch and, on a terminal, show a progress bar of each epoch's
-        mini-batches.
+    {epoch_verbose}
 
     Attributes
     ----------
     item_factors_ : torch.Tensor of shape (n_items_, n_factors)
     item_bias_ : torch.Tensor of shape (n_items_,)
-    history_ : list of dict
-        Per epoch: ``loss`` (mean BPR loss per triple), ``start_loss`` (that of the
-        epoch's first mini-batch), ``seconds``, ``events_per_s`` (triples, one per
-        training event, per second) and ``batches_per_s``.
+    {epoch_attributes}
+        For BPR-MF the loss is the mean BPR loss per (session, item, negative) triple,
+        one triple per training event.
 
     References
     ----------
@@ -91,7 +85,9 @@ class BPRMFRecommender(SessionRecommender):
     """
 
     def __init__(self, *, n_factors=100, n_epochs=10, learning_rate=0.01, reg_session=0.0,
-                 reg_item=0.0, init_std=0.05, batch_size=256, session_key="SessionId",
+                 reg_item=0.0, init_std=0.05, batch_size=256, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=None, refit=True, callbacks=None,
+                 session_key="SessionId",
                  item_key="ItemId", time_key="Time", device="auto", random_state=None,
                  verbose=False):
         self.n_factors = n_factors
@@ -101,6 +97,11 @@ class BPRMFRecommender(SessionRecommender):
         self.reg_item = reg_item
         self.init_std = init_std
         self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.refit = refit
+        self.callbacks = callbacks
         self.session_key = session_key
         self.item_key = item_key
         self.time_key = time_key
@@ -114,11 +115,24 @@ class BPRMFRecommender(SessionRecommender):
         "reg_session": NON_NEGATIVE_REAL, "reg_item": NON_NEGATIVE_REAL,
         "init_std": NON_NEGATIVE_REAL, "batch_size": POSITIVE_INT,
         "random_state": RANDOM_STATE,
+        **EpochTrainingMixin._epoch_constraints,
     }
 
+    _LEGACY_PARAMS = dict(EpochTrainingMixin._epoch_legacy)
+
+    _trainer_name = "BPR-MF"
+
     def _fit(self, events: SessionEvents) -> None:
+        self._fit_in_epochs(events)
+
+    def _trained_parameters(self) -> list[torch.Tensor]:
+        # The session factors are of training sessions only: prediction never reads them.
+        return [self.item_factors_, self.item_bias_]
+
+    def _train_epochs(self, events: SessionEvents, trainer, n_epochs: int, *, seed=None,
+                      name: str | None = None, extra: dict | None = None) -> int:
         device = self.device_
-        _, generator = torch_generator(self.random_state, device)
+        _, generator = torch_generator(self.random_state if seed is None else seed, device)
         init = init_generator(generator)
         d = int(self.n_factors)
         sessions = torch.randn(events.n_sessions, d, generator=init) * float(self.init_std)
@@ -131,55 +145,31 @@ class BPRMFRecommender(SessionRecommender):
                             float(self.reg_item))
         batch = int(self.batch_size)
         n = events.n_events
-        n_batches = -(-n // batch)
-        history = []
-        for epoch in range(int(self.n_epochs)):
-            bar = epoch_bar(self.verbose, n_batches,
-                            f"BPR-MF epoch {epoch + 1}/{self.n_epochs}")
-            start_time = time.perf_counter()
+
+        def epoch():
             order = torch.randperm(n, generator=generator, device=device)
             negatives = torch.randint(0, self.n_items_, (n,), generator=generator,
                                       device=device)
-            total = torch.zeros((), dtype=torch.float64, device=device)
-            start_loss = math.nan
-            try:
-                for start in range(0, n, batch):  # one Python iteration per mini-batch
-                    idx = order[start:start + batch]
-                    s, i, j = session_of[idx], item_of[idx], negatives[idx]
-                    p, qi, qj = sessions[s], items[i], items[j]
-                    diff = (p * (qi - qj)).sum(1) + bias[i] - bias[j]
-                    total += torch.nn.functional.softplus(-diff).sum()
-                    g = torch.sigmoid(-diff).unsqueeze(1)  # d(-loss)/d(diff)
-                    # SGD ascent on log sigmoid(diff) minus L2 terms, rows merged by index_add.
-                    sessions.index_add_(0, s, lr * (g * (qi - qj) - reg_s * p))
-                    items.index_add_(0, i, lr * (g * p - reg_i * qi))
-                    items.index_add_(0, j, lr * (-g * p - reg_i * qj))
-                    bias.index_add_(0, i, lr * (g.squeeze(1) - reg_i * bias[i]))
-                    bias.index_add_(0, j, lr * (-g.squeeze(1) - reg_i * bias[j]))
-                    if start == 0:  # in the first epoch, the loss at the initial factors
-                        start_loss = float(total) / len(idx)
-                    if bar is not None:
-                        bar.update()
-            finally:  # also when fitting is interrupted: no half-drawn bar is left behind
-                if bar is not None:
-                    bar.close()
-            mean_loss = float(total) / n
-            if not np.isfinite(mean_loss):
-                raise TrainingDivergedError(
-                    f"the BPR loss became {mean_loss} in epoch {epoch + 1}; lower "
-                    f"learning_rate (now {self.learning_rate}).")
-            seconds = time.perf_counter() - start_time
-            history.append({"epoch": epoch + 1, "loss": mean_loss, "start_loss": start_loss,
-                            "seconds": seconds,
-                            "events_per_s": n / seconds if seconds > 0 else math.inf,
-                            "batches_per_s": n_batches / seconds if seconds > 0 else math.inf})
-            self._log("BPR-MF epoch %d/%d: loss %.4f, %.1f s, %.0f events/s", epoch + 1,
-                      self.n_epochs, mean_loss, seconds, history[-1]["events_per_s"])
-        warn_if_diverged(history[0]["start_loss"], history[-1]["loss"], "BPR-MF",
-                         f"Lower learning_rate (now {self.learning_rate}).", stacklevel=4)
-        self.history_ = history
-        self.item_factors_ = items
-        self.item_bias_ = bias
+            for start in range(0, n, batch):  # one Python iteration per mini-batch
+                idx = order[start:start + batch]
+                s, i, j = session_of[idx], item_of[idx], negatives[idx]
+                p, qi, qj = sessions[s], items[i], items[j]
+                diff = (p * (qi - qj)).sum(1) + bias[i] - bias[j]
+                loss = torch.nn.functional.softplus(-diff).sum()
+                g = torch.sigmoid(-diff).unsqueeze(1)  # d(-loss)/d(diff)
+                # SGD ascent on log sigmoid(diff) minus L2 terms, rows merged by index_add.
+                sessions.index_add_(0, s, lr * (g * (qi - qj) - reg_s * p))
+                items.index_add_(0, i, lr * (g * p - reg_i * qi))
+                items.index_add_(0, j, lr * (-g * p - reg_i * qj))
+                bias.index_add_(0, i, lr * (g.squeeze(1) - reg_i * bias[i]))
+                bias.index_add_(0, j, lr * (-g.squeeze(1) - reg_i * bias[j]))
+                yield loss
+
+        # Prediction reads these: callbacks may score the model between epochs.
+        self.item_factors_, self.item_bias_ = items, bias
+        trainer.run(epoch, n_epochs=n_epochs, n_pairs=n, n_batches=-(-n // batch),
+                    first_pairs=min(batch, n), name=name, extra=extra)
+        return generator.initial_seed()
 
     def _iter_scores(self, events, score_after):
         # Mean of the session's item factors up to each position: a cumulative sum over
@@ -203,9 +193,10 @@ class BPRMFRecommender(SessionRecommender):
 
     def _get_state(self):
         return {"item_factors": self.item_factors_, "item_bias": self.item_bias_,
-                "history": self.history_}
+                "history": self.history_, "selection": self._selection_state()}
 
     def _set_state(self, state):
+        self._set_selection_state(state)
         self.item_factors_ = state["item_factors"]
         self.item_bias_ = state["item_bias"]
         self.history_ = state["history"]

@@ -11,13 +11,14 @@ from sklearn.utils._param_validation import StrOptions
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
+from .._native import kernels as _kernels
+from .._training import parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, check_int_tuple, int_tuple_constraint
-from ..nn import _kernels
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
 from ..nn._fused_walk import FusedGRUWalk, session_runs
 from ..nn._network import GRU4RecNetwork, StepConfig
-from ..nn._trainer import train_parallel
+from ._epochs import document_epochs
 from ._recurrent import (
     SampledTrainingMixin,
     counted_ranks,
@@ -28,6 +29,7 @@ from ._recurrent import (
 __all__ = ["GRU4RecRecommender"]
 
 
+@document_epochs
 class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     """GRU4Rec: a GRU over the session's items, trained with sampled ranking losses.
 
@@ -108,6 +110,7 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         ICLR 2016 paper's output activation. Monotonic, so rankings never depend on it.
     n_epochs : int, default=10
         Passes over the training sessions.
+    {epoch_parameters}
     sample_store_size : int, default=10_000_000
         Negative samples generated at once and kept on the device (official default).
     session_key : str, default="SessionId"
@@ -121,17 +124,13 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     random_state : int or None, default=None
         Seed of the initialisation, sampling and dropout; with an int, training on the CPU
         is repeatable bit for bit.
-    verbose : bool or int, default=False
-        Log one line per epoch (loss, time, events/s) and, on a terminal, show a
-        progress bar of each epoch's mini-batches.
+    {epoch_verbose}
 
     Attributes
     ----------
     network_ : GRU4RecNetwork
         The trained network (a ``torch.nn.Module`` on ``device_``).
-    history_ : list of dict
-        Per epoch: ``loss`` (mean per training pair), ``start_loss`` (that of the epoch's
-        first mini-batch), ``seconds``, ``events_per_s``, ``batches_per_s``.
+    {epoch_attributes}
     item_index_ : ItemIndex
     n_items_ : int
     device_ : torch.device
@@ -185,15 +184,19 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         "reset_after": [StrOptions({"auto"}), "boolean"],
     }
 
+    _trainer_name = "GRU4Rec"
+
     # Pickles and saved files from before ``reset_after`` existed were trained with the
     # paper's GRU; they load with that value (see SessionRecommender._LEGACY_PARAMS).
-    _LEGACY_PARAMS = {"reset_after": False}
+    _LEGACY_PARAMS = {"reset_after": False, **SampledTrainingMixin._epoch_legacy}
 
     def __init__(self, *, layers=(100,), loss="cross-entropy", batch_size=64,
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0,
                  n_sample=2048, sample_alpha=0.5, embedding=0, constrained_embedding=True,
                  reset_after="auto", bpreg=1.0, elu_param=0.5, logq=0.0,
-                 final_activation="auto", n_epochs=10, sample_store_size=10_000_000,
+                 final_activation="auto", n_epochs=10, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=None, refit=True,
+                 callbacks=None, sample_store_size=10_000_000,
                  session_key="SessionId", item_key="ItemId", time_key="Time",
                  device="auto", random_state=None, verbose=False):
         self.layers = layers
@@ -213,6 +216,11 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         self.logq = logq
         self.final_activation = final_activation
         self.n_epochs = n_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.refit = refit
+        self.callbacks = callbacks
         self.sample_store_size = sample_store_size
         self.session_key = session_key
         self.item_key = item_key
@@ -238,8 +246,15 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     # -- training -------------------------------------------------------------------------
 
     def _fit(self, events: SessionEvents) -> None:
+        self._fit_in_epochs(events)
+
+    def _trained_parameters(self) -> list[torch.Tensor]:
+        return list(self.network_.parameters())
+
+    def _train_epochs(self, events: SessionEvents, trainer, n_epochs: int, *, seed=None,
+                      name: str | None = None, extra: dict | None = None) -> int:
         device = self.device_
-        network, generator = self._initialised(self._build_network())
+        network, generator = self._initialised(self._build_network(), seed)
         schedule = session_parallel_schedule(events, int(self.batch_size))
         items = torch.as_tensor(events.items, device=device)
         positions = torch.as_tensor(schedule.positions, device=device)
@@ -280,16 +295,15 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
                 return replay.fresh_hidden()
             return network.zero_state(width)
 
+        self.network_ = network  # callbacks may score the model between epochs
         try:
-            self.history_ = train_parallel(
-                step, schedule, fresh_state, n_epochs=int(self.n_epochs),
-                device=device, **self._trainer_options(),
-                name="GRU4Rec")
+            trainer.run(parallel_epoch(step, schedule, fresh_state, device),
+                        n_epochs=n_epochs, name=name, extra=extra, **parallel_sizes(schedule))
         finally:
             training.finish()
             if replay is not None:
                 replay.step.close()
-        self.network_ = network
+        return generator.initial_seed()
 
     # -- prediction -----------------------------------------------------------------------
 
@@ -359,9 +373,11 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     # -- persistence ----------------------------------------------------------------------
 
     def _get_state(self) -> dict:
-        return {"network": dict(self.network_.state_dict()), "history": self.history_}
+        return {"network": dict(self.network_.state_dict()), "history": self.history_,
+                "selection": self._selection_state()}
 
     def _set_state(self, state: dict) -> None:
+        self._set_selection_state(state)
         network = self._build_network()
         network.load_state_dict(state["network"])
         self.network_ = network

@@ -10,16 +10,20 @@ from sklearn.utils._param_validation import StrOptions
 from .._base import SessionRecommender, plain_labels, rows_per_block
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents, user_codes
+from .._native import kernels as _kernels
+from .._training import parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
-from ..nn import _kernels
+from ..evaluation import ranks_from_scores
+from ..metrics import mrr_at_k
 from ..nn._hierarchical import HRNNNetwork
 from ..nn._network import StepConfig
-from ..nn._trainer import train_parallel
+from ._epochs import document_epochs
 from ._recurrent import EVAL_BATCH, SampledTrainingMixin, ranks_from_top_states
 
 __all__ = ["HRNNRecommender"]
 
 
+@document_epochs
 class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     """HRNN: a session GRU whose sessions start from a user GRU's state.
 
@@ -79,6 +83,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     bpreg, elu_param, logq, final_activation
         As in :class:`GRU4RecRecommender`.
     n_epochs : int, default=10
+    {epoch_parameters}
     sample_store_size : int, default=10_000_000
     user_key : str, default="UserId"
         Column of user labels, required in every frame.
@@ -87,16 +92,12 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     device : str, default="auto"
     random_state : int or None, default=None
         Seed; with an int, CPU training is repeatable bit for bit.
-    verbose : bool or int, default=False
-        Log one line per epoch and, on a terminal, show a progress bar of each
-        epoch's mini-batches.
+    {epoch_verbose}
 
     Attributes
     ----------
     network_ : HRNNNetwork
-    history_ : list of dict
-        Per epoch: ``loss``, ``start_loss`` (that of the epoch's first mini-batch),
-        ``seconds``, ``events_per_s``, ``batches_per_s``.
+    {epoch_attributes}
     user_labels_ : pandas.Index
         Training users.
     user_states_ : torch.Tensor of shape (n_users, user_size)
@@ -144,7 +145,9 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                  dropout_p_init=0.0, learning_rate=0.1, momentum=0.0, n_sample=0,
                  sample_alpha=0.75, embedding=0, constrained_embedding=False, bpreg=1.0,
                  elu_param=0.5, logq=0.0, final_activation="auto", n_epochs=10,
-                 sample_store_size=10_000_000, user_key="UserId", session_key="SessionId",
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=None,
+                 refit=True, callbacks=None, sample_store_size=10_000_000,
+                 user_key="UserId", session_key="SessionId",
                  item_key="ItemId", time_key="Time", device="auto", random_state=None,
                  verbose=False):
         self.session_size = session_size
@@ -166,6 +169,11 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         self.logq = logq
         self.final_activation = final_activation
         self.n_epochs = n_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.refit = refit
+        self.callbacks = callbacks
         self.sample_store_size = sample_store_size
         self.user_key = user_key
         self.session_key = session_key
@@ -189,6 +197,10 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         "user_key": USER_COLUMN,
     }
 
+    _LEGACY_PARAMS = dict(SampledTrainingMixin._epoch_legacy)
+
+    _trainer_name = "HRNN"
+
     def _build_network(self) -> HRNNNetwork:
         return HRNNNetwork(self.n_items_, int(self.session_size), int(self.user_size),
                            embedding=int(self.embedding),
@@ -202,8 +214,51 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     # -- training -------------------------------------------------------------------------
 
     def _fit(self, events: SessionEvents) -> None:
+        self._fit_in_epochs(events)
+        del self._training_events_
+        self.user_states_ = self._final_user_states(events)
+
+    def _final_user_states(self, events: SessionEvents) -> torch.Tensor:
+        """Every training user's state after their last session of ``events``."""
         device = self.device_
-        network, generator = self._initialised(self._build_network())
+        states = torch.zeros(len(events.user_labels), int(self.user_size), device=device)
+        final = {}
+        for _ in self._forward(events, np.zeros(events.n_events, dtype=bool),
+                               include_last=False, from_training=False, final=final):
+            pass
+        if final:
+            states[torch.as_tensor(final["users"], device=device)] = final["states"]
+        return states
+
+    def _user_states(self) -> torch.Tensor:
+        """``user_states_``; during a fit (a callback scoring the model between epochs)
+        computed from the network as trained so far, once per epoch."""
+        if "user_states_" not in vars(self):
+            self.user_states_ = self._final_user_states(self._training_events_)
+        return self.user_states_
+
+    def _trained_parameters(self) -> list[torch.Tensor]:
+        return list(self.network_.parameters())
+
+    def _validation_score(self, events, train, valid) -> float:
+        """MRR@20 on the held-out sessions, each user's earlier sessions walked first:
+        the walk over all the fit's events from zero user states (the held-out sessions
+        are the last ones, so every user's training sessions come before them), ranking
+        only the targets of held-out sessions."""
+        held_out = np.zeros(events.n_events, dtype=bool)
+        held_out[train.n_events:] = True
+        items = torch.as_tensor(events.items, device=self.device_)
+        ranks = [ranks_from_scores(scores, items[torch.as_tensor(positions + 1,
+                                                                 device=self.device_)])
+                 for positions, scores in self._forward(
+                     events, held_out & ~events.is_last, include_last=False,
+                     from_training=False)]
+        return mrr_at_k(torch.cat(ranks).cpu().numpy(), 20)
+
+    def _train_epochs(self, events: SessionEvents, trainer, n_epochs: int, *, seed=None,
+                      name: str | None = None, extra: dict | None = None) -> int:
+        device = self.device_
+        network, generator = self._initialised(self._build_network(), seed)
         schedule = user_parallel_schedule(events, int(self.batch_size), longest_first=True)
         items = torch.as_tensor(events.items, device=device)
         positions = torch.as_tensor(schedule.positions, device=device)
@@ -230,24 +285,22 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
             return network.train_step(inputs[start:stop], batch_targets, samples, state,
                                       start_rows, config, training, shift)
 
+        # Callbacks may score the model between epochs: the users' states then follow
+        # the network as trained so far (_user_states).
+        self.network_ = network
+        self.user_labels_, self._training_events_ = events.user_labels, events
+        run_epoch = parallel_epoch(step, schedule, network.zero_state, device)
+
+        def epoch():
+            vars(self).pop("user_states_", None)  # out of date once training goes on
+            return run_epoch()
+
         try:
-            self.history_ = train_parallel(
-                step, schedule, network.zero_state, n_epochs=int(self.n_epochs),
-                device=device, **self._trainer_options(),
-                name="HRNN")
+            trainer.run(epoch,
+                        n_epochs=n_epochs, name=name, extra=extra, **parallel_sizes(schedule))
         finally:
             training.finish()
-        self.network_ = network
-        # Every training user's state after their last session, for prediction.
-        self.user_labels_ = events.user_labels
-        self.user_states_ = torch.zeros(len(events.user_labels), int(self.user_size),
-                                        device=device)
-        final = {}
-        for _ in self._forward(events, np.zeros(events.n_events, dtype=bool),
-                               include_last=False, from_training=False, final=final):
-            pass
-        if final:
-            self.user_states_[torch.as_tensor(final["users"], device=device)] = final["states"]
+        return generator.initial_seed()
 
     # -- inference ------------------------------------------------------------------------
 
@@ -304,7 +357,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                         if has.any():
                             rows_known = slots[torch.as_tensor(np.flatnonzero(has),
                                                                device=device)]
-                            c = self.user_states_[torch.as_tensor(k[has], device=device)]
+                            c = self._user_states()[torch.as_tensor(k[has],
+                                                                    device=device)]
                             user[rows_known] = c
                             hidden[rows_known] = network.session_init(w, c)
                 if session_first.any():
@@ -355,7 +409,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         has = np.flatnonzero(known >= 0)
         with torch.no_grad():
             if len(has):
-                c = self.user_states_[torch.as_tensor(known[has], device=self.device_)]
+                c = self._user_states()[torch.as_tensor(known[has], device=self.device_)]
                 hidden[torch.as_tensor(has, device=self.device_)] = network.session_init(
                     network.views(network.dense), c)
             scores = network.score_all(hidden)
@@ -367,9 +421,11 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     def _get_state(self) -> dict:
         labels = plain_labels(self.user_labels_, "user")
         return {"network": dict(self.network_.state_dict()), "history": self.history_,
-                "user_states": self.user_states_, "user_labels": labels}
+                "user_states": self.user_states_, "user_labels": labels,
+                "selection": self._selection_state()}
 
     def _set_state(self, state: dict) -> None:
+        self._set_selection_state(state)
         network = self._build_network()
         network.load_state_dict(state["network"])
         self.network_ = network

@@ -15,13 +15,15 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
+from .._training import Trainer, hold_out_last_sessions, parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, Satisfies
+from ..callbacks import Callback
 from ..evaluation import ranks_from_scores
 from ..metrics import mrr_at_k
 from ..nn._network import StepConfig
 from ..nn._parallel import ParallelNetwork, SubnetSpec
-from ..nn._trainer import train_parallel, warn_if_diverged
 from ..preprocessing._features import ItemFeatures
+from ._epochs import document_epochs
 from ._recurrent import SampledTrainingMixin
 
 __all__ = ["ParallelRNNRecommender"]
@@ -100,6 +102,7 @@ def _feature_sets(item_features) -> dict[str, ItemFeatures]:
     return found
 
 
+@document_epochs
 class ParallelRNNRecommender(SampledTrainingMixin, SessionRecommender):
     """p-RNN: session GRUs over item IDs and item features, merged to score items.
 
@@ -192,6 +195,10 @@ default="residual"
         epochs on a validation set by hand.
     validation_fraction : float in (0, 1), default=0.1
         Share of the sessions held out when ``early_stopping`` is on.
+    n_iter_no_change : int or None, default=None
+        With ``early_stopping``: stop after this many epochs in a row without a better
+        validation score (residual training: move on to the next subnet); None trains
+        every epoch and keeps the best.
     refit : bool, default=True
         With ``early_stopping``: train again, from the same initial weights, on all the
         sessions for the epochs chosen (per subnet in residual training; a subnet left
@@ -201,22 +208,25 @@ default="residual"
         reaches MRR@20 0.0802 with the refit and 0.0768 without, mean of 3 seeds). Costs
         a second training run. ``refit=False`` keeps the parameters of the best epochs,
         trained without the held-out sessions.
+    callbacks : list of Callback or callable, or None, default=None
+        Called during training (see :mod:`sessionrec.callbacks`), as for
+        :class:`GRU4RecRecommender`; each subnet of residual training and the refit are
+        training runs of their own (``on_train_begin`` / ``on_train_end``).
     sample_store_size : int, default=10_000_000
     session_key, item_key, time_key : str
         Column names.
     device : str, default="auto"
     random_state : int or None, default=None
         Seed; with an int, CPU training is repeatable bit for bit.
-    verbose : bool or int, default=False
-        Log one line per epoch and, on a terminal, show a progress bar of each
-        epoch's mini-batches.
+    {epoch_verbose}
 
     Attributes
     ----------
     network_ : ParallelNetwork
     history_ : list of dict
-        Per epoch: ``loss``, ``start_loss`` (that of the epoch's first mini-batch),
-        ``seconds``, ``events_per_s``, ``batches_per_s``,
+        Per epoch (numbered over the whole fit): ``epoch``, ``loss``, ``start_loss``
+        (that of the epoch's first mini-batch), ``seconds``, ``events_per_s``,
+        ``batches_per_s``,
         ``trained`` (the names of the subnets trained in that epoch) and, with
         ``early_stopping``, ``validation_mrr`` and ``refit``: the epochs of the run on the
         sessions left after the hold-out come first (``refit`` False), then, with
@@ -231,6 +241,9 @@ default="residual"
     best_validation_score_ : float
         With ``early_stopping``: the validation MRR@20 of the best epochs, before any
         refit (the refit model has also trained on the held-out sessions).
+    best_epoch_ : int
+        With ``early_stopping``: the epochs chosen, summed over the phases (residual
+        training: over the subnets, ``subnet_epochs_`` has each).
     feature_names_ : list of str
         The feature sets, in the order of their subnets.
     feature_coverage_ : dict
@@ -284,7 +297,8 @@ default="residual"
                  dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0, n_sample=0,
                  sample_alpha=0.75, bpreg=1.0, elu_param=0.5, logq=0.0,
                  final_activation="auto", n_epochs=10, early_stopping=False,
-                 validation_fraction=0.1, refit=True, sample_store_size=10_000_000,
+                 validation_fraction=0.1, n_iter_no_change=None, refit=True,
+                 callbacks=None, sample_store_size=10_000_000,
                  session_key="SessionId", item_key="ItemId", time_key="Time",
                  device="auto", random_state=None, verbose=False):
         self.architecture = architecture
@@ -306,7 +320,9 @@ default="residual"
         self.n_epochs = n_epochs
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.refit = refit
+        self.callbacks = callbacks
         self.sample_store_size = sample_store_size
         self.session_key = session_key
         self.item_key = item_key
@@ -333,10 +349,11 @@ default="residual"
                           Satisfies(lambda v: _mapping_of(v, _positive_int),
                                     "a dict from subnet name to an int >= 1")],
         "dropout_p_hidden": DROPOUT,
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "refit": ["boolean"],
     }
+
+    _LEGACY_PARAMS = {"n_iter_no_change": None, "callbacks": None}
+
+    _trainer_name = "p-RNN"
 
     def _subnets(self, feature_names: list[str]) -> list[tuple[str, bool, tuple[int, ...]]]:
         """(name, uses the ID, feature-set indices) of each subnet."""
@@ -455,18 +472,20 @@ or None
         network, generator = self._initialised(self._build_network(features, feature_names))
         names = [s.name for s in network.subnets]
         phases = self._phases(names)
+        trainer = self._trainer()
         if not self.early_stopping:
-            history, _ = self._train(network, generator, events, phases)
+            self._train(network, generator, events, phases, trainer)
         else:
-            selection, validation = _hold_out_last_sessions(
+            selection, validation = hold_out_last_sessions(
                 events, float(self.validation_fraction))
             stopper = _BestEpochs(network,
-                                  lambda: self._validation_mrr(network, validation))
-            history, kept = self._train(network, generator, selection, phases, stopper)
-            for record in history:
-                record["refit"] = False
+                                  lambda: self._validation_mrr(network, validation),
+                                  self.n_iter_no_change)
+            kept = self._train(network, generator, selection, phases, trainer, stopper,
+                               extra={"refit": False})
             active = list(network.active)
             self.best_validation_score_ = stopper.best
+            self.best_epoch_ = max(int(sum(kept)), 1)
             if self.training == "residual" and len(names) > 1:
                 self.subnet_epochs_ = dict(zip(names, kept, strict=True))
             del stopper  # its copy of the parameters is no longer needed
@@ -479,14 +498,10 @@ or None
                     seed=generator.initial_seed())
                 network.active = active
                 chosen = [(k, updates) for k, (_, updates) in zip(kept, phases, strict=True)]
-                refit, _ = self._train(network, generator, events, chosen, label=" refit")
-                for record in refit:
-                    record.update(refit=True, validation_mrr=np.nan)
-                history += refit
-        options = self._trainer_options()
-        warn_if_diverged(history[0]["start_loss"], history[-1]["loss"], "p-RNN",
-                         options["advice"], floor=options["loss_floor"], stacklevel=4)
-        self.history_ = history
+                self._train(network, generator, events, chosen, trainer, label=" refit",
+                            extra={"refit": True, "validation_mrr": np.nan})
+        trainer.warn_if_diverged(stacklevel=4)
+        self.history_ = trainer.history
         self.subnet_active_ = dict(zip(names, network.active, strict=True))
         self.network_ = network
         self.subnet_names_ = names
@@ -494,15 +509,17 @@ or None
         self.feature_coverage_ = coverage
 
     def _train(self, network: ParallelNetwork, generator: torch.Generator,
-               events: SessionEvents, phases: list, stopper: _BestEpochs | None = None,
-               label: str = "") -> tuple[list[dict], list[int]]:
-        """Train ``network`` on ``events`` through ``phases`` (as :meth:`_phases` gives).
+               events: SessionEvents, phases: list, trainer: Trainer,
+               stopper: _BestEpochs | None = None, label: str = "",
+               extra: dict | None = None) -> list[int]:
+        """Train ``network`` on ``events`` through ``phases`` (as :meth:`_phases` gives),
+        one :meth:`Trainer.run <sessionrec._training.Trainer.run>` per phase.
 
-        Returns the per-epoch records and, with a ``stopper``, the epochs kept of each
-        phase, with the kept parameters restored (residual training: each subnet's best
-        epoch, 0 for a subnet left out, which ``network.active`` then marks; otherwise
-        the phases up to the run's best epoch). A phase of 0 epochs is skipped.
-        ``label`` is appended to the name in the log lines.
+        Returns, with a ``stopper``, the epochs kept of each phase, with the kept
+        parameters restored (residual training: each subnet's best epoch, 0 for a subnet
+        left out, which ``network.active`` then marks; otherwise the phases up to the
+        run's best epoch). A phase of 0 epochs is skipped. ``label`` is appended to the
+        name in the log lines; ``extra`` is added to every record.
         """
         device = self.device_
         schedule = session_parallel_schedule(events, int(self.batch_size))
@@ -516,15 +533,11 @@ or None
         training = network.start_training(self._optimizer(), int(self.batch_size),
                                           float(self.dropout_p_hidden), generator)
         names = [s.name for s in network.subnets]
-        # Trained in several calls (a phase, or with early stopping an epoch, at a time):
-        # divergence is judged once, over the whole fit (see _fit).
-        options = {**self._trainer_options(), "warn_divergence": False}
-        log = options["log"]
-        history = []
         residual = self.training == "residual" and len(names) > 1
-        if stopper is not None and residual:  # a subnet scores once training reaches it
-            network.active = [k == 0 for k in range(len(names))]
-        kept = [0] * len(phases)
+        if stopper is not None:
+            stopper.start(phases, residual)
+            trainer.callbacks.insert(0, stopper)  # the others see validation_mrr
+        self.network_ = network  # callbacks may score the model between epochs
         try:
             for phase, (epochs, updates) in enumerate(phases):
                 if epochs == 0:  # a phase the refit leaves out, as early stopping chose
@@ -541,44 +554,23 @@ or None
 
                 trained = sorted({names[i] for group, _ in updates for i in group},
                                  key=names.index)
-                name = f"p-RNN [{'+'.join(trained)}]{label}"
-                if stopper is None:
-                    records = train_parallel(step, schedule, network.zero_state,
-                                             n_epochs=epochs, device=device, name=name,
-                                             **options)
-                    for record in records:
-                        record.update(epoch=len(history) + 1, trained=trained)
-                        history.append(record)
-                    continue
-                if residual:
-                    network.active[phase] = True
-                for epoch in range(epochs):
-                    # One epoch per call: the loop resets the slots every epoch anyway.
-                    (record,) = train_parallel(step, schedule, network.zero_state,
-                                               n_epochs=1, device=device, name=name,
-                                               **options)
-                    improved = stopper.update()
-                    record.update(epoch=len(history) + 1, trained=trained,
-                                  validation_mrr=stopper.last)
-                    history.append(record)
-                    if improved and residual:
-                        kept[phase] = epoch + 1
-                    elif improved:  # the whole run so far
-                        kept = [e for e, _ in phases[:phase]] + [epoch + 1] + [0] * (
-                            len(phases) - phase - 1)
-                    if log is not None:
-                        log("%s validation MRR@20 %.4f (best %.4f)", name, stopper.last,
-                            stopper.best)
-                if residual:
-                    # The subnet keeps its best epoch; if no epoch beat the ensemble
-                    # before it, it is left out of scoring for good.
-                    stopper.restore()
-                    network.active[phase] = phase == 0 or kept[phase] > 0
+                if stopper is not None:
+                    stopper.begin_phase(phase)
+                trainer.run(parallel_epoch(step, schedule, network.zero_state, device),
+                            n_epochs=epochs, name=f"p-RNN [{'+'.join(trained)}]{label}",
+                            extra={**(extra or {}), "trained": trained},
+                            **parallel_sizes(schedule))
+                if stopper is not None:
+                    stopper.end_phase(phase)
+                if trainer.stopped and not (residual and stopper.stalled):
+                    break  # stopped by a callback, or early stopping ran out of patience
             if stopper is not None:
                 stopper.restore()
         finally:
+            if stopper is not None:
+                trainer.callbacks.remove(stopper)
             training.finish()
-        return history, kept
+        return stopper.kept if stopper is not None else []
 
     def _validation_mrr(self, network: ParallelNetwork, events: SessionEvents) -> float:
         """MRR@20 (conservative ties, all items ranked) of ``network`` on held-out events."""
@@ -624,7 +616,7 @@ or None
                 "feature_coverage": dict(self.feature_coverage_),
                 # Early stopping's choices (absent without it).
                 "selection": {name: getattr(self, name) for name in
-                              ("best_validation_score_", "subnet_epochs_")
+                              ("best_validation_score_", "best_epoch_", "subnet_epochs_")
                               if hasattr(self, name)}}
 
     def _set_state(self, state: dict) -> None:
@@ -654,54 +646,68 @@ or None
             setattr(self, name, value)
 
 
-def _hold_out_last_sessions(events: SessionEvents, fraction: float
-                            ) -> tuple[SessionEvents, SessionEvents]:
-    """Split off the sessions that start last (``fraction`` of them) for validation."""
-    n_sessions = events.n_sessions
-    n_valid = int(round(fraction * n_sessions))
-    cut = n_sessions - n_valid
-    if n_valid < 1 or cut < 1:
-        raise ValueError(f"validation_fraction={fraction} of {n_sessions} sessions leaves "
-                         f"{n_valid} for validation and {cut} for training; each needs "
-                         "at least one session.")
-    offsets, split = events.offsets, int(events.offsets[cut])
-    train = SessionEvents(items=events.items[:split], offsets=offsets[:cut + 1],
-                          session_labels=events.session_labels[:cut],
-                          rows=events.rows[:split])
-    valid = SessionEvents(items=events.items[split:], offsets=offsets[cut:] - split,
-                          session_labels=events.session_labels[cut:],
-                          rows=events.rows[split:])
-    if not (valid.lengths >= 2).any():
-        raise ValueError(f"validation_fraction={fraction} holds out {n_valid} sessions, "
-                         "none with two events, so there is nothing to validate on; "
-                         "raise validation_fraction.")
-    return train, valid
+class _BestEpochs(Callback):
+    """p-RNN's early stopping: the best epoch of the run, or of each residual subnet.
 
-
-class _BestEpochs:
-    """Remember the parameters of the epoch with the best validation score.
-
-    ``update()`` scores the network and keeps a copy of its parameters when the score beats
-    the best so far; ``restore()`` writes the best copy back (into the parameters' own
-    storage, which during training is shared with the optimiser's packed tables). Before
-    any epoch, the best copy is the initial network with score -inf.
+    After every epoch (a trainer callback, run before the user's) the network is scored
+    and its parameters copied when the score beats the best so far; ``restore()`` writes
+    the best copy back (into the parameters' own storage, which during training is
+    shared with the optimiser's packed tables). Before any epoch, the best copy is the
+    initial network with score -inf. ``kept`` holds the epochs kept of each phase:
+    residual training keeps each subnet's best epoch (a subnet that never beats the
+    ensemble before it keeps 0 and is left out of scoring); otherwise the phases up to
+    the run's best epoch. With ``patience``, a phase (residual) or the run stops after
+    that many epochs in a row without a better score.
     """
 
-    def __init__(self, network: torch.nn.Module, score):
+    def __init__(self, network: torch.nn.Module, score, patience: int | None = None):
         self.network = network
         self.score = score
+        self.patience = patience
         self.saved = {name: p.detach().clone() for name, p in network.named_parameters()}
         self.best = -np.inf
         self.last = np.nan
+        self.stalled = False
 
-    def update(self) -> bool:
+    def start(self, phases: list, residual: bool) -> None:
+        self.phases, self.residual = phases, residual
+        self.kept = [0] * len(phases)
+        if residual:  # a subnet scores once training reaches it
+            self.network.active = [k == 0 for k in range(len(phases))]
+
+    def begin_phase(self, phase: int) -> None:
+        self.phase, self.epoch, self.stalled = phase, 0, False
+        if self.residual:  # patience counts per subnet; otherwise over the run
+            self.since_best = 0
+            self.network.active[phase] = True
+        elif phase == 0:
+            self.since_best = 0
+
+    def on_epoch_end(self, model, record):
+        self.epoch += 1
         self.last = self.score()
-        if not self.last > self.best:
-            return False
-        self.best = self.last
-        for name, p in self.network.named_parameters():
-            self.saved[name].copy_(p.detach())
-        return True
+        record["validation_mrr"] = self.last
+        improved = self.last > self.best
+        if improved:
+            self.best = self.last
+            for name, p in self.network.named_parameters():
+                self.saved[name].copy_(p.detach())
+            if self.residual:
+                self.kept[self.phase] = self.epoch
+            else:  # the whole run so far
+                phases = self.phases
+                self.kept = ([e for e, _ in phases[:self.phase]] + [self.epoch]
+                             + [0] * (len(phases) - self.phase - 1))
+        self.since_best = 0 if improved else self.since_best + 1
+        self.stalled = self.patience is not None and self.since_best >= self.patience
+        return self.stalled
+
+    def end_phase(self, phase: int) -> None:
+        if self.residual:
+            # The subnet keeps its best epoch; if no epoch beat the ensemble before it,
+            # it is left out of scoring for good.
+            self.restore()
+            self.network.active[phase] = phase == 0 or self.kept[phase] > 0
 
     @torch.no_grad()
     def restore(self) -> None:

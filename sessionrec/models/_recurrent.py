@@ -15,6 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._base import rows_per_block
 from .._batching import session_parallel_schedule
+from .._native import kernels as _kernels
 from .._validation import (
     NON_NEGATIVE_INT,
     NON_NEGATIVE_REAL,
@@ -25,10 +26,10 @@ from .._validation import (
     torch_generator,
 )
 from ..evaluation import ranks_from_counts
-from ..nn import _kernels
 from ..nn._losses import FINAL_ACTIVATIONS, LOSS_FLOORS, LOSSES
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
+from ._epochs import EpochTrainingMixin
 
 __all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH", "ranks_from_top_states",
            "gathered_state_rows", "counted_ranks"]
@@ -122,7 +123,7 @@ class LogQShift:
         return torch.cat([batch, self.sample.index_select(0, samples)])
 
 
-class SampledTrainingMixin:
+class SampledTrainingMixin(EpochTrainingMixin):
     """Validation and set-up of the shared training hyperparameters.
 
     Expects the attributes ``loss``, ``batch_size``, ``learning_rate``, ``momentum``,
@@ -153,14 +154,11 @@ class SampledTrainingMixin:
         "n_epochs": POSITIVE_INT,
         "sample_store_size": POSITIVE_INT,
         "random_state": RANDOM_STATE,
+        **EpochTrainingMixin._epoch_constraints,
     }
 
-    def _trainer_options(self) -> dict:
-        """The keyword arguments of ``train_parallel`` that every recurrent model passes
-        alike: its messages and its logging."""
-        return dict(advice=self._divergence_advice(),
-                    loss_floor=LOSS_FLOORS.get(self.loss, 0.0),
-                    log=self._log if self.verbose else None, progress=bool(self.verbose))
+    def _loss_floor(self) -> float:
+        return LOSS_FLOORS.get(self.loss, 0.0)
 
     def _divergence_advice(self) -> str:
         """What to change when training diverges, for the messages of the trainer."""

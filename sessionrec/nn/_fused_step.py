@@ -4,7 +4,7 @@ On two CPU cores a GRU4Rec step of the official configuration takes about 2 ms, 
 third of it went to Python and to the dispatch of some 40 small PyTorch operations
 between the kernels of :mod:`._kernels`. :class:`FusedGRU4RecStep` prepares, once per
 training run, the addresses of the network's buffers and of scratch space, and then runs
-each step with one ``ctypes`` call of ``sr_gru4rec_step_f32`` (``_fused.c``). That
+each step with one ``ctypes`` call of ``sr_gru4rec_step_f32`` (``csrc/``). That
 function calls the same kernels, in the same order, on the same values as
 :meth:`GRU4RecNetwork.train_step <._network.GRU4RecNetwork.train_step>` does through
 :mod:`._kernels`, so a fit is bit for bit the same either way (a test checks it).
@@ -22,7 +22,7 @@ import ctypes
 
 import torch
 
-from . import _kernels
+from .._native import kernels as _kernels
 from ._network import GRU4RecNetwork, StepConfig, TrainingState
 
 __all__ = ["FusedGRU4RecStep"]

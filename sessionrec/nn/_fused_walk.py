@@ -18,7 +18,7 @@ import ctypes
 import numpy as np
 import torch
 
-from . import _kernels
+from .._native import kernels as _kernels
 from ._network import GRU4RecNetwork
 
 __all__ = ["FusedGRUWalk", "session_runs"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _kernels
+from .._native import kernels as _kernels
 
 __all__ = ["init_uniform_", "GRUCache", "gru_forward", "gru_backward", "gru_layer_forward",
            "gru_layer_backward", "dropout_mask", "DropoutMasks"]

@@ -36,7 +36,7 @@ LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")
 
 # The least value of each loss per row (0 where not listed): TOP1 and TOP1-max keep the
 # regulariser sigmoid(r_j^2) >= 1/2 of their negatives. Divergence is judged on the loss
-# above this floor (see sessionrec.nn._trainer.warn_if_diverged).
+# above this floor (see sessionrec._training.warn_if_diverged).
 LOSS_FLOORS = {"top1": 0.5, "top1-max": 0.5}
 FINAL_ACTIVATIONS = ("linear", "tanh", "elu")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import _kernels
+from .._native import kernels as _kernels
 from ._layers import DropoutMasks, gru_forward, gru_layer_backward, gru_layer_forward, init_uniform_
 from ._losses import cross_entropy_distinct, loss_and_grad
 from ._optim import AdagradMomentum, PackedTable, unique_rows
@@ -43,7 +43,7 @@ def _output_layer(top_state, table, distinct, columns, column_of, n, score_shift
     """
     if (fused and config.loss == "cross-entropy" and config.activation == "linear"
             and len(columns) >= 2):
-        # One C call: scores, sampled softmax and both gradient products (_fused.c); it
+        # One C call: scores, sampled softmax and both gradient products (csrc/output_xent.c); it
         # reads the rows where they lie in the table.
         return _kernels.output_cross_entropy(top_state, table, distinct, column_of,
                                              score_shift)
@@ -68,7 +68,7 @@ def _output_layer(top_state, table, distinct, columns, column_of, n, score_shift
         loss = loss + constant
     elif fused and config.loss == "bpr-max" and config.activation in ("linear", "elu"):
         # One C call: the columns' scores, bpr-max's closed form and the sum of the
-        # columns' gradients onto their items (_fused.c).
+        # columns' gradients onto their items (csrc/bpr_max.c).
         loss, d_distinct = _kernels.bpr_max(scores, column_of, score_shift, config.bpreg,
                                             config.activation == "elu", config.elu_param)
     else:

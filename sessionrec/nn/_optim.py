@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _kernels
+from .._native import kernels as _kernels
 
 __all__ = ["AdagradMomentum", "PackedTable", "unique_rows", "unique_rows_padded"]
 

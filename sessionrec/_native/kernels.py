@@ -4,7 +4,7 @@ A CPU training step of the recurrent models is made of a few matrix products and
 small element-wise operations; each PyTorch operation costs microseconds of dispatch and
 a pass over memory. The sparse Adagrad step alone (gather the touched rows of three
 planes, five arithmetic passes, scatter them back) took more time than the products. The
-kernels of ``_fused.c`` do such work in one pass, in place; a GRU layer's step, products
+kernels of ``csrc/`` do such work in one pass, in place; a GRU layer's step, products
 included, is one call each way, bpr-max's loss is one call, a whole GRU4Rec step with the
 cross-entropy is one call (``_fused_step.py``), and evaluation counts ranks without a
 comparison matrix (GRU4Rec and HRNN: without a score matrix; GRU4Rec's walk computes the
@@ -19,7 +19,7 @@ Set the environment variable ``SESSIONREC_FUSED=0`` before importing sessionrec,
 
 The kernels run on as many threads as PyTorch's intra-op setting
 (``torch.set_num_threads``) where the library shares torch's OpenMP thread pool (Linux
-builds; see the head of ``_fused.c``), on one thread otherwise. Their results do not
+builds; see the head of ``csrc/``), on one thread otherwise. Their results do not
 depend on the number of threads.
 
 Why C through ``ctypes`` rather than a JIT compiler such as numba: numba's LLVM added
@@ -33,6 +33,8 @@ import contextlib
 import ctypes
 import importlib.machinery
 import os
+import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,6 +56,27 @@ def _openmp_runtimes() -> set[str]:
         return set()
     return {name for name in names
             if Path(name).name.startswith(("libgomp", "libomp", "libiomp"))}
+
+
+def _warn_unusable(path, why: str) -> None:
+    warnings.warn(f"sessionrec: the C kernels in {path} do not match this version of "
+                  f"sessionrec ({why}); the PyTorch code runs instead. Reinstall sessionrec "
+                  "(pip install -e . in a checkout) to rebuild them.", RuntimeWarning,
+                  stacklevel=4)
+
+
+def _layout_mismatch(library) -> str | None:
+    """Why :class:`Gru4recStepPlan` does not mirror the C ``Gru4recStep``, or None: the
+    library reports the structure's size and each field's offset (``sr_struct_layout``)."""
+    expected = [ctypes.sizeof(Gru4recStepPlan)] + [
+        getattr(Gru4recStepPlan, name).offset for name, _ in Gru4recStepPlan._fields_]
+    out = (ctypes.c_int64 * (len(expected) + 1))()
+    n = library.sr_struct_layout(out, len(expected) + 1)
+    reported = list(out[:n])
+    if reported != expected:
+        return (f"Gru4recStep has size and offsets {reported}, the Python mirror "
+                f"{expected}")
+    return None
 
 
 def _load():
@@ -96,10 +119,18 @@ def _load():
         "sr_bpr_max_scratch": ([i64, i64], i64),
         "sr_bpr_max_f32": ([p, i64, i64, i64, p, i64, p, f32, i64, f32, p, p, p, i64], None),
         "sr_gru4rec_step_f32": ([p, i64, p, p, p, p, p, p, p, p], i64),
+        "sr_struct_layout": ([p, i64], i64),
     }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
     for name, (arguments, result) in signatures.items():
-        function = getattr(library, name)
+        function = getattr(library, name, None)
+        if function is None:  # a library from another version of sessionrec
+            _warn_unusable(path, f"it has no function {name}")
+            return None, False
         function.argtypes, function.restype = arguments, result
+    mismatch = _layout_mismatch(library)
+    if mismatch:
+        _warn_unusable(path, mismatch)
+        return None, False
     # The library shares torch's pool when loading it mapped no OpenMP runtime of its own
     # (torch's libgomp.so.1, already loaded, satisfied its dependency). With a second
     # runtime (a torch build whose libgomp has another name), two pools of busy-waiting
@@ -108,17 +139,55 @@ def _load():
     return library, shared
 
 
-_library, _parallel = _load()
-_enabled = _library is not None and os.environ.get("SESSIONREC_FUSED", "1") != "0"
+# Loaded on first use, not at import: `import sessionrec` maps no C library, and the
+# evaluation engine imports this module without loading anything.
+_load_lock = threading.Lock()
+_loaded = False
+_library = None
+_parallel = False
+_enabled: bool | None = None  # None: not decided yet (see available)
+
+
+def _ensure_loaded() -> None:
+    global _loaded, _library, _parallel
+    if _loaded:
+        return
+    with _load_lock:
+        if not _loaded:
+            _library, _parallel = _load()
+            _loaded = True
+
+
+def built() -> bool:
+    """Whether the C library was built (a file next to this module), without loading it.
+
+    Examples
+    --------
+    >>> built() in (True, False)
+    True
+    """
+    folder = Path(__file__).resolve().parent
+    return any((folder / f"_fused{suffix}").exists()
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def threads() -> int:
     """Threads the kernels may use: PyTorch's intra-op setting, when the pool is shared."""
+    _ensure_loaded()
     return torch.get_num_threads() if _parallel else 1
 
 
 def available() -> bool:
-    """Whether the fused CPU kernels are in use (the library was built and not disabled)."""
+    """Whether the fused CPU kernels are in use (the library was built, loads, and was
+    not turned off by ``SESSIONREC_FUSED=0`` or :func:`disabled`). The first call loads
+    the library."""
+    global _enabled
+    if _enabled is None:
+        if os.environ.get("SESSIONREC_FUSED", "1") == "0":
+            _enabled = False
+        else:
+            _ensure_loaded()
+            _enabled = _library is not None
     return _enabled
 
 
@@ -128,7 +197,7 @@ def enabled_for(tensor: torch.Tensor) -> bool:
     Decided once per training run (by the objects that hold the run's state), so that
     :func:`disabled` affects runs started inside it.
     """
-    return _enabled and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and available()
 
 
 @contextlib.contextmanager
@@ -139,12 +208,13 @@ def disabled():
 
     Examples
     --------
-    >>> from sessionrec.nn import _kernels
+    >>> from sessionrec._native import kernels as _kernels
     >>> with _kernels.disabled():
     ...     _kernels.available()
     False
     """
     global _enabled
+    available()  # decided first, so that leaving the block restores the decision
     before = _enabled
     _enabled = False
     try:
@@ -477,7 +547,7 @@ def bpr_max(scores: torch.Tensor, column_of: torch.Tensor, score_shift: torch.Te
 
 class Gru4recStepPlan(ctypes.Structure):
     """The C ``Gru4recStep``: what :func:`gru4rec_step_function` needs besides a step's
-    own inputs (addresses of the network's buffers and of scratch; see ``_fused.c``)."""
+    own inputs (addresses of the network's buffers and of scratch; see ``csrc/``)."""
 
     _fields_ = [(name, ctypes.c_int64) for name in (
         "n_items", "n_layers", "n_sample", "samples_int32", "max_batch", "n_threads")]
