@@ -1,7 +1,7 @@
 """Two versions of sessionrec side by side: training and evaluation speed, same run.
 
 Checks out ``--base`` (a git revision) into a temporary worktree, builds its C kernels
-there, and then measures it and the working tree in turns (A B A B ...), each
+there, and then measures it and the working tree in turns (A B B A A B ...), each
 measurement a fresh process, so that the machine's drift hits both alike. Prints one
 table: the median of each figure per version and the median of the per-round ratios
 (working tree / base), with the accuracy each got (which should be equal where the
@@ -12,7 +12,7 @@ Measured, on rsc15-100k (../shared/data; ``make_sessions`` data without it):
 * GRU4Rec, the official rsc15 configuration, ``--epochs`` epochs: training events/s
   (the median over epochs of ``history_``'s ``events_per_s``) and evaluation targets/s
   (full ranking, the median of 3 evaluations), Recall@20 / MRR@20;
-* SKNN: evaluation targets/s (it scores in worker threads).
+* SKNN: evaluation targets/s (it scores in worker threads; the median of 3).
 
 Usage::
 
@@ -69,9 +69,12 @@ for _ in range(3):
 out["eval_targets_per_s"] = targets / float(np.median(times))
 out["recall@20"], out["mrr@20"] = result["recall@20"], result["mrr@20"]
 sknn = SKNNRecommender().fit(train)
-start = time.perf_counter()
-sknn_result = evaluate(sknn, test, cutoffs=[20])
-out["sknn_targets_per_s"] = targets / (time.perf_counter() - start)
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    sknn_result = evaluate(sknn, test, cutoffs=[20])
+    times.append(time.perf_counter() - start)
+out["sknn_targets_per_s"] = targets / float(np.median(times))
 out["sknn_mrr@20"] = sknn_result["mrr@20"]
 print(json.dumps(out))
 """
@@ -117,8 +120,10 @@ def main() -> None:
         build(REPO)
         versions = {"base": base_dir, "working tree": REPO}
         rows: dict[str, list[dict]] = {name: [] for name in versions}
-        for _ in range(args.rounds):
-            for name, checkout in versions.items():
+        for r in range(args.rounds):
+            # A B, then B A: neither version always runs first in a round.
+            order = list(versions.items())
+            for name, checkout in (order if r % 2 == 0 else order[::-1]):
                 rows[name].append(measure(checkout, data, args.epochs, args.fused))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base_dir)], cwd=REPO,

@@ -20,7 +20,8 @@ from sessionrec._native import kernels as _kernels
 from sessionrec._validation import init_generator
 from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
-from sessionrec.nn._network import GRU4RecNetwork, StepConfig
+from sessionrec.nn._losses import StepConfig
+from sessionrec.nn._network import GRU4RecNetwork
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows, unique_rows_padded
 from sessionrec.nn._sampling import NegativeSampler
 
@@ -686,10 +687,9 @@ def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeyp
     the Python walk's, bit for bit, over each input and several layers of either GRU, in
     one run of sessions or several; the ranks come from it; an item outside the
     catalogue raises."""
-    from sessionrec.nn._fused_walk import FusedGRUWalk, session_runs
-
     from sessionrec.models import _recurrent
     from sessionrec.nn import _fused_walk
+    from sessionrec.nn._fused_walk import FusedGRUWalk, session_runs
 
     train, test = train_test
     unknown = test.head(3).assign(SessionId=-1, ItemId=-1)  # a session left empty

@@ -19,7 +19,7 @@ from sessionrec.evaluation import evaluate
 from sessionrec.metrics import MRRAtK
 from sessionrec.model_selection import SessionKFold, TimeSplit, train_test_split
 from sessionrec.nn._layers import init_uniform_  # noqa: F401  (the initialisation used)
-from sessionrec.nn._network import StepConfig
+from sessionrec.nn._losses import StepConfig
 from sessionrec.nn._optim import AdagradMomentum
 from sessionrec.nn._parallel import ParallelNetwork, SubnetSpec
 from sessionrec.preprocessing import ItemFeatures

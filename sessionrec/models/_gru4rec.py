@@ -17,7 +17,8 @@ from .._validation import DROPOUT, check_int_tuple, int_tuple_constraint
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
 from ..nn._fused_walk import FusedGRUWalk, session_runs
-from ..nn._network import GRU4RecNetwork, StepConfig
+from ..nn._losses import StepConfig
+from ..nn._network import GRU4RecNetwork
 from ._epochs import document_epochs
 from ._recurrent import (
     SampledTrainingMixin,
@@ -232,10 +233,8 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     # -- parameters -----------------------------------------------------------------------
 
     def _step_config(self) -> StepConfig:
-        return StepConfig(loss=self.loss, activation=self._activation(),
-                          bpreg=float(self.bpreg), elu_param=float(self.elu_param),
-                          dropout_p_embed=float(self.dropout_p_embed),
-                          dropout_p_hidden=float(self.dropout_p_hidden))
+        return replace(super()._step_config(), dropout_p_embed=float(self.dropout_p_embed),
+                       dropout_p_hidden=float(self.dropout_p_hidden))
 
     def _build_network(self) -> GRU4RecNetwork:
         return GRU4RecNetwork(self.n_items_, check_int_tuple("layers", self.layers),

@@ -16,7 +16,6 @@ from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
 from ..evaluation import ranks_from_scores
 from ..metrics import mrr_at_k
 from ..nn._hierarchical import HRNNNetwork
-from ..nn._network import StepConfig
 from ._epochs import document_epochs
 from ._recurrent import EVAL_BATCH, SampledTrainingMixin, ranks_from_top_states
 
@@ -206,10 +205,6 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                            embedding=int(self.embedding),
                            constrained_embedding=bool(self.constrained_embedding),
                            user_propagation=self.user_propagation)
-
-    def _step_config(self) -> StepConfig:
-        return StepConfig(loss=self.loss, activation=self._activation(),
-                          bpreg=float(self.bpreg), elu_param=float(self.elu_param))
 
     # -- training -------------------------------------------------------------------------
 

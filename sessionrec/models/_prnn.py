@@ -20,7 +20,6 @@ from .._validation import DROPOUT, Satisfies
 from ..callbacks import Callback
 from ..evaluation import ranks_from_scores
 from ..metrics import mrr_at_k
-from ..nn._network import StepConfig
 from ..nn._parallel import ParallelNetwork, SubnetSpec
 from ..preprocessing._features import ItemFeatures
 from ._epochs import document_epochs
@@ -392,10 +391,6 @@ default="residual"
             raise ValueError(f"architecture={self.architecture!r} needs equal hidden sizes "
                              f"for all subnets; got hidden_size={self.hidden_size!r}.")
         return ParallelNetwork(self.n_items_, specs, head, features, weights)
-
-    def _step_config(self) -> StepConfig:
-        return StepConfig(loss=self.loss, activation=self._activation(),
-                          bpreg=float(self.bpreg), elu_param=float(self.elu_param))
 
     def _phases(self, names: list[str]) -> list[tuple[int, list]]:
         """(epochs, updates of every step) for each call of the training loop."""

@@ -26,7 +26,7 @@ from .._validation import (
     torch_generator,
 )
 from ..evaluation import ranks_from_counts
-from ..nn._losses import FINAL_ACTIVATIONS, LOSS_FLOORS, LOSSES
+from ..nn._losses import FINAL_ACTIVATIONS, LOSS_FLOORS, LOSSES, StepConfig
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 from ._epochs import EpochTrainingMixin
@@ -187,6 +187,11 @@ class SampledTrainingMixin(EpochTrainingMixin):
         network.reset_parameters(init_generator(generator))
         network.to(self.device_)
         return network, generator
+
+    def _step_config(self) -> StepConfig:
+        """The loss's settings of a training step (a model adds its step's dropouts)."""
+        return StepConfig(loss=self.loss, activation=self._activation(),
+                          bpreg=float(self.bpreg), elu_param=float(self.elu_param))
 
     def _optimizer(self) -> AdagradMomentum:
         return AdagradMomentum(float(self.learning_rate), float(self.momentum))

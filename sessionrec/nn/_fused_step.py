@@ -23,7 +23,8 @@ import ctypes
 import torch
 
 from .._native import kernels as _kernels
-from ._network import GRU4RecNetwork, StepConfig, TrainingState
+from ._losses import StepConfig
+from ._network import GRU4RecNetwork, TrainingState
 
 __all__ = ["FusedGRU4RecStep"]
 

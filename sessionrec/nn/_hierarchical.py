@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from ._layers import DropoutMasks, gru_forward, init_uniform_
-from ._losses import sampled_loss
-from ._network import StepConfig
+from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, PackedTable, unique_rows
 
 __all__ = ["HRNNNetwork", "HRNNTraining"]

@@ -27,10 +27,27 @@ changes a ranking.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["LOSSES", "LOSS_FLOORS", "FINAL_ACTIVATIONS", "loss_and_grad", "bpr_max_closed_form",
-           "cross_entropy_distinct", "sampled_loss"]
+__all__ = ["StepConfig", "LOSSES", "LOSS_FLOORS", "FINAL_ACTIVATIONS", "loss_and_grad",
+           "bpr_max_closed_form", "cross_entropy_distinct", "sampled_loss"]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Settings of a training step that do not change the network's shape: the loss,
+    the final activation inside it and its parameters (every recurrent model), and the
+    dropouts of GRU4Rec's step (HRNN and p-RNN hold theirs in their training state)."""
+
+    loss: str = "cross-entropy"
+    activation: str = "linear"
+    bpreg: float = 1.0
+    elu_param: float = 0.5
+    dropout_p_embed: float = 0.0
+    dropout_p_hidden: float = 0.0
+
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")
 

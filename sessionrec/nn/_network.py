@@ -9,22 +9,10 @@ from torch import nn
 
 from .._native import kernels as _kernels
 from ._layers import DropoutMasks, gru_forward, gru_layer_backward, gru_layer_forward, init_uniform_
-from ._losses import cross_entropy_distinct, loss_and_grad
+from ._losses import StepConfig, cross_entropy_distinct, loss_and_grad
 from ._optim import AdagradMomentum, PackedTable, unique_rows
 
-__all__ = ["GRU4RecNetwork", "StepConfig", "TrainingState"]
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    """Settings of the training step that do not change the network's shape."""
-
-    loss: str = "cross-entropy"
-    activation: str = "linear"
-    bpreg: float = 1.0
-    elu_param: float = 0.5
-    dropout_p_embed: float = 0.0
-    dropout_p_hidden: float = 0.0
+__all__ = ["GRU4RecNetwork", "TrainingState"]
 
 
 def _with_bias_input(h: torch.Tensor) -> torch.Tensor:
