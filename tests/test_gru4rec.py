@@ -317,7 +317,6 @@ def test_item_gate_table_gives_the_scores_of_the_input_product(mode, train_test,
     """Evaluation gathers the first layer's gate inputs from a per-item table when it
     feeds more events than there are items; scores and ranks equal the walk that
     multiplies at every step."""
-    from sessionrec.models import _gru4rec
 
     train, test = train_test
     est = GRU4RecRecommender(**{**FAST, "layers": (16, 12)}, **MODES[mode]).fit(train)
@@ -342,7 +341,9 @@ def test_item_gate_table_gives_the_scores_of_the_input_product(mode, train_test,
         many["SessionId"]
     with_table = est.rank_next_items(many)
     assert calls, "the walk did not use the gate table"
-    monkeypatch.setattr(_gru4rec, "_GATE_TABLE_VALUES", 0)
+    from sessionrec.nn import _network
+
+    monkeypatch.setattr(_network, "GATE_TABLE_VALUES", 0)
     calls.clear()
     without = est.rank_next_items(many)
     assert not calls
@@ -698,7 +699,7 @@ def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeyp
     events = model._session_events(test)
     assert (np.diff(events.offsets) == 0).sum() == 1
     network = model.network_
-    gates = model._walk_gate_table(events, network.views(network.dense))
+    _, gates = network.walk_context(len(events.items))
     assert gates is not None
     fed = np.flatnonzero(~events.is_last)
     python = torch.empty(len(events.items), network.layers[-1])

@@ -310,30 +310,8 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
                      score_top: bool = True):
         """Session-parallel scores; with ``score_top=False`` the top layer's states
         instead (for :meth:`_iter_ranks`)."""
-        network = self.network_
-        views = network.views(network.dense)
-        matrix = network.scoring_matrix() if score_top else None
-        gates = self._walk_gate_table(events, views)
-
-        def step(items, hidden, keep):
-            for h in hidden:
-                h.mul_(keep)
-            return hidden, network.advance(items, hidden, views, gates)
-
-        yield from self._session_parallel_scores(
-            events, score_after, network.zero_state, step,
-            (lambda top: network.score_all(top, matrix)) if score_top else (lambda top: top))
-
-    def _walk_gate_table(self, events: SessionEvents, views) -> torch.Tensor | None:
-        """The first layer's gate inputs per item for a walk over ``events``, or None.
-
-        Gathering them pays off once more events are fed than there are items (the table
-        costs one product over the catalogue); its size is capped."""
-        network = self.network_
-        if (len(events.items) < network.n_items
-                or network.n_items * 3 * network.layers[0] > _GATE_TABLE_VALUES):
-            return None
-        return network.item_gate_table(views)
+        yield from self._session_parallel_scores(events, score_after, self.network_,
+                                                 score_top=score_top)
 
     def _iter_ranks(self, events: SessionEvents, ties: str):
         """On the CPU with the fused kernels, count ranks straight from the product of the
@@ -348,7 +326,7 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
             yield from super()._iter_ranks(events, ties)
             return
         matrix = network.scoring_matrix()
-        gates = self._walk_gate_table(events, network.views(network.dense))
+        _, gates = network.walk_context(len(events.items))
         if gates is None:
             yield from ranks_from_top_states(
                 self._iter_scores(events, ~events.is_last, score_top=False), events,
@@ -382,9 +360,6 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         self.network_ = network
         self.history_ = state["history"]
 
-
-# Largest per-item gate table (values) an evaluation walk builds: 64 MiB in float32.
-_GATE_TABLE_VALUES = 2**24
 
 # Use the static-buffer step (a replayed CUDA graph) on CUDA devices. The tests also force
 # it on the CPU, where it runs uncaptured, to check it trains exactly like the plain step.

@@ -284,7 +284,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         # the network as trained so far (_user_states).
         self.network_ = network
         self.user_labels_, self._training_events_ = events.user_labels, events
-        run_epoch = parallel_epoch(step, schedule, network.zero_state, device)
+        run_epoch = parallel_epoch(step, schedule, lambda width: network.zero_state(width)[:2],
+                                   device)
 
         def epoch():
             vars(self).pop("user_states_", None)  # out of date once training goes on
@@ -330,7 +331,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         bounds = schedule.step_offsets.tolist()
         w = network.views(network.dense)
         matrix = network.scoring_matrix()
-        hidden, user = network.zero_state(int(schedule.widths()[0]))
+        hidden, user, _ = network.zero_state(int(schedule.widths()[0]))
         before = hidden.clone()  # each slot's state before its last input
         final_users, final_states = [], []
         for t in range(schedule.n_steps):

@@ -582,14 +582,7 @@ or None
 
     def _walk(self, network: ParallelNetwork, events: SessionEvents, score_after: np.ndarray):
         """Session-parallel scores of ``network`` (the fitted one, or one in training)."""
-        matrix = network.scoring_matrix()
-
-        def step(items, hidden, keep):
-            hidden = network.advance(items, [h * keep for h in hidden])
-            return hidden, network.top_vector(hidden)
-
-        yield from self._session_parallel_scores(
-            events, score_after, network.zero_state, step, lambda top: torch.mm(top, matrix))
+        yield from self._session_parallel_scores(events, score_after, network)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         # No event yet: zero states, so the scores are the output biases.

@@ -26,6 +26,7 @@ from .._validation import (
     torch_generator,
 )
 from ..evaluation import ranks_from_counts
+from ..nn._interface import start_codes
 from ..nn._losses import FINAL_ACTIVATIONS, LOSS_FLOORS, LOSSES, StepConfig
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
@@ -213,16 +214,17 @@ class SampledTrainingMixin(EpochTrainingMixin):
         shift_batch = -float(self.logq) * log_support
         return sampler, LogQShift(shift_batch, shift_batch * float(self.sample_alpha))
 
-    def _session_parallel_scores(self, events, score_after, zero_state, step, score):
+    def _session_parallel_scores(self, events, score_after, network, context=None,
+                                 score_top: bool = True):
         """The evaluation walk of a session RNN: yield ``(positions, scores)`` blocks.
 
-        Sessions are fed in parallel slots (longest first), each slot's state reset where
-        its session starts. ``zero_state(width)`` gives the initial state;
-        ``step(items, state, keep)`` feeds one item per slot (``keep`` is 0 where the
-        session starts, else 1) and returns ``(state, top)``, ``top`` being one row per
-        slot that ``score(top rows)`` turns into the scores of every item. The last event
-        of a session is fed only if a score after it is wanted (prediction); ranking next
-        items never needs it.
+        Sessions are fed in parallel slots (longest first) to ``network`` through the
+        recurrent network interface (:mod:`sessionrec.nn._interface`): ``step`` with the
+        code of a new session where one starts, from ``zero_state``; ``context`` is the
+        network's ``walk_context`` (made here when None). The last event of a session is
+        fed only if a score after it is wanted (prediction); ranking next items never
+        needs it. With ``score_top=False`` the blocks hold the ``top`` rows instead of
+        the scores.
         """
         device = self.device_
         batch = int(np.clip(rows_per_block(self.n_items_, device), *EVAL_BATCH))
@@ -231,23 +233,26 @@ class SampledTrainingMixin(EpochTrainingMixin):
                                              longest_first=True)
         if schedule.n_steps == 0:
             return
+        if context is None:
+            context = network.walk_context(len(events.items))
+        matrix = network.scoring_matrix() if score_top else None
         items = torch.as_tensor(events.items, device=device)
         inputs = items[torch.as_tensor(schedule.positions, device=device)]
-        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
-                               device=device).unsqueeze(1)
+        starts = start_codes(schedule.session_start).to(device)
         scored = score_after[schedule.positions]
         bounds = schedule.step_offsets.tolist()
-        state = zero_state(int(schedule.widths()[0]))
+        state = network.zero_state(int(schedule.widths()[0]))
         for t in range(schedule.n_steps):
             start, stop = bounds[t], bounds[t + 1]
             if t in schedule.shrink:
                 rows = torch.as_tensor(schedule.shrink[t], device=device)
                 state = [h.index_select(0, rows) for h in state]
-            state, top = step(inputs[start:stop], state, keep[start:stop])
+            state, top = network.step(inputs[start:stop], state, starts[start:stop], context)
             selected = scored[start:stop]
             if not selected.any():
                 continue
             if not selected.all():
                 top = top.index_select(0, torch.as_tensor(np.flatnonzero(selected),
                                                           device=device))
-            yield schedule.positions[start:stop][selected], score(top)
+            yield (schedule.positions[start:stop][selected],
+                   network.score_top(top, matrix) if score_top else top)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._interface import NEW_SESSION, NEW_USER
 from ._layers import DropoutMasks, gru_forward, init_uniform_
 from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, PackedTable, unique_rows
@@ -114,10 +115,13 @@ class HRNNNetwork(nn.Module):
                 init_uniform_(views[name], n_blocks=blocks, generator=generator)
 
     def zero_state(self, batch_size: int) -> list[torch.Tensor]:
-        """Zero session and user states for ``batch_size`` slots."""
+        """Zero states for ``batch_size`` slots: the session state, the user state and
+        the session state before the latest event (what the user GRU reads when the
+        next session starts; training uses the first two)."""
         device = self.out.device
         return [torch.zeros(batch_size, self.session_size, device=device),
-                torch.zeros(batch_size, self.user_size, device=device)]
+                torch.zeros(batch_size, self.user_size, device=device),
+                torch.zeros(batch_size, self.session_size, device=device)]
 
     # -- the maths shared by training and inference ---------------------------------------
 
@@ -156,6 +160,46 @@ class HRNNNetwork(nn.Module):
         else:
             onehot_rows = self.onehot.index_select(0, items)
         return self.session_step(w, x, onehot_rows, hidden, user)
+
+    # -- the recurrent network interface (see _interface.py) ----------------------------
+
+    def walk_context(self, n_fed: int) -> dict:
+        return self.views(self.dense)
+
+    @torch.no_grad()
+    def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
+             context=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Feed one item per slot. Where a user starts, both states start from zero;
+        where a user's next session starts, the user state is updated from the session
+        state before the previous session's last event (the state after its other
+        events, as in training, where a session's last event is only a target) and the
+        session state initialised from it (the paper's equations 3 and 4)."""
+        w = context if context is not None else self.views(self.dense)
+        hidden, user, _ = state
+        new_user = torch.nonzero(starts == NEW_USER).squeeze(1).to(hidden.device)
+        if len(new_user):
+            hidden[new_user] = 0.0
+            user[new_user] = 0.0
+        new_session = torch.nonzero(starts == NEW_SESSION).squeeze(1).to(hidden.device)
+        if len(new_session):
+            c = self.user_update(w, state[2][new_session], user[new_session])
+            user[new_session] = c
+            hidden[new_session] = self.session_init(w, c)
+        before = hidden.clone()
+        hidden = self.advance(items, hidden, user, w)
+        return [hidden, user, before], hidden
+
+    def score_top(self, top: torch.Tensor, matrix: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        return self.score_all(top, matrix)
+
+    @torch.no_grad()
+    def score_items(self, top: torch.Tensor, items: torch.Tensor,
+                    matrix: torch.Tensor | None = None) -> torch.Tensor:
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(torch.cat([top, top.new_ones(len(top), 1)], dim=1),
+                        matrix.index_select(1, items))
 
     @torch.no_grad()
     def scoring_matrix(self) -> torch.Tensor:

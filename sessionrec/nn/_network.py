@@ -8,11 +8,15 @@ import torch
 from torch import nn
 
 from .._native import kernels as _kernels
+from ._interface import keep_rows
 from ._layers import DropoutMasks, gru_forward, gru_layer_backward, gru_layer_forward, init_uniform_
 from ._losses import StepConfig, cross_entropy_distinct, loss_and_grad
 from ._optim import AdagradMomentum, PackedTable, unique_rows
 
-__all__ = ["GRU4RecNetwork", "TrainingState"]
+__all__ = ["GRU4RecNetwork", "TrainingState", "GATE_TABLE_VALUES"]
+
+# Largest per-item gate table (values) an evaluation walk builds: 64 MiB in float32.
+GATE_TABLE_VALUES = 2**24
 
 
 def _with_bias_input(h: torch.Tensor) -> torch.Tensor:
@@ -256,6 +260,41 @@ class GRU4RecNetwork(nn.Module):
         if matrix is None:
             matrix = self.scoring_matrix()
         return torch.mm(_with_bias_input(h), matrix)
+
+    # -- the recurrent network interface (see _interface.py) ----------------------------
+
+    @torch.no_grad()
+    def walk_context(self, n_fed: int) -> tuple[list[_LayerViews], torch.Tensor | None]:
+        """The weight views and, for a walk that feeds at least as many events as there
+        are items, the first layer's gate inputs per item (:meth:`item_gate_table`; it
+        costs one product over the catalogue, and is capped at GATE_TABLE_VALUES)."""
+        views = self.views(self.dense)
+        if n_fed < self.n_items or self.n_items * 3 * self.layers[0] > GATE_TABLE_VALUES:
+            return views, None
+        return views, self.item_gate_table(views)
+
+    def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
+             context=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Feed one item per slot, every layer's state zeroed where a session starts;
+        the state is updated in place and the top layer's is returned as ``top``."""
+        views, gates = context if context is not None else (self.views(self.dense), None)
+        keep = keep_rows(starts, self.out.device)
+        for h in state:
+            h.mul_(keep)
+        return state, self.advance(items, state, views, gates)
+
+    def score_top(self, top: torch.Tensor, matrix: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """:meth:`score_all` of the top layer's states."""
+        return self.score_all(top, matrix)
+
+    @torch.no_grad()
+    def score_items(self, top: torch.Tensor, items: torch.Tensor,
+                    matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the chosen ``items`` for each row of ``top``."""
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(_with_bias_input(top), matrix.index_select(1, items))
 
     def _input(self, items: torch.Tensor) -> torch.Tensor | None:
         if self.input_mode == "constrained":

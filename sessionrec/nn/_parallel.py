@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._interface import keep_rows
 from ._layers import DropoutMasks, gru_forward, init_uniform_
 from ._losses import sampled_loss
 from ._optim import AdagradMomentum, PackedTable, unique_rows
@@ -330,6 +331,34 @@ class ParallelNetwork(nn.Module):
         if matrix is None:
             matrix = self.scoring_matrix()
         return torch.mm(self.top_vector(hidden), matrix)
+
+    # -- the recurrent network interface (see _interface.py) ----------------------------
+
+    def walk_context(self, n_fed: int) -> None:
+        return None
+
+    def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
+             context=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Feed one item per slot to every subnet, states zeroed where a session starts;
+        ``top`` is :meth:`top_vector`."""
+        keep = keep_rows(starts, self.s0_dense.device)
+        hidden = self.advance(items, [h * keep for h in state])
+        return hidden, self.top_vector(hidden)
+
+    @torch.no_grad()
+    def score_top(self, top: torch.Tensor, matrix: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """Merged scores of every item for each row of :meth:`top_vector`."""
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(top, matrix)
+
+    @torch.no_grad()
+    def score_items(self, top: torch.Tensor, items: torch.Tensor,
+                    matrix: torch.Tensor | None = None) -> torch.Tensor:
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(top, matrix.index_select(1, items))
 
     # -- training -------------------------------------------------------------------------
 

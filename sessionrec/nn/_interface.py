@@ -1,0 +1,82 @@
+"""The inference interface every recurrent network of sessionrec implements.
+
+GRU4Rec (:class:`~._network.GRU4RecNetwork`), HRNN (:class:`~._hierarchical.HRNNNetwork`)
+and p-RNN (:class:`~._parallel.ParallelNetwork`) answer the same calls, so a walk over
+sessions (evaluation, prediction, a live session fed click by click) is written once for
+all of them:
+
+``zero_state(width) -> list[Tensor]``
+    The state of ``width`` slots before any event: a list of tensors with one row per
+    slot (GRU4Rec: one per layer; p-RNN: one per subnet; HRNN: session state, user state,
+    and the session state before the latest event).
+``walk_context(n_fed) -> object``
+    What a walk that will feed ``n_fed`` events precomputes once from the weights (GRU4Rec:
+    the weight views and, when it pays off, the table of the first layer's gate inputs per
+    item; None for the others). Valid until the weights change.
+``step(items, state, starts, context) -> (state, top)``
+    Feed one item per slot. ``starts`` holds a code per slot, :data:`CONTINUE`,
+    :data:`NEW_SESSION` (a new session of the slot's user: HRNN carries the user over,
+    the session networks start from zero) or :data:`NEW_USER` (everything starts from
+    zero). Returns the new state (tensors may be updated in place) and ``top``, one row
+    per slot that :meth:`score_top` turns into scores. No dropout, no gradient.
+``scoring_matrix() -> Tensor``
+    The output layer as one matrix, computed once per walk.
+``score_top(top, matrix=None) -> Tensor``
+    Scores of every item for each row of ``top`` (rows x n_items).
+``score_items(top, items, matrix=None) -> Tensor``
+    Scores of the chosen ``items`` (rows x len(items)).
+
+Training is network-specific on purpose: each network's ``start_training`` packs its own
+item tables with the optimiser state and its ``train_step`` takes its own mini-batch
+(HRNN: the user-parallel rows whose session starts; p-RNN: which subnets a step updates).
+:func:`check_network` checks that an object implements the interface.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["CONTINUE", "NEW_SESSION", "NEW_USER", "INFERENCE_METHODS", "start_codes",
+           "keep_rows", "check_network"]
+
+CONTINUE, NEW_SESSION, NEW_USER = 0, 1, 2
+
+INFERENCE_METHODS = ("zero_state", "walk_context", "step", "scoring_matrix", "score_top",
+                     "score_items")
+
+
+def start_codes(session_start, user_start=None) -> torch.Tensor:
+    """The ``starts`` codes of a schedule's entries: :data:`NEW_SESSION` where a session
+    starts, :data:`NEW_USER` where a user's first session starts (int8, on the CPU)."""
+    codes = torch.as_tensor(session_start, dtype=torch.int8) * NEW_SESSION
+    if user_start is not None:
+        codes = torch.where(torch.as_tensor(user_start), torch.tensor(NEW_USER,
+                                                                        dtype=torch.int8),
+                            codes)
+    return codes
+
+
+def keep_rows(starts: torch.Tensor, device, *, codes: tuple = (CONTINUE,)) -> torch.Tensor:
+    """1.0 for the slots whose code is in ``codes``, else 0.0, as a column (B, 1)."""
+    keep = starts == codes[0]
+    for code in codes[1:]:
+        keep |= starts == code
+    return keep.to(device=device, dtype=torch.float32).unsqueeze(1)
+
+
+def check_network(network) -> None:
+    """Raise ``TypeError`` unless ``network`` has every method of the interface.
+
+    Examples
+    --------
+    >>> check_network(object())
+    Traceback (most recent call last):
+    ...
+    TypeError: object lacks zero_state, walk_context, step, scoring_matrix, score_top, \
+score_items of the recurrent network interface (sessionrec.nn._interface).
+    """
+    missing = [name for name in INFERENCE_METHODS if not callable(getattr(network, name,
+                                                                           None))]
+    if missing:
+        raise TypeError(f"{type(network).__name__} lacks {', '.join(missing)} of the "
+                        "recurrent network interface (sessionrec.nn._interface).")

@@ -1,0 +1,106 @@
+"""The recurrent network interface (sessionrec.nn._interface): GRU4Rec's, HRNN's and
+p-RNN's networks answer the same calls, and a walk written once against it, one click at
+a time, gives the scores the models' own predictions give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sessionrec import GRU4RecRecommender, HRNNRecommender, ParallelRNNRecommender
+from sessionrec.nn._interface import (
+    CONTINUE,
+    NEW_SESSION,
+    NEW_USER,
+    check_network,
+)
+
+from .estimator_checks import make, with_users
+
+MODELS = {
+    "GRU4Rec": (GRU4RecRecommender, {}),
+    "GRU4Rec, two layers, one-hot": (GRU4RecRecommender,
+                                     dict(layers=(12, 8), constrained_embedding=False)),
+    "p-RNN": (ParallelRNNRecommender, {}),
+    "HRNN": (HRNNRecommender, {}),
+    "HRNN, all": (HRNNRecommender, dict(user_propagation="all")),
+}
+
+
+def fitted(name, train):
+    cls, params = MODELS[name]
+    return make(cls, **params).fit(with_users(cls, train))
+
+
+def click_by_click(network, events: pd.DataFrame, model) -> dict:
+    """Scores of every item after each session's last event, feeding one slot one click
+    at a time through the interface (codes from the frame's users and sessions)."""
+    # One session after another (a user's in time order): one slot walks them all.
+    events = events.sort_values(["UserId", "Time"] if "UserId" in events
+                                else ["SessionId", "Time"], kind="stable")
+    codes = model.item_index_.encode(events["ItemId"].to_numpy())
+    state = network.zero_state(1)
+    context = network.walk_context(len(events))
+    matrix = network.scoring_matrix()
+    out, last_session, last_user = {}, None, None
+    users = events["UserId"] if "UserId" in events else pd.Series(0, index=events.index)
+    for item, session, user in zip(codes, events["SessionId"], users, strict=True):
+        if session == last_session:
+            start = CONTINUE
+        elif user == last_user:
+            start = NEW_SESSION
+        else:
+            start = NEW_USER
+        state, top = network.step(torch.tensor([int(item)]), state,
+                                  torch.tensor([start], dtype=torch.int8), context)
+        out[session] = network.score_top(top, matrix)[0]
+        last_session, last_user = session, user
+    return out
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_network_implements_the_interface(name, train_test):
+    model = fitted(name, train_test[0])
+    check_network(model.network_)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_walk_through_the_interface_gives_the_models_scores(name, train_test):
+    """One slot, one click at a time (as a live session is served), from the interface
+    alone: the scores after each session equal the model's predict_next scores. HRNN's
+    frame holds users unseen in training, each with several sessions in time order, so
+    the user state is carried from session to session by the interface's codes."""
+    train, test = train_test
+    model = fitted(name, train)
+    test = with_users(MODELS[name][0], test)
+    known = test["ItemId"].isin(model.item_index_.labels)
+    test = test[known].copy()
+    if "UserId" in test:
+        test["UserId"] = test["UserId"].astype(np.int64) + 10**6  # unknown users
+        # Sessions ordered by time within each user, users one after another.
+        test = test.sort_values(["UserId", "Time"], kind="stable")
+        test["Time"] = np.arange(len(test), dtype=np.float64)
+    n = model.n_items_
+    items, scores = model.predict_next(test, k=n, return_scores=True)
+    walked = click_by_click(model.network_, test, model)
+    assert set(walked) == set(items.index)
+    codes = {label: code for code, label in enumerate(model.item_index_.labels)}
+    for session, row in items.iterrows():
+        expected = np.empty(n, dtype=np.float32)
+        expected[[codes[label] for label in row]] = scores.loc[session].to_numpy()
+        np.testing.assert_allclose(walked[session].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_score_items_is_score_top_on_the_chosen_columns(name, train_test):
+    model = fitted(name, train_test[0])
+    network = model.network_
+    state = network.zero_state(3)
+    starts = torch.tensor([NEW_USER, NEW_USER, NEW_USER], dtype=torch.int8)
+    state, top = network.step(torch.tensor([0, 1, 2]), state, starts,
+                              network.walk_context(3))
+    chosen = torch.tensor([4, 0, 7, 4])
+    torch.testing.assert_close(network.score_items(top, chosen),
+                               network.score_top(top)[:, chosen])
