@@ -61,20 +61,20 @@ model = GRU4RecRecommender(loss="cross-entropy", constrained_embedding=True,
 out = {"module": sessionrec.__file__,
        "train_events_per_s": float(np.median([r["events_per_s"] for r in model.history_]))}
 targets = int((test.groupby("SessionId").size() - 1).clip(lower=0).sum())
-times = []
-for _ in range(3):
-    start = time.perf_counter()
-    result = evaluate(model, test, cutoffs=[20])
-    times.append(time.perf_counter() - start)
-out["eval_targets_per_s"] = targets / float(np.median(times))
+
+
+def timed(estimator):  # (result, targets per second): the median of 3 evaluations
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        result = evaluate(estimator, test, cutoffs=[20])
+        times.append(time.perf_counter() - start)
+    return result, targets / float(np.median(times))
+
+
+result, out["eval_targets_per_s"] = timed(model)
 out["recall@20"], out["mrr@20"] = result["recall@20"], result["mrr@20"]
-sknn = SKNNRecommender().fit(train)
-times = []
-for _ in range(3):
-    start = time.perf_counter()
-    sknn_result = evaluate(sknn, test, cutoffs=[20])
-    times.append(time.perf_counter() - start)
-out["sknn_targets_per_s"] = targets / float(np.median(times))
+sknn_result, out["sknn_targets_per_s"] = timed(SKNNRecommender().fit(train))
 out["sknn_mrr@20"] = sknn_result["mrr@20"]
 print(json.dumps(out))
 """

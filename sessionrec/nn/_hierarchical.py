@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._interface import NEW_SESSION, NEW_USER
+from ._interface import NEW_SESSION, NEW_USER, OutputTableScores
 from ._layers import DropoutMasks, gru_forward, init_uniform_
 from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, PackedTable, unique_rows
@@ -45,7 +45,7 @@ class HRNNTraining:
             table.release()
 
 
-class HRNNNetwork(nn.Module):
+class HRNNNetwork(OutputTableScores, nn.Module):
     """Parameters of HRNN and the maths of its steps.
 
     Item tables, updated by sparse row steps as in :class:`GRU4RecNetwork`: ``out``
@@ -188,30 +188,6 @@ class HRNNNetwork(nn.Module):
         before = hidden.clone()
         hidden = self.advance(items, hidden, user, w)
         return [hidden, user, before], hidden
-
-    def score_top(self, top: torch.Tensor, matrix: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-        return self.score_all(top, matrix)
-
-    @torch.no_grad()
-    def score_items(self, top: torch.Tensor, items: torch.Tensor,
-                    matrix: torch.Tensor | None = None) -> torch.Tensor:
-        if matrix is None:
-            matrix = self.scoring_matrix()
-        return torch.mm(torch.cat([top, top.new_ones(len(top), 1)], dim=1),
-                        matrix.index_select(1, items))
-
-    @torch.no_grad()
-    def scoring_matrix(self) -> torch.Tensor:
-        """``[W_y | b_y]`` transposed and contiguous, for :meth:`score_all`."""
-        return self.out.t().contiguous()
-
-    @torch.no_grad()
-    def score_all(self, h: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of every item for each row of ``h``."""
-        if matrix is None:
-            matrix = self.scoring_matrix()
-        return torch.mm(torch.cat([h, h.new_ones(len(h), 1)], dim=1), matrix)
 
     # -- training -------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["CONTINUE", "NEW_SESSION", "NEW_USER", "INFERENCE_METHODS", "start_codes",
-           "keep_rows", "check_network"]
+           "keep_rows", "check_network", "with_bias_input", "OutputTableScores"]
 
 CONTINUE, NEW_SESSION, NEW_USER = 0, 1, 2
 
@@ -62,6 +62,46 @@ def keep_rows(starts: torch.Tensor, device, *, codes: tuple = (CONTINUE,)) -> to
     for code in codes[1:]:
         keep |= starts == code
     return keep.to(device=device, dtype=torch.float32).unsqueeze(1)
+
+
+def with_bias_input(h: torch.Tensor) -> torch.Tensor:
+    """``[h | 1]``: rows of hidden states with an input of 1 for the output bias."""
+    return torch.nn.functional.pad(h, (0, 1), value=1.0)
+
+
+class OutputTableScores:
+    """The scoring calls of a network whose output layer is one table ``out`` of rows
+    ``[W_y | b_y]`` (n_items x (H + 1)) applied to the top state (GRU4Rec, HRNN)."""
+
+    @torch.no_grad()
+    def scoring_matrix(self) -> torch.Tensor:
+        """``[W_y | b_y]`` transposed and contiguous ((H + 1) x n_items), for
+        :meth:`score_all`; computing it once per prediction call saves a copy per block."""
+        return self.out.t().contiguous()
+
+    @torch.no_grad()
+    def score_all(self, h: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every item for each row of ``h`` (rows x n_items).
+
+        The bias rides along as an extra input of 1, so the product needs no separate
+        pass to broadcast it.
+        """
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(with_bias_input(h), matrix)
+
+    def score_top(self, top: torch.Tensor, matrix: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """:meth:`score_all` of the top states."""
+        return self.score_all(top, matrix)
+
+    @torch.no_grad()
+    def score_items(self, top: torch.Tensor, items: torch.Tensor,
+                    matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the chosen ``items`` for each row of ``top``."""
+        if matrix is None:
+            matrix = self.scoring_matrix()
+        return torch.mm(with_bias_input(top), matrix.index_select(1, items))
 
 
 def check_network(network) -> None:

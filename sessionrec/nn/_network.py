@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._native import kernels as _kernels
-from ._interface import keep_rows
+from ._interface import OutputTableScores, keep_rows, with_bias_input
 from ._layers import DropoutMasks, gru_forward, gru_layer_backward, gru_layer_forward, init_uniform_
 from ._losses import StepConfig, cross_entropy_distinct, loss_and_grad
 from ._optim import AdagradMomentum, PackedTable, unique_rows
@@ -17,11 +17,6 @@ __all__ = ["GRU4RecNetwork", "TrainingState", "GATE_TABLE_VALUES"]
 
 # Largest per-item gate table (values) an evaluation walk builds: 64 MiB in float32.
 GATE_TABLE_VALUES = 2**24
-
-
-def _with_bias_input(h: torch.Tensor) -> torch.Tensor:
-    """``[h | 1]``: rows of hidden states with an input of 1 for the output bias."""
-    return torch.nn.functional.pad(h, (0, 1), value=1.0)
 
 
 def _output_layer(top_state, table, distinct, columns, column_of, n, score_shift, config,
@@ -43,7 +38,7 @@ def _output_layer(top_state, table, distinct, columns, column_of, n, score_shift
         rows = table.index_select(0, distinct)
     # The bias rides along as an input of 1: one product gives the scores, and one the
     # output rows' weight and bias gradients (faster than addmm's bias broadcast).
-    top = _with_bias_input(top_state)
+    top = with_bias_input(top_state)
     scores = torch.mm(top, rows.t())
     if len(columns) < 2:  # one slot and no sample: no negative, no ranking signal
         loss, d_distinct = scores.new_zeros(()), torch.zeros_like(scores)
@@ -83,7 +78,7 @@ class _LayerViews:
     bh: torch.Tensor | None   # (3H,): GRUCell's recurrent bias (reset-after layers)
 
 
-class GRU4RecNetwork(nn.Module):
+class GRU4RecNetwork(OutputTableScores, nn.Module):
     """Parameters of GRU4Rec and the maths of one step, forward and backward.
 
     Item tables (updated by sparse row steps):
@@ -244,23 +239,6 @@ class GRU4RecNetwork(nn.Module):
         items = self.out[:, :-1] if self.input_mode == "constrained" else self.embed
         return torch.addmm(first.b, items, first.wx)
 
-    @torch.no_grad()
-    def scoring_matrix(self) -> torch.Tensor:
-        """``[W_y | b_y]`` transposed and contiguous ((H + 1) x n_items), for
-        :meth:`score_all`; computing it once per prediction call saves a copy per block."""
-        return self.out.t().contiguous()
-
-    @torch.no_grad()
-    def score_all(self, h: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of every item for each row of ``h`` (rows x n_items).
-
-        The bias rides along as an extra input of 1, so the product needs no separate
-        pass to broadcast it.
-        """
-        if matrix is None:
-            matrix = self.scoring_matrix()
-        return torch.mm(_with_bias_input(h), matrix)
-
     # -- the recurrent network interface (see _interface.py) ----------------------------
 
     @torch.no_grad()
@@ -282,19 +260,6 @@ class GRU4RecNetwork(nn.Module):
         for h in state:
             h.mul_(keep)
         return state, self.advance(items, state, views, gates)
-
-    def score_top(self, top: torch.Tensor, matrix: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-        """:meth:`score_all` of the top layer's states."""
-        return self.score_all(top, matrix)
-
-    @torch.no_grad()
-    def score_items(self, top: torch.Tensor, items: torch.Tensor,
-                    matrix: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of the chosen ``items`` for each row of ``top``."""
-        if matrix is None:
-            matrix = self.scoring_matrix()
-        return torch.mm(_with_bias_input(top), matrix.index_select(1, items))
 
     def _input(self, items: torch.Tensor) -> torch.Tensor | None:
         if self.input_mode == "constrained":
