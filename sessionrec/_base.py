@@ -40,6 +40,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ._events import ItemIndex, SessionEvents, ragged_arange, to_session_events
+from ._native import kernels as _kernels
 from ._progress import report
 from ._threads import torch_threads_limited
 from ._validation import (
@@ -384,11 +385,13 @@ class SessionRecommender(BaseEstimator):
         without the score matrix instead (same definitions)."""
         items_t = torch.as_tensor(events.items, device=self.device_)
         step = rows_per_block(self.n_items_, self.device_)
+        fused = _kernels.fused_for(self.device_)  # the evaluation's choice of backend
         for positions, scores in self._iter_scores(events, ~events.is_last):
             targets = items_t[torch.as_tensor(positions + 1, device=self.device_)]
             # Rank in blocks that stay in cache, whatever block size the model scores in.
             yield positions, torch.cat([
-                ranks_from_scores(scores[a:a + step], targets[a:a + step], ties)
+                ranks_from_scores(scores[a:a + step], targets[a:a + step], ties,
+                                  fused=fused)
                 for a in range(0, len(positions), step)])
 
     def rank_next_items(self, X, ties: str = "conservative") -> pd.Series:

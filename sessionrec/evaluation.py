@@ -45,7 +45,8 @@ def check_ties(ties) -> str:
     return ties
 
 
-def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tensor:
+def ranks_from_scores(scores, targets, ties: str = "conservative", *,
+                      fused: bool | None = None) -> torch.Tensor:
     """Rank of each row's target item among all columns.
 
     Parameters
@@ -55,6 +56,11 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     targets : Tensor or array of int of shape (n_rows,)
         Column of the true item in each row.
     ties : {"conservative", "optimistic", "median"}, default="conservative"
+    fused : bool or None, default=None
+        Whether float32 scores on the CPU are counted by the C kernel: an evaluation's
+        choice of backend, made once (``SessionRecommender._iter_ranks``); None decides
+        here (:func:`sessionrec._native.kernels.fused_for`). Other scores always take
+        PyTorch's comparisons.
 
     Returns
     -------
@@ -79,7 +85,9 @@ def ranks_from_scores(scores, targets, ties: str = "conservative") -> torch.Tens
     targets = torch.as_tensor(targets, device=scores.device).to(torch.long).reshape(-1, 1)
     n_items = scores.shape[1]
     strict = ties != "conservative"
-    if _kernels.enabled_for(scores) and len(targets) == len(scores):
+    fused = _kernels.fused_for(scores.device) if fused is None else fused
+    if (fused and scores.dtype == torch.float32 and scores.device.type == "cpu"
+            and len(targets) == len(scores)):
         # One pass over the scores in C (sessionrec/_native/csrc/), the same counts; it
         # checks the targets' range before anything reads them.
         at_least, above = _kernels.rank_counts(scores, targets, strict)

@@ -699,7 +699,7 @@ def test_fused_walk_computes_the_python_walks_states(params, train_test, monkeyp
     events = model._session_events(test)
     assert (np.diff(events.offsets) == 0).sum() == 1
     network = model.network_
-    _, gates = network.walk_context(len(events.items))
+    _, gates, _ = network.walk_context(len(events.items))
     assert gates is not None
     fed = np.flatnonzero(~events.is_last)
     python = torch.empty(len(events.items), network.layers[-1])

@@ -104,3 +104,34 @@ def test_score_items_is_score_top_on_the_chosen_columns(name, train_test):
     chosen = torch.tensor([4, 0, 7, 4])
     torch.testing.assert_close(network.score_items(top, chosen),
                                network.score_top(top)[:, chosen])
+
+
+@pytest.mark.parametrize("name", ["GRU4Rec", "GRU4Rec, two layers, one-hot", "p-RNN",
+                                  "HRNN"])
+def test_the_backend_is_chosen_once_per_fit_and_per_walk(name, train_test, monkeypatch):
+    """The fused-or-PyTorch decision is made once per training run and once per
+    evaluation walk, never per step: the rule is consulted as often for a fit of three
+    epochs as for one of one epoch, and as often for ranking a frame four times its
+    size."""
+    from sessionrec._native import kernels
+
+    calls = []
+    rule = kernels.available
+    monkeypatch.setattr(kernels, "available", lambda: calls.append(1) or rule())
+    train, test = train_test
+    cls, params = MODELS[name]
+    counts = []
+    for n_epochs in (1, 3):
+        calls.clear()
+        model = make(cls, **{**params, "n_epochs": n_epochs}).fit(with_users(cls, train))
+        counts.append(len(calls))
+    assert counts[0] == counts[1] and counts[0] <= 4
+    frame = with_users(cls, test)
+    bigger = pd.concat([frame.assign(SessionId=frame["SessionId"] + k * 10**6)
+                        for k in range(4)], ignore_index=True)
+    ranked = []
+    for data in (frame, bigger):
+        calls.clear()
+        model.rank_next_items(data)
+        ranked.append(len(calls))
+    assert ranked[0] == ranked[1] and ranked[0] <= 4

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "disabled", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
+__all__ = ["available", "disabled", "fused_for", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
            "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
            "gru_step_backward", "rank_counts", "product_ranks",
            "bpr_max", "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
@@ -191,13 +191,26 @@ def available() -> bool:
     return _enabled
 
 
-def enabled_for(tensor: torch.Tensor) -> bool:
-    """Whether the kernels apply to ``tensor`` (float32 on the CPU, kernels enabled).
+def fused_for(device, dtype: torch.dtype = torch.float32) -> bool:
+    """The one rule that picks the backend: whether the fused kernels run for tensors of
+    ``dtype`` on ``device`` (float32 on the CPU, with the kernels in use).
 
-    Decided once per training run (by the objects that hold the run's state), so that
-    :func:`disabled` affects runs started inside it.
+    A model applies it once per fit (the optimiser it makes carries the decision to
+    every table and step of the run) and once per evaluation walk (the network's
+    ``walk_context``), so that :func:`disabled` affects the fits and walks started
+    inside it.
+
+    Examples
+    --------
+    >>> fused_for("cpu", torch.float64)
+    False
     """
-    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and available()
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and available()
+
+
+def enabled_for(tensor: torch.Tensor) -> bool:
+    """:func:`fused_for` of ``tensor``'s device and dtype."""
+    return fused_for(tensor.device, tensor.dtype)
 
 
 @contextlib.contextmanager

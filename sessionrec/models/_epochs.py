@@ -15,10 +15,12 @@ from numbers import Integral, Real
 import torch
 from sklearn.utils._param_validation import HasMethods, Interval
 
+from .._native import kernels as _kernels
 from .._training import EarlyStopping, Trainer, hold_out_last_sessions
+from ..evaluation import ranks_from_scores
 from ..metrics import mrr_at_k
 
-__all__ = ["EpochTrainingMixin", "document_epochs"]
+__all__ = ["EpochTrainingMixin", "document_epochs", "mrr_of_score_blocks"]
 
 # The docstring entries of the shared parameters and attributes, written once and put in
 # each model's docstring by document_epochs (numpydoc reads the result).
@@ -63,6 +65,18 @@ history_ : list of dict
         refit, which also trains on the held-out sessions).
     best_epoch_ : int
         With ``early_stopping``: the number of epochs chosen."""
+
+
+def mrr_of_score_blocks(blocks, events, device) -> float:
+    """MRR@20 (conservative ties, all items ranked) of the items that follow the
+    positions of ``(positions, scores)`` blocks of ``events``: early stopping's score of
+    a walk (one choice of backend for the whole walk)."""
+    items = torch.as_tensor(events.items, device=device)
+    fused = _kernels.fused_for(device)
+    ranks = [ranks_from_scores(scores, items[torch.as_tensor(positions + 1, device=device)],
+                               fused=fused)
+             for positions, scores in blocks]
+    return mrr_at_k(torch.cat(ranks).cpu().numpy(), 20)
 
 
 def document_epochs(cls: type) -> type:

@@ -307,11 +307,11 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     # -- prediction -----------------------------------------------------------------------
 
     def _iter_scores(self, events: SessionEvents, score_after: np.ndarray,
-                     score_top: bool = True):
+                     score_top: bool = True, context=None):
         """Session-parallel scores; with ``score_top=False`` the top layer's states
-        instead (for :meth:`_iter_ranks`)."""
+        instead (for :meth:`_iter_ranks`, which passes the walk's ``context``)."""
         yield from self._session_parallel_scores(events, score_after, self.network_,
-                                                 score_top=score_top)
+                                                 context, score_top=score_top)
 
     def _iter_ranks(self, events: SessionEvents, ties: str):
         """On the CPU with the fused kernels, count ranks straight from the product of the
@@ -322,15 +322,16 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         (:class:`~sessionrec.nn._fused_walk.FusedGRUWalk`: the Python walk's states, bit
         for bit), and each state's scores are counted for every target that follows it."""
         network = self.network_
-        if not _kernels.enabled_for(network.out):
+        if not _kernels.fused_for(self.device_):  # the evaluation's choice of backend
             yield from super()._iter_ranks(events, ties)
             return
+        context = network.walk_context(len(events.items))
+        _, gates, _ = context
         matrix = network.scoring_matrix()
-        _, gates = network.walk_context(len(events.items))
         if gates is None:
             yield from ranks_from_top_states(
-                self._iter_scores(events, ~events.is_last, score_top=False), events,
-                matrix, ties)
+                self._iter_scores(events, ~events.is_last, score_top=False,
+                                  context=context), events, matrix, ties)
             return
         walk = FusedGRUWalk(network, gates)
         items = torch.as_tensor(events.items, dtype=torch.int64)

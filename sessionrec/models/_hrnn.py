@@ -13,10 +13,8 @@ from .._events import SessionEvents, user_codes
 from .._native import kernels as _kernels
 from .._training import parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
-from ..evaluation import ranks_from_scores
-from ..metrics import mrr_at_k
 from ..nn._hierarchical import HRNNNetwork
-from ._epochs import document_epochs
+from ._epochs import document_epochs, mrr_of_score_blocks
 from ._recurrent import EVAL_BATCH, SampledTrainingMixin, ranks_from_top_states
 
 __all__ = ["HRNNRecommender"]
@@ -242,13 +240,9 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         only the targets of held-out sessions."""
         held_out = np.zeros(events.n_events, dtype=bool)
         held_out[train.n_events:] = True
-        items = torch.as_tensor(events.items, device=self.device_)
-        ranks = [ranks_from_scores(scores, items[torch.as_tensor(positions + 1,
-                                                                 device=self.device_)])
-                 for positions, scores in self._forward(
-                     events, held_out & ~events.is_last, include_last=False,
-                     from_training=False)]
-        return mrr_at_k(torch.cat(ranks).cpu().numpy(), 20)
+        return mrr_of_score_blocks(
+            self._forward(events, held_out & ~events.is_last, include_last=False,
+                          from_training=False), events, self.device_)
 
     def _train_epochs(self, events: SessionEvents, trainer, n_epochs: int, *, seed=None,
                       name: str | None = None, extra: dict | None = None) -> int:
@@ -329,7 +323,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         inputs = items[torch.as_tensor(positions, device=device)]
         scored = score_after[positions]
         bounds = schedule.step_offsets.tolist()
-        w = network.views(network.dense)
+        w, fused = network.walk_context(len(events.items))  # once for the walk
         matrix = network.scoring_matrix()
         hidden, user, _ = network.zero_state(int(schedule.widths()[0]))
         before = hidden.clone()  # each slot's state before its last input
@@ -359,17 +353,18 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                             hidden[rows_known] = network.session_init(w, c)
                 if session_first.any():
                     slots = torch.as_tensor(np.flatnonzero(session_first), device=device)
-                    c = network.user_update(w, last[slots], user[slots])
+                    c = network.user_update(w, last[slots], user[slots], fused)
                     user[slots] = c
                     hidden[slots] = network.session_init(w, c)
                 before = hidden.clone() if include_last else before
-                hidden = network.advance(inputs[start:stop], hidden, user, w)
+                hidden = network.advance(inputs[start:stop], hidden, user, w, fused)
                 ending = is_user_last[start:stop]
                 if final is not None and ending.any():
                     slots = torch.as_tensor(np.flatnonzero(ending), device=device)
                     state_in = (before if include_last else hidden)[slots]
                     final_users.append(entry_user[start:stop][ending])
-                    final_states.append(network.user_update(w, state_in, user[slots]))
+                    final_states.append(network.user_update(w, state_in, user[slots],
+                                                            fused))
             selected = scored[start:stop]
             if selected.any():
                 top = hidden
@@ -391,7 +386,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         """On the CPU with the fused kernels, ranks counted straight from the product of
         the session states and the output matrix, as GRU4Rec's (no score matrix)."""
         network = self.network_
-        if not _kernels.enabled_for(network.out):
+        if not _kernels.fused_for(self.device_):  # the evaluation's choice of backend
             yield from super()._iter_ranks(events, ties)
             return
         yield from ranks_from_top_states(

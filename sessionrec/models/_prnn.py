@@ -18,11 +18,9 @@ from .._events import SessionEvents
 from .._training import Trainer, hold_out_last_sessions, parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, Satisfies
 from ..callbacks import Callback
-from ..evaluation import ranks_from_scores
-from ..metrics import mrr_at_k
 from ..nn._parallel import ParallelNetwork, SubnetSpec
 from ..preprocessing._features import ItemFeatures
-from ._epochs import document_epochs
+from ._epochs import document_epochs, mrr_of_score_blocks
 from ._recurrent import SampledTrainingMixin
 
 __all__ = ["ParallelRNNRecommender"]
@@ -569,11 +567,8 @@ or None
 
     def _validation_mrr(self, network: ParallelNetwork, events: SessionEvents) -> float:
         """MRR@20 (conservative ties, all items ranked) of ``network`` on held-out events."""
-        items = torch.as_tensor(events.items, device=self.device_)
-        ranks = [ranks_from_scores(scores, items[torch.as_tensor(positions + 1,
-                                                                 device=self.device_)])
-                 for positions, scores in self._walk(network, events, ~events.is_last)]
-        return mrr_at_k(torch.cat(ranks).cpu().numpy(), 20)
+        return mrr_of_score_blocks(self._walk(network, events, ~events.is_last), events,
+                                   self.device_)
 
     # -- prediction -----------------------------------------------------------------------
 

@@ -195,7 +195,9 @@ class SampledTrainingMixin(EpochTrainingMixin):
                           bpreg=float(self.bpreg), elu_param=float(self.elu_param))
 
     def _optimizer(self) -> AdagradMomentum:
-        return AdagradMomentum(float(self.learning_rate), float(self.momentum))
+        # The fit's one choice of backend: every table and step of the run reads it here.
+        return AdagradMomentum(float(self.learning_rate), float(self.momentum),
+                               fused=_kernels.fused_for(self.device_))
 
     def _negatives(self, generator: torch.Generator):
         """The negative sampler (None for in-batch only) and the logQ shift function.

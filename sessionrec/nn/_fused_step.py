@@ -122,8 +122,9 @@ class FusedGRU4RecStep:
     @staticmethod
     def applies(network: GRU4RecNetwork, state: TrainingState, config: StepConfig) -> bool:
         """Whether the fused step computes this run's steps (see the module's docstring)."""
-        return (state.tables["out"].fused and _kernels.available()
-                and config.loss == "cross-entropy" and config.activation == "linear")
+        # The run's choice of backend, made once (the optimiser's; its tables carry it).
+        return (state.tables["out"].fused and config.loss == "cross-entropy"
+                and config.activation == "linear")
 
     def accepts(self, width: int) -> bool:
         """Whether a mini-batch of ``width`` rows can run here: one row with no sample

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._native import kernels as _kernels
 from ._interface import NEW_SESSION, NEW_USER, OutputTableScores
 from ._layers import DropoutMasks, gru_forward, init_uniform_
 from ._losses import StepConfig, sampled_loss
@@ -126,10 +127,14 @@ class HRNNNetwork(OutputTableScores, nn.Module):
     # -- the maths shared by training and inference ---------------------------------------
 
     @staticmethod
-    def user_update(w: dict, last_session: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
-        """``GRU_usr(last session state, user state)`` (the paper's equation 3)."""
+    def user_update(w: dict, last_session: torch.Tensor, user: torch.Tensor,
+                    fused: bool | None = None) -> torch.Tensor:
+        """``GRU_usr(last session state, user state)`` (the paper's equation 3).
+        ``fused``: the backend of the GRU step (False where autograd records it, as in
+        training; None applies the rule per call)."""
         gi = torch.addmm(w["u_b"], last_session, w["u_wx"])
-        return gru_forward(gi, user, w["u_wrz"], w["u_wh"], need_cache=False)[0]
+        return gru_forward(gi, user, w["u_wrz"], w["u_wh"], need_cache=False,
+                           fused=fused)[0]
 
     @staticmethod
     def session_init(w: dict, user: torch.Tensor) -> torch.Tensor:
@@ -137,20 +142,21 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         return torch.addmm(w["b_init"], user, w["w_init"]).tanh()
 
     def session_step(self, w: dict, x: torch.Tensor | None, onehot_rows: torch.Tensor | None,
-                     hidden: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+                     hidden: torch.Tensor, user: torch.Tensor, fused: bool | None = None
+                     ) -> torch.Tensor:
         """One session-GRU step (the paper's equation 5 with ``user_propagation="all"``)."""
         gi = onehot_rows + w["b"] if x is None else torch.addmm(w["b"], x, w["wx"])
         if self.user_propagation == "all":
             # The reference feeds the user state to the reset and update gates only.
             size = self.session_size
             gi = torch.cat([gi[:, :size], gi[:, size:] + user @ w["w_user"]], dim=1)
-        return gru_forward(gi, hidden, w["wrz"], w["wh"], need_cache=False)[0]
+        return gru_forward(gi, hidden, w["wrz"], w["wh"], need_cache=False, fused=fused)[0]
 
     # -- inference ------------------------------------------------------------------------
 
     @torch.no_grad()
     def advance(self, items: torch.Tensor, hidden: torch.Tensor, user: torch.Tensor,
-                w: dict) -> torch.Tensor:
+                w: dict, fused: bool | None = None) -> torch.Tensor:
         """Feed one item per slot (no dropout); return the new session state."""
         x = onehot_rows = None
         if self.input_mode == "constrained":
@@ -159,12 +165,13 @@ class HRNNNetwork(OutputTableScores, nn.Module):
             x = self.embed.index_select(0, items)
         else:
             onehot_rows = self.onehot.index_select(0, items)
-        return self.session_step(w, x, onehot_rows, hidden, user)
+        return self.session_step(w, x, onehot_rows, hidden, user, fused)
 
     # -- the recurrent network interface (see _interface.py) ----------------------------
 
-    def walk_context(self, n_fed: int) -> dict:
-        return self.views(self.dense)
+    def walk_context(self, n_fed: int) -> tuple[dict, bool]:
+        """The weight views and the walk's choice of backend."""
+        return self.views(self.dense), _kernels.fused_for(self.out.device)
 
     @torch.no_grad()
     def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
@@ -174,7 +181,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         state before the previous session's last event (the state after its other
         events, as in training, where a session's last event is only a target) and the
         session state initialised from it (the paper's equations 3 and 4)."""
-        w = context if context is not None else self.views(self.dense)
+        w, fused = context if context is not None else (self.views(self.dense), None)
         hidden, user, _ = state
         new_user = torch.nonzero(starts == NEW_USER).squeeze(1).to(hidden.device)
         if len(new_user):
@@ -182,11 +189,11 @@ class HRNNNetwork(OutputTableScores, nn.Module):
             user[new_user] = 0.0
         new_session = torch.nonzero(starts == NEW_SESSION).squeeze(1).to(hidden.device)
         if len(new_session):
-            c = self.user_update(w, state[2][new_session], user[new_session])
+            c = self.user_update(w, state[2][new_session], user[new_session], fused)
             user[new_session] = c
             hidden[new_session] = self.session_init(w, c)
         before = hidden.clone()
-        hidden = self.advance(items, hidden, user, w)
+        hidden = self.advance(items, hidden, user, w, fused)
         return [hidden, user, before], hidden
 
     # -- training -------------------------------------------------------------------------
@@ -246,14 +253,14 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         constrained = self.input_mode == "constrained"
         out_table = training.tables["out"]
         touched = torch.cat([items, columns]) if constrained else columns
-        distinct, inverse = unique_rows(touched, self.n_items)
+        distinct, inverse = unique_rows(touched, self.n_items, out_table.fused)
         packed = out_table.gather(distinct)
         column_of = inverse[n:] if constrained else inverse
         out_rows = packed[0].detach().requires_grad_(True)
         in_table = in_rows = in_inverse = in_packed = in_leaf = None
         if not constrained:
             in_table = training.tables["embed" if self.input_mode == "embedding" else "onehot"]
-            in_rows, in_inverse = unique_rows(items, self.n_items)
+            in_rows, in_inverse = unique_rows(items, self.n_items, out_table.fused)
             in_packed = in_table.gather(in_rows)
             in_leaf = in_packed[0].detach().requires_grad_(True)
         # One leaf per weight (views of the flat buffer): a leaf that is the whole buffer
@@ -266,8 +273,10 @@ class HRNNNetwork(OutputTableScores, nn.Module):
             if len(start_rows):
                 # Where a session starts: user update from the last session state, then
                 # the new session state from the user state (each with its dropout).
+                # fused=False: autograd differentiates these steps, and the kernels
+                # have no autograd formula.
                 new_user = self.user_update(w, hidden.index_select(0, start_rows),
-                                            user.index_select(0, start_rows))
+                                            user.index_select(0, start_rows), fused=False)
                 if training.user_masks is not None:
                     new_user = new_user * training.user_masks.next(len(start_rows))
                 init = self.session_init(w, new_user)
@@ -282,7 +291,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
                 x = in_leaf.index_select(0, in_inverse)
             else:
                 onehot_rows = in_leaf.index_select(0, in_inverse)
-            h = self.session_step(w, x, onehot_rows, hidden, user)
+            h = self.session_step(w, x, onehot_rows, hidden, user, fused=False)
             if training.session_masks is not None:
                 h = h * training.session_masks.next(n)
             scores = torch.addmm(out_rows[:, size], h, out_rows[:, :size].t())

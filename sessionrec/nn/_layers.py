@@ -65,11 +65,12 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
     bias (a second parameter of the same sum, as in ``GRUCell``).
 
     ``mask`` (B, H), optional, multiplies the new state (dropout). ``fused`` picks the
-    fused CPU kernel, one call for the whole step, products included (None: wherever it
-    applies, see :mod:`._kernels`, and autograd is not recording: the kernels have no
-    autograd formula, so HRNN and p-RNN, which differentiate through this step, keep
-    PyTorch's operations while training); both ways compute the same values up to
-    rounding.
+    fused CPU kernel, one call for the whole step, products included. The models decide
+    it once per training run (the optimiser's ``fused``) or walk (the network's
+    ``walk_context``), and pass False where autograd differentiates the step (HRNN's and
+    p-RNN's training: the kernels have no autograd formula). None, for a direct call,
+    applies the same rule here (:func:`~sessionrec._native.kernels.fused_for`, and not
+    while autograd records). Both ways compute the same values up to rounding.
     """
     if fused is None:
         fused = _use_kernels(h, gi, w_rz, w_h, b_h)

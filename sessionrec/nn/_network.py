@@ -201,13 +201,14 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
 
     @torch.no_grad()
     def advance(self, items: torch.Tensor, hidden: list[torch.Tensor],
-                views: list[_LayerViews], gate_table: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                views: list[_LayerViews], gate_table: torch.Tensor | None = None,
+                fused: bool | None = None) -> torch.Tensor:
         """Feed one item per slot (no dropout); update ``hidden`` in place, return the top
         layer's state.
 
         ``gate_table`` (from :meth:`item_gate_table`) replaces the first layer's input
-        product by a gather of its rows.
+        product by a gather of its rows. ``fused``: the walk's choice of backend
+        (:meth:`walk_context`; None applies the rule per call).
         """
         x = self._input(items) if gate_table is None else None
         for i, view in enumerate(views):
@@ -216,11 +217,11 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
                 gi = (gate_table.index_select(0, items) if gate_table is not None
                       else self.onehot.index_select(0, items).add_(view.b))
                 x, _ = gru_forward(gi, hidden[i], view.wrz, view.wh, need_cache=False,
-                                   reset_after=reset_after, b_h=view.bh)
+                                   reset_after=reset_after, b_h=view.bh, fused=fused)
             else:
                 x, _ = gru_layer_forward(x, view.wx, view.b, hidden[i], view.wrz, view.wh,
                                          need_cache=False, reset_after=reset_after,
-                                         b_h=view.bh)
+                                         b_h=view.bh, fused=fused)
             hidden[i] = x
         return x
 
@@ -242,24 +243,28 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
     # -- the recurrent network interface (see _interface.py) ----------------------------
 
     @torch.no_grad()
-    def walk_context(self, n_fed: int) -> tuple[list[_LayerViews], torch.Tensor | None]:
-        """The weight views and, for a walk that feeds at least as many events as there
-        are items, the first layer's gate inputs per item (:meth:`item_gate_table`; it
-        costs one product over the catalogue, and is capped at GATE_TABLE_VALUES)."""
+    def walk_context(self, n_fed: int
+                     ) -> tuple[list[_LayerViews], torch.Tensor | None, bool]:
+        """The weight views, for a walk that feeds at least as many events as there are
+        items the first layer's gate inputs per item (:meth:`item_gate_table`; it costs
+        one product over the catalogue, and is capped at GATE_TABLE_VALUES), and the
+        walk's choice of backend."""
         views = self.views(self.dense)
+        fused = _kernels.fused_for(self.out.device)
         if n_fed < self.n_items or self.n_items * 3 * self.layers[0] > GATE_TABLE_VALUES:
-            return views, None
-        return views, self.item_gate_table(views)
+            return views, None, fused
+        return views, self.item_gate_table(views), fused
 
     def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
              context=None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Feed one item per slot, every layer's state zeroed where a session starts;
         the state is updated in place and the top layer's is returned as ``top``."""
-        views, gates = context if context is not None else (self.views(self.dense), None)
+        views, gates, fused = (context if context is not None
+                               else (self.views(self.dense), None, None))
         keep = keep_rows(starts, self.out.device)
         for h in state:
             h.mul_(keep)
-        return state, self.advance(items, state, views, gates)
+        return state, self.advance(items, state, views, gates, fused)
 
     def _input(self, items: torch.Tensor) -> torch.Tensor | None:
         if self.input_mode == "constrained":
@@ -339,7 +344,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
         out_table = state.tables["out"]
         fused = out_table.fused  # the fused CPU kernels (decided once per training run)
         touched = torch.cat([items, columns]) if constrained else columns
-        distinct, inverse = unique_rows(touched, self.n_items)
+        distinct, inverse = unique_rows(touched, self.n_items, fused)
         # PyTorch's path steps a gathered copy of the rows (every plane); the fused kernels
         # read and update them in place.
         packed = None if fused else out_table.gather(distinct)
@@ -349,7 +354,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
             x = self.out.index_select(0, items)[:, :width]
         else:
             in_table = state.tables["embed" if self.input_mode == "embedding" else "onehot"]
-            in_rows, in_inverse = unique_rows(items, self.n_items)
+            in_rows, in_inverse = unique_rows(items, self.n_items, fused)
             in_packed = in_table.gather(in_rows)
             x = (in_packed[0].index_select(0, in_inverse)
                  if self.input_mode == "embedding" else None)

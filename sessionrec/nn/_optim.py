@@ -27,7 +27,8 @@ __all__ = ["AdagradMomentum", "PackedTable", "unique_rows", "unique_rows_padded"
 _MARK_RATIO = 8
 
 
-def unique_rows(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def unique_rows(rows: torch.Tensor, n_rows: int, fused: bool | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct values of ``rows`` and, for each element, the position of its value.
 
     On the CPU the result is exactly ``torch.unique(rows, return_inverse=True)`` (sorted
@@ -39,7 +40,9 @@ def unique_rows(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Te
         return unique_rows_padded(rows, n_rows)
     if n_rows > _MARK_RATIO * len(rows):
         return torch.unique(rows, return_inverse=True)
-    if _kernels.available() and rows.dtype == torch.int64:
+    if fused is None:  # a direct call; training steps pass their run's decision
+        fused = _kernels.available()
+    if fused and rows.dtype == torch.int64:
         return _kernels.unique_rows_marked(rows, n_rows)
     # A step's rows cover much of a small catalogue (thousands of negative samples):
     # marking them in a table of all rows and counting the marks finds the same distinct
@@ -74,12 +77,18 @@ class AdagradMomentum:
         Heavy-ball momentum on top of the Adagrad step (0 = none).
     eps : float, default=1e-6
         Added to the accumulator before the square root.
+    fused : bool or None, default=None
+        Whether the run's tables and steps use the fused CPU kernels: the fit's one
+        decision (``_kernels.fused_for(device)``), which :class:`PackedTable` and the
+        training steps read from here. None applies that rule to each parameter.
     """
 
-    def __init__(self, lr: float, momentum: float, eps: float = 1e-6):
+    def __init__(self, lr: float, momentum: float, eps: float = 1e-6, *,
+                 fused: bool | None = None):
         self.lr = float(lr)
         self.momentum = float(momentum)
         self.eps = float(eps)
+        self.fused = fused
         self._dense_state: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @torch.no_grad()
@@ -106,8 +115,12 @@ class AdagradMomentum:
             # operation fewer per step than adding eps every time.
             self._dense_state[key] = (torch.full_like(param, self.eps),
                                       torch.zeros_like(param) if self.momentum > 0 else None,
-                                      _kernels.enabled_for(param))
+                                      self.uses_kernels(param))
         return self._dense_state[key]
+
+    def uses_kernels(self, param: torch.Tensor) -> bool:
+        """The run's decision for ``param`` (see ``fused``)."""
+        return _kernels.enabled_for(param) if self.fused is None else self.fused
 
     def rows_step(self, gathered: torch.Tensor, grad: torch.Tensor) -> None:
         """Sparse step on gathered rows of a :class:`PackedTable`, in place.
@@ -151,7 +164,7 @@ class PackedTable:
         self.buffer[0, :n_rows] = param.data
         self.buffer[1] = optimizer.eps  # see AdagradMomentum.dense_step
         param.data = self.buffer[0, :n_rows]
-        self.fused = _kernels.enabled_for(param)
+        self.fused = optimizer.uses_kernels(param)
 
     def gather(self, distinct: torch.Tensor) -> torch.Tensor:
         """The rows ``distinct`` of the planes (a copy, planes x rows x width): plane 0

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._native import kernels as _kernels
 from ._interface import keep_rows
 from ._layers import DropoutMasks, gru_forward, init_uniform_
 from ._losses import sampled_loss
@@ -73,15 +74,17 @@ class ParallelTraining:
 class _Batch:
     """Per-step lookups shared by the subnets: distinct ID rows, sparse feature rows."""
 
-    def __init__(self, network: ParallelNetwork, items: torch.Tensor):
+    def __init__(self, network: ParallelNetwork, items: torch.Tensor,
+                 fused: bool | None = None):
         self.network = network
         self.items = items
+        self.fused = fused
         self._id = None
         self._sparse = {}
 
     def id_rows(self):
         if self._id is None:
-            self._id = unique_rows(self.items, self.network.n_items)
+            self._id = unique_rows(self.items, self.network.n_items, self.fused)
         return self._id
 
     def sparse(self, j: int, distinct: bool):
@@ -90,7 +93,7 @@ class _Batch:
         returned."""
         key = (j, distinct)
         if key not in self._sparse:
-            self._sparse[key] = self.network.sparse_rows(j, self.items, distinct)
+            self._sparse[key] = self.network.sparse_rows(j, self.items, distinct, self.fused)
         return self._sparse[key]
 
 
@@ -216,7 +219,8 @@ class ParallelNetwork(nn.Module):
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def sparse_rows(self, j: int, items: torch.Tensor, distinct: bool):
+    def sparse_rows(self, j: int, items: torch.Tensor, distinct: bool,
+                    fused: bool | None = None):
         """Non-zeros of the rows ``items`` of sparse feature set ``j``, for embedding_bag.
 
         Returns ``(columns, values, offsets, distinct_columns)``; with ``distinct`` the
@@ -235,7 +239,7 @@ class ParallelNetwork(nn.Module):
         values = getattr(self, f"f{j}_val").index_select(0, position)
         found = None
         if distinct:
-            found, columns = unique_rows(columns, self.feature_dims[j])
+            found, columns = unique_rows(columns, self.feature_dims[j], fused)
         return columns, values, offsets, found
 
     @staticmethod
@@ -279,17 +283,21 @@ class ParallelNetwork(nn.Module):
         return gi
 
     def subnet_step(self, i: int, w: dict, batch: _Batch, hidden: torch.Tensor,
-                    tables: dict | None = None) -> torch.Tensor:
+                    tables: dict | None = None, fused: bool | None = None) -> torch.Tensor:
+        """Subnet ``i``'s GRU step; ``fused``: its backend (False where autograd records
+        it; None applies the rule per call)."""
         gi = self.gate_inputs(i, w, batch, tables)
-        return gru_forward(gi, hidden, w["wrz"], w["wh"], need_cache=False)[0]
+        return gru_forward(gi, hidden, w["wrz"], w["wh"], need_cache=False, fused=fused)[0]
 
     # -- inference ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def advance(self, items: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+    def advance(self, items: torch.Tensor, hidden: list[torch.Tensor],
+                fused: bool | None = None) -> list[torch.Tensor]:
         """Feed one item per slot to every subnet (no dropout); return the new states."""
         batch = _Batch(self, items)
-        return [self.subnet_step(i, self.views(i), batch, h) for i, h in enumerate(hidden)]
+        return [self.subnet_step(i, self.views(i), batch, h, fused=fused)
+                for i, h in enumerate(hidden)]
 
     def _tops(self, hidden: list[torch.Tensor], included) -> list[tuple[str, torch.Tensor]]:
         """(output table, vector) pairs whose scores sum to the merged scores."""
@@ -334,15 +342,16 @@ class ParallelNetwork(nn.Module):
 
     # -- the recurrent network interface (see _interface.py) ----------------------------
 
-    def walk_context(self, n_fed: int) -> None:
-        return None
+    def walk_context(self, n_fed: int) -> bool:
+        """The walk's choice of backend."""
+        return _kernels.fused_for(self.s0_dense.device)
 
     def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
              context=None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Feed one item per slot to every subnet, states zeroed where a session starts;
         ``top`` is :meth:`top_vector`."""
         keep = keep_rows(starts, self.s0_dense.device)
-        hidden = self.advance(items, [h * keep for h in state])
+        hidden = self.advance(items, [h * keep for h in state], context)
         return hidden, self.top_vector(hidden)
 
     @torch.no_grad()
@@ -406,8 +415,9 @@ class ParallelNetwork(nn.Module):
         """
         n = items.shape[0]
         columns = targets if samples is None else torch.cat([targets, samples])
-        distinct, column_of = unique_rows(columns, self.n_items)
-        batch = _Batch(self, items)
+        fused = training.optimizer.fused  # the run's choice of backend
+        distinct, column_of = unique_rows(columns, self.n_items, fused)
+        batch = _Batch(self, items, fused)
         new_state: dict[int, torch.Tensor] = {}
         loss = None
         for trained, included in updates:
@@ -436,14 +446,17 @@ class ParallelNetwork(nn.Module):
                                 tables[name] = (leaves[name], batch.id_rows()[1])
                             elif "_sparse" in name:
                                 tables[name] = (leaves[name], None)
-                        h = self.subnet_step(i, weights[i], batch, state[i], tables)
+                        # Differentiated by autograd: PyTorch's GRU, not the kernel.
+                        h = self.subnet_step(i, weights[i], batch, state[i], tables,
+                                             fused=False)
                         if training.masks[i] is not None:
                             h = h * training.masks[i].next(n)
                         hidden[i] = h
                     else:
                         if i not in new_state:
                             with torch.no_grad():
-                                h = self.subnet_step(i, self.views(i), batch, state[i])
+                                h = self.subnet_step(i, self.views(i), batch, state[i],
+                                                     fused=fused)
                                 if training.masks[i] is not None:
                                     h = h * training.masks[i].next(n)
                             new_state[i] = h
