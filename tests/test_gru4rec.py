@@ -20,8 +20,8 @@ from sessionrec._native import kernels as _kernels
 from sessionrec._validation import init_generator
 from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
+from sessionrec.nn._gru4rec_network import GRU4RecNetwork
 from sessionrec.nn._losses import StepConfig
-from sessionrec.nn._network import GRU4RecNetwork
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows, unique_rows_padded
 from sessionrec.nn._sampling import NegativeSampler
 
@@ -341,9 +341,9 @@ def test_item_gate_table_gives_the_scores_of_the_input_product(mode, train_test,
         many["SessionId"]
     with_table = est.rank_next_items(many)
     assert calls, "the walk did not use the gate table"
-    from sessionrec.nn import _network
+    from sessionrec.nn import _gru4rec_network
 
-    monkeypatch.setattr(_network, "GATE_TABLE_VALUES", 0)
+    monkeypatch.setattr(_gru4rec_network, "GATE_TABLE_VALUES", 0)
     calls.clear()
     without = est.rank_next_items(many)
     assert not calls

@@ -125,7 +125,7 @@ def test_user_parallel_schedule_resets_exactly_at_user_changes(longest_first):
 
 def test_training_resets_states_at_user_starts(monkeypatch):
     # Record the states the network receives: at a user start both must be zero.
-    from sessionrec.nn._hierarchical import HRNNNetwork
+    from sessionrec.nn._hrnn_network import HRNNNetwork
 
     seen = []
     original = HRNNNetwork.train_step

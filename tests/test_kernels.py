@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from sessionrec import GRU4RecRecommender
 from sessionrec._native import kernels as _kernels
 from sessionrec.datasets import make_sessions
+from sessionrec.nn._gru4rec_network import _output_layer
 from sessionrec.nn._layers import gru_backward, gru_forward, gru_layer_backward, gru_layer_forward
 from sessionrec.nn._losses import StepConfig
-from sessionrec.nn._network import _output_layer
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows
 
 needs_library = pytest.mark.skipif(not _kernels.available(),

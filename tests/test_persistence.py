@@ -50,3 +50,19 @@ def test_pickle_does_not_touch_the_live_model(train_test):
     state = est.__getstate__()
     state["popularity_"] = None
     assert est.popularity_ is not None
+
+
+@pytest.mark.parametrize("old, new, name", [
+    ("sessionrec.nn._network", "sessionrec.nn._gru4rec_network", "GRU4RecNetwork"),
+    ("sessionrec.nn._hierarchical", "sessionrec.nn._hrnn_network", "HRNNNetwork"),
+    ("sessionrec.nn._parallel", "sessionrec.nn._prnn_network", "ParallelNetwork"),
+])
+def test_pickles_that_name_the_old_network_modules_still_load(old, new, name):
+    """Models pickled before the network modules were renamed name the old modules;
+    pickle finds their classes under those names (the committed CUDA fixture is one)."""
+    import importlib
+    import io
+    import pickle
+
+    found = pickle.Unpickler(io.BytesIO(b"")).find_class(old, name)
+    assert found is getattr(importlib.import_module(new), name)

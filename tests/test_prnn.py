@@ -21,7 +21,7 @@ from sessionrec.model_selection import SessionKFold, TimeSplit, train_test_split
 from sessionrec.nn._layers import init_uniform_  # noqa: F401  (the initialisation used)
 from sessionrec.nn._losses import StepConfig
 from sessionrec.nn._optim import AdagradMomentum
-from sessionrec.nn._parallel import ParallelNetwork, SubnetSpec
+from sessionrec.nn._prnn_network import ParallelNetwork, SubnetSpec
 from sessionrec.preprocessing import ItemFeatures
 
 FAST = dict(hidden_size=8, n_epochs=2, batch_size=8, device="cpu", random_state=0)
@@ -299,7 +299,7 @@ def test_sparse_input_equals_the_dense_product():
     sparse = sp.random(40, 30, density=0.15, format="csr", random_state=2, dtype=np.float32)
     network = _network([sparse])
     items = torch.as_tensor(rng.integers(0, 40, size=12))
-    from sessionrec.nn._parallel import _Batch
+    from sessionrec.nn._prnn_network import _Batch
 
     got = network.gate_inputs(1, network.views(1), _Batch(network, items))
     weight = network.s1_sparse0.detach()

@@ -17,8 +17,8 @@ from .._validation import DROPOUT, check_int_tuple, int_tuple_constraint
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
 from ..nn._fused_walk import FusedGRUWalk, session_runs
+from ..nn._gru4rec_network import GRU4RecNetwork
 from ..nn._losses import StepConfig
-from ..nn._network import GRU4RecNetwork
 from ._epochs import document_epochs
 from ._recurrent import (
     SampledTrainingMixin,

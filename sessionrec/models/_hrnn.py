@@ -13,7 +13,7 @@ from .._events import SessionEvents, user_codes
 from .._native import kernels as _kernels
 from .._training import parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
-from ..nn._hierarchical import HRNNNetwork
+from ..nn._hrnn_network import HRNNNetwork
 from ._epochs import document_epochs, mrr_of_score_blocks
 from ._recurrent import EVAL_BATCH, SampledTrainingMixin, ranks_from_top_states
 

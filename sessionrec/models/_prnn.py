@@ -18,7 +18,7 @@ from .._events import SessionEvents
 from .._training import Trainer, hold_out_last_sessions, parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, Satisfies
 from ..callbacks import Callback
-from ..nn._parallel import ParallelNetwork, SubnetSpec
+from ..nn._prnn_network import ParallelNetwork, SubnetSpec
 from ..preprocessing._features import ItemFeatures
 from ._epochs import document_epochs, mrr_of_score_blocks
 from ._recurrent import SampledTrainingMixin

@@ -6,14 +6,14 @@ between the kernels of :mod:`._kernels`. :class:`FusedGRU4RecStep` prepares, onc
 training run, the addresses of the network's buffers and of scratch space, and then runs
 each step with one ``ctypes`` call of ``sr_gru4rec_step_f32`` (``csrc/``). That
 function calls the same kernels, in the same order, on the same values as
-:meth:`GRU4RecNetwork.train_step <._network.GRU4RecNetwork.train_step>` does through
+:meth:`GRU4RecNetwork.train_step <._gru4rec_network.GRU4RecNetwork.train_step>` does through
 :mod:`._kernels`, so a fit is bit for bit the same either way (a test checks it).
 
 It covers the linear cross-entropy (the official default loss; with or without logQ and
 samples) with every input (the output matrix, the official default
 ``constrained_embedding``; a separate embedding; one-hot), any number of layers of either
 GRU, with or without dropout. Other losses, other dtypes and the GPU take the step of
-``_network.py``.
+``_gru4rec_network.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import ctypes
 import torch
 
 from .._native import kernels as _kernels
+from ._gru4rec_network import GRU4RecNetwork, TrainingState
 from ._losses import StepConfig
-from ._network import GRU4RecNetwork, TrainingState
 
 __all__ = ["FusedGRU4RecStep"]
 

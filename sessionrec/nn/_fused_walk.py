@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .._native import kernels as _kernels
-from ._network import GRU4RecNetwork
+from ._gru4rec_network import GRU4RecNetwork
 
 __all__ = ["FusedGRUWalk", "session_runs"]
 

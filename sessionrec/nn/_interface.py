@@ -1,7 +1,7 @@
 """The inference interface every recurrent network of sessionrec implements.
 
-GRU4Rec (:class:`~._network.GRU4RecNetwork`), HRNN (:class:`~._hierarchical.HRNNNetwork`)
-and p-RNN (:class:`~._parallel.ParallelNetwork`) answer the same calls, so a walk over
+GRU4Rec (:class:`~._gru4rec_network.GRU4RecNetwork`), HRNN (:class:`~._hrnn_network.HRNNNetwork`)
+and p-RNN (:class:`~._prnn_network.ParallelNetwork`) answer the same calls, so a walk over
 sessions (evaluation, prediction, a live session fed click by click) is written once for
 all of them:
 

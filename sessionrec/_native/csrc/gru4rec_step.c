@@ -5,7 +5,7 @@
 
 /* ---- A whole GRU4Rec training step with the linear cross-entropy ----
  *
- * The step of GRU4RecNetwork.train_step (_network.py) for the linear cross-entropy (the
+ * The step of GRU4RecNetwork.train_step (_gru4rec_network.py) for the linear cross-entropy (the
  * official default), with any of its inputs: the output rows (constrained embedding, the
  * default), a table of embeddings, or one-hot (a table of the first layer's gate
  * inputs). It is made of the kernels above in the same order on the same values, so it

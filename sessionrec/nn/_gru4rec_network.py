@@ -9,7 +9,14 @@ from torch import nn
 
 from .._native import kernels as _kernels
 from ._interface import OutputTableScores, keep_rows, with_bias_input
-from ._layers import DropoutMasks, gru_forward, gru_layer_backward, gru_layer_forward, init_uniform_
+from ._layers import (
+    DropoutMasks,
+    gru_forward,
+    gru_layer_backward,
+    gru_layer_forward,
+    init_uniform_,
+    reset_item_tables,
+)
 from ._losses import StepConfig, cross_entropy_distinct, loss_and_grad
 from ._optim import AdagradMomentum, PackedTable, unique_rows
 
@@ -180,12 +187,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """The papers' initialisation: per-gate-block uniform weights, zero biases."""
-        self.out.zero_()
-        init_uniform_(self.out[:, :-1], generator=generator)
-        if self.embed is not None:
-            init_uniform_(self.embed, generator=generator)
-        if self.onehot is not None:
-            init_uniform_(self.onehot, n_blocks=3, generator=generator)
+        reset_item_tables(self, generator)
         self.dense.zero_()
         for view in self.views(self.dense):
             if view.wx is not None:

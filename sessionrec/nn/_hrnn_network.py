@@ -22,7 +22,7 @@ from torch import nn
 
 from .._native import kernels as _kernels
 from ._interface import NEW_SESSION, NEW_USER, OutputTableScores
-from ._layers import DropoutMasks, gru_forward, init_uniform_
+from ._layers import DropoutMasks, gru_forward, init_uniform_, reset_item_tables
 from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, PackedTable, unique_rows
 
@@ -103,12 +103,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """GRU4Rec's initialisation: per-gate-block uniform weights, zero biases."""
-        self.out.zero_()
-        init_uniform_(self.out[:, :-1], generator=generator)
-        if self.embed is not None:
-            init_uniform_(self.embed, generator=generator)
-        if self.onehot is not None:
-            init_uniform_(self.onehot, n_blocks=3, generator=generator)
+        reset_item_tables(self, generator)
         self.dense.zero_()
         views = self.views(self.dense)
         for name, _, _, blocks in self._layout:
