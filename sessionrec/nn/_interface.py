@@ -45,15 +45,10 @@ INFERENCE_METHODS = ("zero_state", "walk_context", "step", "scoring_matrix", "sc
                      "score_items")
 
 
-def start_codes(session_start, user_start=None) -> torch.Tensor:
-    """The ``starts`` codes of a schedule's entries: :data:`NEW_SESSION` where a session
-    starts, :data:`NEW_USER` where a user's first session starts (int8, on the CPU)."""
-    codes = torch.as_tensor(session_start, dtype=torch.int8) * NEW_SESSION
-    if user_start is not None:
-        codes = torch.where(torch.as_tensor(user_start), torch.tensor(NEW_USER,
-                                                                        dtype=torch.int8),
-                            codes)
-    return codes
+def start_codes(session_start) -> torch.Tensor:
+    """The ``starts`` codes of a session-parallel schedule's entries: :data:`NEW_SESSION`
+    where a session starts, else :data:`CONTINUE` (int8, on the CPU)."""
+    return torch.as_tensor(session_start, dtype=torch.int8) * NEW_SESSION
 
 
 def keep_rows(starts: torch.Tensor, device, *, codes: tuple = (CONTINUE,)) -> torch.Tensor:
