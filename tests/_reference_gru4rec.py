@@ -99,9 +99,9 @@ def recorded_gradients(net, items, targets, samples, hidden, config, score_shift
     training = net.start_training(optimizer, config, len(items),
                                   torch.Generator().manual_seed(0))
     for name, table in training.tables.items():
-        def step(distinct, gathered, grad, keep_last_column=None, name=name, table=table):
+        def step(rows, grad, keep_last_column=None, name=name, table=table):
             full = torch.zeros(table.n_rows + 1, table.width)
-            full.index_add_(0, distinct, grad)
+            full.index_add_(0, rows.index, grad)
             recorded[name] = full[:table.n_rows]
         table.step = step
     loss = net.train_step(items, targets, samples, hidden, config, training, score_shift)

@@ -16,9 +16,16 @@ from sessionrec import GRU4RecRecommender
 from sessionrec._native import kernels as _kernels
 from sessionrec.datasets import make_sessions
 from sessionrec.nn._gru4rec_network import _output_layer
-from sessionrec.nn._layers import gru_backward, gru_forward, gru_layer_backward, gru_layer_forward
+from sessionrec.nn._layers import (
+    FusedGRUCache,
+    GRUCache,
+    gru_backward,
+    gru_forward,
+    gru_layer_backward,
+    gru_layer_forward,
+)
 from sessionrec.nn._losses import StepConfig
-from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows
+from sessionrec.nn._optim import AdagradMomentum, FusedPackedTable, unique_rows
 
 needs_library = pytest.mark.skipif(not _kernels.available(),
                                    reason="the fused kernels are not built or disabled")
@@ -51,11 +58,12 @@ def _packed_step(fused: bool, momentum: float, keep: bool):
     param = torch.nn.Parameter(torch.randn(40, 9), requires_grad=False)
     optimizer = AdagradMomentum(0.1, momentum)
     if fused:
-        table = PackedTable(param, optimizer)
+        table = optimizer.table(param)
     else:
         with _kernels.disabled():
-            table = PackedTable(param, optimizer)
+            table = optimizer.table(param)
     assert table.fused == fused
+    assert isinstance(table, FusedPackedTable) == fused
     for _ in range(5):
         rows = torch.randint(0, 40, (25,))
         distinct, inverse = torch.unique(rows, return_inverse=True)
@@ -63,7 +71,7 @@ def _packed_step(fused: bool, momentum: float, keep: bool):
         keep_last = (torch.rand(len(distinct)) < 0.3) if keep else None
         if keep_last is not None:
             grad[keep_last, -1] = 0.0  # as in a step: kept rows have no bias gradient
-        table.step(distinct, table.gather(distinct), grad, keep_last)
+        table.step(table.rows(distinct), grad, keep_last)
     buffer = table.buffer.clone()
     table.release()
     return buffer
@@ -116,8 +124,11 @@ def test_unique_kernel_rejects_rows_out_of_range():
 def _output_layer_reference(h, table, row_index, column_of, shift):
     """The PyTorch path of the step's output layer: scores, cross_entropy_distinct, the two
     gradient products (only the columns' count matters, so column_of stands for them)."""
-    return _output_layer(h, table, row_index, column_of, column_of, h.shape[0], shift,
-                         StepConfig(), fused=False)
+    param = torch.nn.Parameter(table.clone(), requires_grad=False)
+    with _kernels.disabled():
+        packed = AdagradMomentum(0.1, 0.0).table(param)
+    return _output_layer(h, packed.rows(row_index), column_of, column_of, h.shape[0], shift,
+                         StepConfig())
 
 
 def _in_table(rows: torch.Tensor, extra: int = 5, seed: int = 0):
@@ -204,7 +215,8 @@ def _gru_pair(reset_after: bool, with_bias: bool, with_mask: bool, strided: bool
                                    mask=mask, fused=fused)
         dw_rz, dw_h = torch.empty(size, 2 * size), torch.empty(size, size)
         db_h = torch.empty(3 * size) if with_bias else None
-        dgi = gru_backward(dh, cache, w_h, dw_rz, dw_h, db_h, mask=mask, fused=fused)
+        assert isinstance(cache, FusedGRUCache if fused else GRUCache)
+        dgi = gru_backward(dh, cache, w_h, dw_rz, dw_h, db_h, mask=mask)
         out[fused] = (h_new, dgi, dw_rz, dw_h, db_h)
     return out
 
@@ -247,8 +259,8 @@ def _layer_pair(reset_after: bool, with_mask: bool, batch: int, size: int, n_in:
                  torch.full((size, 2 * size), 7.0), torch.full((size, size), 7.0),
                  torch.full((3 * size,), 7.0) if reset_after else None]
         dgi, dx = gru_layer_backward(dh, cache, x, w_x, w_h, *grads, mask=mask,
-                                     need_dx=True, fused=fused)
-        out[fused] = [h_new, *cache.arrays(), dgi, dx, *grads]
+                                     need_dx=True)
+        out[fused] = [h_new, dgi, dx, *grads]
     return out
 
 
@@ -326,9 +338,14 @@ def test_kernels_refuse_to_write_into_a_copy():
     it raises instead."""
     h = torch.zeros(4, 5)
     dw_rz = torch.zeros(10, 5).t()  # 5 x 10, strided
+    _, state = _kernels.gru_step(h, torch.zeros(5, 10), torch.zeros(5, 5), None,
+                                 gi=torch.zeros(4, 15))
     with pytest.raises(ValueError, match="contiguous float32"):
-        _kernels.gru_step_backward(h, None, torch.full((80,), 0.5), h, torch.zeros(5, 5),
-                                   dw_rz, torch.zeros(5, 5))
+        _kernels.gru_step_backward(h, None, state, h, torch.zeros(5, 5), dw_rz,
+                                   torch.zeros(5, 5))
+    with pytest.raises(ValueError, match="same batch"):
+        _kernels.gru_step_backward(h[:3], None, state, h[:3], torch.zeros(5, 5),
+                                   torch.zeros(5, 10), torch.zeros(5, 5))
     with pytest.raises(ValueError, match="contiguous float32"):
         _kernels.dense_adagrad_(torch.zeros(3, dtype=torch.float64), torch.zeros(3),
                                 torch.ones(3), None, 0.1, 0.0)
@@ -396,9 +413,9 @@ def test_kernel_results_do_not_depend_on_the_number_of_threads(monkeypatch):
                      torch.empty(size, 2 * size), torch.empty(size, size),
                      torch.empty(3 * size) if reset_after else None]
             dgi, dx = _kernels.gru_step_backward(
-                dh, mask, state, h, w_h, grads[2], grads[3], reset_after=reset_after,
-                db=grads[1], db_h=grads[4], x=x, w_x=w_x, dw_x=grads[0], need_dx=True)
-            for k, value in enumerate([h_new, state[:4 * batch * size], dgi, dx, *grads]):
+                dh, mask, state, h, w_h, grads[2], grads[3], db=grads[1], db_h=grads[4],
+                x=x, w_x=w_x, dw_x=grads[0], need_dx=True)
+            for k, value in enumerate([h_new, state.buffer, dgi, dx, *grads]):
                 if value is not None:
                     out[f"gru {reset_after} {k}"] = value
         return out
@@ -518,17 +535,26 @@ def test_prefix_tree_numbers_each_distinct_prefix_once(sessions, data):
                                             for k in range(1, max(lengths, default=0) + 1)]
 
 
-def test_the_c_structure_matches_its_python_mirror():
-    """The library reports Gru4recStep's size and field offsets; the ctypes mirror has
-    the same, and a library whose layout differs is refused with a warning (the PyTorch
-    code then runs)."""
+def test_the_c_structures_match_their_python_mirrors():
+    """The library reports each structure's size and field offsets; the ctypes mirrors
+    have the same, and a library whose layout differs is refused with a warning (the
+    PyTorch code then runs)."""
     if not _kernels.available():
         pytest.skip("needs the fused kernels")
     assert _kernels._layout_mismatch(_kernels._library) is None
+    names = [mirror._c_name for mirror in _kernels._MIRRORS]
+    assert names == ["Gru4recStep", "GruStepArgs", "GruBackwardArgs"]
+    assert _kernels._library.sr_struct_layout(len(names), None, 0) == -1  # no such one
 
     class Shifted:
-        def sr_struct_layout(self, out, capacity):
-            out[0] = 8
-            return 1
+        def __init__(self, wrong: int):
+            self.wrong = wrong
 
-    assert "Gru4recStep" in _kernels._layout_mismatch(Shifted())
+        def sr_struct_layout(self, which, out, capacity):
+            n = _kernels._library.sr_struct_layout(which, out, capacity)
+            if which == self.wrong:
+                out[n - 1] += 8  # the last field moved
+            return n
+
+    for which, name in enumerate(names):
+        assert name in _kernels._layout_mismatch(Shifted(which))

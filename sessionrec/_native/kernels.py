@@ -39,12 +39,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "disabled", "fused_for", "enabled_for", "sparse_adagrad_", "dense_adagrad_",
-           "unique_rows_marked", "output_cross_entropy", "gru_step", "gru_state_arrays",
-           "gru_step_backward", "rank_counts", "product_ranks",
-           "bpr_max", "Gru4recStepPlan", "gru4rec_step_scratch", "gru4rec_step_init",
-           "gru4rec_step_function", "prefix_tree", "gru_tree_walk_scratch",
-           "gru_tree_walk_function", "threads"]
+__all__ = ["available", "disabled", "fused_for", "enabled_for", "sparse_adagrad_",
+           "dense_adagrad_", "unique_rows_marked", "output_cross_entropy", "gru_step",
+           "gru_step_backward", "rank_counts", "product_ranks", "bpr_max", "Gru4recStep",
+           "prefix_tree", "gru_tree_walk", "threads"]
+
+
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
 def _openmp_runtimes() -> set[str]:
@@ -66,16 +67,18 @@ def _warn_unusable(path, why: str) -> None:
 
 
 def _layout_mismatch(library) -> str | None:
-    """Why :class:`Gru4recStepPlan` does not mirror the C ``Gru4recStep``, or None: the
-    library reports the structure's size and each field's offset (``sr_struct_layout``)."""
-    expected = [ctypes.sizeof(Gru4recStepPlan)] + [
-        getattr(Gru4recStepPlan, name).offset for name, _ in Gru4recStepPlan._fields_]
-    out = (ctypes.c_int64 * (len(expected) + 1))()
-    n = library.sr_struct_layout(out, len(expected) + 1)
-    reported = list(out[:n])
-    if reported != expected:
-        return (f"Gru4recStep has size and offsets {reported}, the Python mirror "
-                f"{expected}")
+    """Why a ctypes mirror of the C structures (:data:`_MIRRORS`) does not match the
+    library's, or None: the library reports each structure's size and each field's
+    offset (``sr_struct_layout``)."""
+    for which, mirror in enumerate(_MIRRORS):
+        expected = [ctypes.sizeof(mirror)] + [getattr(mirror, name).offset
+                                              for name, _ in mirror._fields_]
+        out = (ctypes.c_int64 * (len(expected) + 1))()
+        n = library.sr_struct_layout(which, out, len(expected) + 1)
+        reported = list(out[:max(n, 0)])
+        if reported != expected:
+            return (f"{mirror._c_name} has size and offsets {reported}, the Python mirror "
+                    f"{expected}")
     return None
 
 
@@ -99,16 +102,16 @@ def _load():
         "sr_sparse_adagrad_f32": ([p, i64, i64, i64, p, i64, p, p, f32, f32, i64], None),
         "sr_dense_adagrad_f32": ([p, p, p, p, i64, f32, f32, i64], None),
         "sr_unique_marked": ([p, i64, i64, p, p, p], i64),
-        "sr_gru_forward_f32": ([i64, i64, i64, p, i64, p, p, p, i64, p, i64, p, p, p, i64,
-                                p, p, p, p, p, i64], None),
-        "sr_gru_backward_f32": ([i64, i64, i64, p, i64, p, p, p, p, i64, p, i64, p, i64, p,
-                                 p, p, p, p, p, p, p, p, p, i64], None),
+        "sr_gru_state_floats": ([i64, i64, i64], i64),
+        "sr_gru_backward_work_floats": ([i64, i64], i64),
+        "sr_gru_step_f32": ([p], None),
+        "sr_gru_step_backward_f32": ([p], None),
         "sr_output_xent_scratch": ([i64, i64, i64], i64),
         "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, p, i64],
                                ctypes.c_double),
         "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
         "sr_product_ranks_scratch": ([i64, i64, i64, i64, i64, i64, p], i64),
-        "sr_product_ranks_f32": ([p, i64, i64, i64, p, p, i64, p, p, i64, p, p, p, p, p, i64],
+        "sr_product_ranks_f32": ([p, i64, i64, i64, p, i64, p, p, i64, p, p, p, p, p, i64],
                                  i64),
         "sr_prefix_tree_scratch": ([i64], i64),
         "sr_prefix_tree": ([p, p, i64, i64, p, p, p, p, p, p], i64),
@@ -119,8 +122,9 @@ def _load():
         "sr_bpr_max_scratch": ([i64, i64], i64),
         "sr_bpr_max_f32": ([p, i64, i64, i64, p, i64, p, f32, i64, f32, p, p, p, i64], None),
         "sr_gru4rec_step_f32": ([p, i64, p, p, p, p, p, p, p, p], i64),
-        "sr_struct_layout": ([p, i64], i64),
-    }  # the last argument of the kernels (not of sr_unique_marked): the number of threads
+        "sr_struct_layout": ([i64, p, i64], i64),
+    }  # the kernels' last argument (not sr_unique_marked's): the number of threads; the
+    # functions that take one pointer take a structure mirrored below (_MIRRORS)
     for name, (arguments, result) in signatures.items():
         function = getattr(library, name, None)
         if function is None:  # a library from another version of sessionrec
@@ -344,16 +348,48 @@ def _output(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class GruStepArgs(ctypes.Structure):
+    """The C ``GruStepArgs`` (``csrc/kernels.h``): the arguments of one GRU step."""
+
+    _c_name = "GruStepArgs"
+    _fields_ = [("B", _I64), ("I", _I64), ("H", _I64), ("x", _P), ("ldx", _I64),
+                ("wx", _P), ("b", _P), ("gi", _P), ("ldgi", _I64), ("h", _P),
+                ("ldh", _I64), ("wrz", _P), ("wh", _P), ("bh", _P), ("mask", _P),
+                ("reset_after", _I64), ("n_threads", _I64), ("state", _P), ("out", _P)]
+
+
+class GruBackwardArgs(ctypes.Structure):
+    """The C ``GruBackwardArgs``: the arguments of a GRU step's backward step."""
+
+    _c_name = "GruBackwardArgs"
+    _fields_ = [("B", _I64), ("I", _I64), ("H", _I64), ("dh", _P), ("lddh", _I64),
+                ("mask", _P), ("state", _P), ("h", _P), ("ldh", _I64), ("x", _P),
+                ("ldx", _I64), ("wx", _P), ("wh", _P), ("reset_after", _I64),
+                ("n_threads", _I64), ("dgi", _P), ("work", _P), ("dwx", _P), ("db", _P),
+                ("dwrz", _P), ("dwh", _P), ("dbh", _P), ("dx", _P)]
+
+
+class GruStepState:
+    """What a fused GRU step keeps for its backward pass: a buffer laid out by the C
+    library (``csrc/kernels.h``), opaque here, with the step's shape and GRU."""
+
+    __slots__ = ("buffer", "batch", "size", "reset_after")
+
+    def __init__(self, buffer: torch.Tensor, batch: int, size: int, reset_after: bool):
+        self.buffer, self.batch, self.size = buffer, batch, size
+        self.reset_after = reset_after
+
+
 def gru_step(h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
              b_h: torch.Tensor | None, *, gi: torch.Tensor | None = None,
              x: torch.Tensor | None = None, w_x: torch.Tensor | None = None,
              b: torch.Tensor | None = None, reset_after: bool = False,
-             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GruStepState]:
     """One GRU step, products included (see :func:`~sessionrec.nn._layers.gru_forward`).
 
     The gate inputs are ``gi`` (B x 3H) or ``x W_x + b`` for the layer input ``x``
-    (B x I). Returns ``(h_new, state)``: the new state, and one flat buffer that holds
-    what :func:`gru_step_backward` needs (see :func:`gru_state_arrays`). One buffer
+    (B x I). Returns ``(h_new, state)``: the new state, and what
+    :func:`gru_step_backward` needs, in one buffer the C library lays out. One buffer
     rather than three tensors: on a small step, making each view of a buffer costs
     about as much as the kernel's element-wise work.
     """
@@ -362,49 +398,37 @@ def gru_step(h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
     if w_rz.shape != (size, 2 * size) or w_h.shape != (size, size):
         raise ValueError(f"GRU weights of shapes {tuple(w_rz.shape)} and "
                          f"{tuple(w_h.shape)} do not fit {size} units")
-    n_in, ldgi = 0, 0
+    args = GruStepArgs(B=batch, H=size, h=h.data_ptr(), ldh=h.stride(0),
+                       wrz=_dense(w_rz).data_ptr(), wh=_dense(w_h).data_ptr(),
+                       bh=_pointer(_dense(b_h)), mask=_pointer(_dense(mask)),
+                       reset_after=int(reset_after), n_threads=threads())
     if x is not None:
         x = _rows(x)
         n_in = x.shape[1]
         if w_x.shape != (n_in, 3 * size) or b.shape != (3 * size,):
             raise ValueError(f"input weights of shape {tuple(w_x.shape)} do not fit "
                              f"{n_in} inputs and {size} units")
+        w_x, b = _dense(w_x), _dense(b)
+        args.I, args.x, args.ldx = n_in, x.data_ptr(), x.stride(0)
+        args.wx, args.b = w_x.data_ptr(), b.data_ptr()
     elif gi is None or gi.shape != (batch, 3 * size):
         raise ValueError(f"the gate inputs must be {batch} x {3 * size}")
     else:
         gi = _rows(gi)
-        ldgi = gi.stride(0)
-    block = batch * size
-    # [rz (B x 2H) | rec (B x H) | c (B x H)], then the gate inputs when computed here
-    state = torch.empty(block * (4 if x is None else 7))
+        args.gi, args.ldgi = gi.data_ptr(), gi.stride(0)
+    state = torch.empty(_library.sr_gru_state_floats(batch, size, int(x is not None)))
     out = torch.empty(batch, size)
-    at = state.data_ptr()
-    _library.sr_gru_forward_f32(
-        batch, n_in, size, _pointer(x), 0 if x is None else x.stride(0),
-        _pointer(_dense(w_x)), _pointer(_dense(b)),
-        gi.data_ptr() if x is None else at + 16 * block, ldgi, h.data_ptr(), h.stride(0),
-        _dense(w_rz).data_ptr(), _dense(w_h).data_ptr(), _pointer(_dense(b_h)),
-        int(reset_after), _pointer(_dense(mask)), at, at + 8 * block, at + 12 * block,
-        out.data_ptr(), threads())
-    return out, state
+    args.state, args.out = state.data_ptr(), out.data_ptr()
+    _library.sr_gru_step_f32(ctypes.byref(args))
+    return out, GruStepState(state, batch, size, bool(reset_after))
 
 
-def gru_state_arrays(state: torch.Tensor, batch: int, size: int):
-    """``(rz, rec, c)``, views of a :func:`gru_step` state: the gates (B x 2H), ``r * h``
-    (or ``h W_h + b_h_c`` with ``reset_after``) and the candidate (B x H each)."""
-    block = batch * size
-    return (state[:2 * block].view(batch, 2 * size),
-            state[2 * block:3 * block].view(batch, size),
-            state[3 * block:4 * block].view(batch, size))
-
-
-def gru_step_backward(dh: torch.Tensor, mask: torch.Tensor | None, state: torch.Tensor,
+def gru_step_backward(dh: torch.Tensor, mask: torch.Tensor | None, state: GruStepState,
                       h: torch.Tensor, w_h: torch.Tensor, dw_rz: torch.Tensor,
-                      dw_h: torch.Tensor, *, reset_after: bool = False,
-                      db: torch.Tensor | None = None, db_h: torch.Tensor | None = None,
-                      x: torch.Tensor | None = None, w_x: torch.Tensor | None = None,
-                      dw_x: torch.Tensor | None = None, need_dx: bool = False,
-                      need_dgi: bool = True):
+                      dw_h: torch.Tensor, *, db: torch.Tensor | None = None,
+                      db_h: torch.Tensor | None = None, x: torch.Tensor | None = None,
+                      w_x: torch.Tensor | None = None, dw_x: torch.Tensor | None = None,
+                      need_dx: bool = False, need_dgi: bool = True):
     """Gradients of one GRU step (no step back in time), products included.
 
     ``dh`` is the gradient of the step's output (before its dropout ``mask``), ``state``
@@ -415,27 +439,28 @@ def gru_step_backward(dh: torch.Tensor, mask: torch.Tensor | None, state: torch.
     """
     dh, h = _rows(dh), _rows(h)
     batch, size = h.shape
-    block = batch * size
-    if state.numel() < 4 * block:
+    if not isinstance(state, GruStepState) or (state.batch, state.size) != (batch, size):
         raise ValueError("state must come from gru_step on the same batch")
     n_in = 0 if w_x is None else w_x.shape[0]
     if x is not None:
         x = _rows(x)
     if (dw_x is not None and x is None) or (need_dx and w_x is None):
         raise ValueError("dw_x needs the layer input x, and dx its weights w_x")
-    work = torch.empty(4 * block)  # [dgi (B x 3H) | d_rec (B x H)]
+    dgi = torch.empty(batch, 3 * size)
+    work = torch.empty(_library.sr_gru_backward_work_floats(batch, size))
     dx = torch.empty(batch, n_in) if need_dx else None
-    at, held = work.data_ptr(), state.data_ptr()
-    _library.sr_gru_backward_f32(
-        batch, n_in, size, dh.data_ptr(), dh.stride(0), _pointer(_dense(mask)), held,
-        held + 12 * block, h.data_ptr(), h.stride(0), held + 8 * block, int(reset_after),
-        _pointer(x), 0 if x is None else x.stride(0), _pointer(_dense(w_x)),
-        _dense(w_h).data_ptr(), at, at + 12 * block,
-        _pointer(dw_x if dw_x is None else _output(dw_x)),
-        _pointer(db if db is None else _output(db)), _output(dw_rz).data_ptr(),
-        _output(dw_h).data_ptr(), _pointer(db_h if db_h is None else _output(db_h)),
-        _pointer(dx), threads())
-    return (work[:3 * block].view(batch, 3 * size) if need_dgi else None), dx
+    args = GruBackwardArgs(
+        B=batch, I=n_in, H=size, dh=dh.data_ptr(), lddh=dh.stride(0),
+        mask=_pointer(_dense(mask)), state=state.buffer.data_ptr(), h=h.data_ptr(),
+        ldh=h.stride(0), x=_pointer(x), ldx=0 if x is None else x.stride(0),
+        wx=_pointer(_dense(w_x)), wh=_dense(w_h).data_ptr(),
+        reset_after=int(state.reset_after), n_threads=threads(), dgi=dgi.data_ptr(),
+        work=work.data_ptr(), dwx=_pointer(dw_x if dw_x is None else _output(dw_x)),
+        db=_pointer(db if db is None else _output(db)), dwrz=_output(dw_rz).data_ptr(),
+        dwh=_output(dw_h).data_ptr(), dbh=_pointer(db_h if db_h is None else _output(db_h)),
+        dx=_pointer(dx))
+    _library.sr_gru_step_backward_f32(ctypes.byref(args))
+    return (dgi if need_dgi else None), dx
 
 
 def rank_counts(scores: torch.Tensor, targets: torch.Tensor, strict: bool
@@ -490,9 +515,8 @@ def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
         n_rows, size, n_items, n_targets, int(rows is not None), n_threads,
         ctypes.byref(n_index)))
     index = torch.empty(n_index.value, dtype=torch.int64)
-    at = matrix.data_ptr()
     status = _library.sr_product_ranks_f32(
-        h.data_ptr(), n_rows, size, h.stride(0), at, at + 4 * size * n_items, n_items,
+        h.data_ptr(), n_rows, size, h.stride(0), matrix.data_ptr(), n_items,
         targets.data_ptr(), _pointer(rows), n_targets, counts.data_ptr(),
         counts[1].data_ptr() if strict else None, target_scores.data_ptr(),
         scratch.data_ptr(), index.data_ptr(), n_threads)
@@ -559,51 +583,144 @@ def bpr_max(scores: torch.Tensor, column_of: torch.Tensor, score_shift: torch.Te
 
 
 class Gru4recStepPlan(ctypes.Structure):
-    """The C ``Gru4recStep``: what :func:`gru4rec_step_function` needs besides a step's
-    own inputs (addresses of the network's buffers and of scratch; see ``csrc/``)."""
+    """The C ``Gru4recStep``: what a whole GRU4Rec training step reads besides the step's
+    own inputs (addresses of the network's buffers and of scratch; ``csrc/kernels.h``)."""
 
-    _fields_ = [(name, ctypes.c_int64) for name in (
+    _c_name = "Gru4recStep"
+    _fields_ = [(name, _I64) for name in (
         "n_items", "n_layers", "n_sample", "samples_int32", "max_batch", "n_threads")]
-    _fields_ += [("sizes", ctypes.c_void_p), ("layout", ctypes.c_void_p),
-                 ("reset_after", ctypes.c_void_p), ("table", ctypes.c_void_p),
-                 ("n_planes", ctypes.c_int64), ("plane_stride", ctypes.c_int64),
-                 ("dense", ctypes.c_void_p), ("grad", ctypes.c_void_p),
-                 ("acc", ctypes.c_void_p), ("mom", ctypes.c_void_p),
-                 ("n_dense", ctypes.c_int64), ("shift_batch", ctypes.c_void_p),
-                 ("shift_sample", ctypes.c_void_p), ("lr", ctypes.c_double),
-                 ("momentum", ctypes.c_double), ("index", ctypes.c_void_p),
-                 ("work", ctypes.c_void_p), ("parts", ctypes.c_void_p),
-                 ("keep_bias", ctypes.c_void_p), ("input_mode", ctypes.c_int64),
-                 ("in_table", ctypes.c_void_p), ("in_planes", ctypes.c_int64),
-                 ("in_plane_stride", ctypes.c_int64), ("in_width", ctypes.c_int64)]
+    _fields_ += [("sizes", _P), ("layout", _P), ("reset_after", _P), ("table", _P),
+                 ("n_planes", _I64), ("plane_stride", _I64), ("dense", _P), ("grad", _P),
+                 ("acc", _P), ("mom", _P), ("n_dense", _I64), ("shift_batch", _P),
+                 ("shift_sample", _P), ("lr", ctypes.c_double),
+                 ("momentum", ctypes.c_double), ("index", _P), ("work", _P), ("parts", _P),
+                 ("keep_bias", _P), ("input_mode", _I64), ("in_table", _P),
+                 ("in_planes", _I64), ("in_plane_stride", _I64), ("in_width", _I64)]
 
 
-def gru4rec_step_scratch(plan: Gru4recStepPlan) -> tuple[int, int]:
-    """The scratch a plan needs: ``(int64 values, float32 values)``."""
-    n_index = ctypes.c_int64()
-    n_work = _library.sr_gru4rec_step_scratch(ctypes.byref(plan), ctypes.byref(n_index))
-    return n_index.value, n_work
+# The structures Python fills, in the order of sr_struct_layout's ``which``.
+_MIRRORS = (Gru4recStepPlan, GruStepArgs, GruBackwardArgs)
+
+# The input modes of a GRU4Rec step (GRU4RecNetwork.input_mode): the output rows, a
+# table of embeddings, or a table of the first layer's gate inputs.
+_INPUT_MODES = {"constrained": 0, "embedding": 1, "onehot": 2}
 
 
-def gru4rec_step_init(plan: Gru4recStepPlan) -> None:
-    """Prepare the plan's int64 scratch (once, after it is allocated)."""
-    _library.sr_gru4rec_step_init(ctypes.byref(plan))
+class Gru4recStep:
+    """Whole GRU4Rec training steps with the linear cross-entropy, one C call each
+    (``sr_gru4rec_step_f32``; see ``nn/_fused_step.py`` for what it computes).
+
+    Everything a step reads besides its own mini-batch is given once: the layers
+    (``sizes``, ``layout`` as ``GRU4RecNetwork.layer_layout`` gives it, ``reset_after``),
+    the packed item tables ``table`` and ``in_table`` (planes x rows x width; None for the
+    constrained input), the flat weights ``dense`` with their gradient ``grad`` and
+    Adagrad state ``acc``, ``mom``, the logQ shifts (or None), the optimiser's settings,
+    and the whole schedule's ``items``, ``targets`` (int64) and ``keep`` flags (float32, 0
+    where a session starts). The C library sizes and lays out the scratch; the tensors
+    given are kept alive for as long as this object is.
+    """
+
+    def __init__(self, *, n_items: int, sizes: torch.Tensor, layout: torch.Tensor,
+                 reset_after: torch.Tensor, input_mode: str, table: torch.Tensor,
+                 in_table: torch.Tensor | None, dense: torch.Tensor, grad: torch.Tensor,
+                 acc: torch.Tensor, mom: torch.Tensor | None, lr: float, momentum: float,
+                 n_sample: int, samples_int32: bool, max_batch: int,
+                 shift_batch: torch.Tensor | None, shift_sample: torch.Tensor | None,
+                 items: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor):
+        kept = {"sizes": _input(sizes, torch.int64), "layout": _input(layout, torch.int64),
+                "reset_after": _input(reset_after, torch.int64),
+                "shift_batch": _dense(shift_batch), "shift_sample": _dense(shift_sample),
+                "items": _input(items, torch.int64), "targets": _input(targets, torch.int64),
+                "keep": _input(keep, torch.float32), "table": _output(table),
+                "dense": _output(dense), "grad": _output(grad), "acc": _output(acc),
+                "mom": None if mom is None else _output(mom)}
+        n_layers = len(kept["sizes"])
+        plan = Gru4recStepPlan(
+            n_items=n_items, n_layers=n_layers, n_sample=n_sample,
+            samples_int32=int(samples_int32), max_batch=int(max_batch), n_threads=threads(),
+            sizes=kept["sizes"].data_ptr(), layout=kept["layout"].data_ptr(),
+            reset_after=kept["reset_after"].data_ptr(), table=table.data_ptr(),
+            n_planes=table.shape[0], plane_stride=table.shape[1] * table.shape[2],
+            dense=dense.data_ptr(), grad=grad.data_ptr(), acc=acc.data_ptr(),
+            mom=_pointer(mom), n_dense=dense.numel(),
+            shift_batch=_pointer(kept["shift_batch"]),
+            shift_sample=_pointer(kept["shift_sample"]), lr=lr, momentum=momentum,
+            input_mode=_INPUT_MODES[input_mode])
+        if in_table is not None:
+            kept["in_table"] = _output(in_table)
+            plan.in_table, plan.in_planes = in_table.data_ptr(), in_table.shape[0]
+            plan.in_plane_stride = in_table.shape[1] * in_table.shape[2]
+            plan.in_width = in_table.shape[2]
+        n_index = ctypes.c_int64()
+        n_work = _library.sr_gru4rec_step_scratch(ctypes.byref(plan), ctypes.byref(n_index))
+        kept["index"] = torch.empty(n_index.value, dtype=torch.int64)
+        kept["work"] = torch.empty(n_work)
+        kept["parts"] = torch.empty(2 * int(max_batch), dtype=torch.float64)
+        kept["keep_bias"] = torch.empty(2 * int(max_batch) + n_sample, dtype=torch.uint8)
+        plan.index, plan.work = kept["index"].data_ptr(), kept["work"].data_ptr()
+        plan.parts, plan.keep_bias = kept["parts"].data_ptr(), kept["keep_bias"].data_ptr()
+        _library.sr_gru4rec_step_init(ctypes.byref(plan))
+        self._kept, self._plan = kept, plan  # the C function reads them at every step
+        # Prepared once: a step's Python cost is this one call's argument conversion.
+        self._function = _library.sr_gru4rec_step_f32
+        self._plan_address = ctypes.addressof(plan)
+        self._hidden = (ctypes.c_void_p * n_layers)()
+        self._masks = (ctypes.c_void_p * n_layers)()
+        self._loss = ctypes.c_double()
+        self._loss_address = ctypes.addressof(self._loss)
+        self._items = kept["items"].data_ptr()
+        self._targets = kept["targets"].data_ptr()
+        self._keep = kept["keep"].data_ptr()
+
+    def __call__(self, start: int, stop: int, hidden: list[torch.Tensor],
+                 samples: int | None, embed_mask: int | None, masks: list[int] | None
+                 ) -> float:
+        """The step of schedule entries ``start:stop``: updates ``hidden`` (contiguous,
+        one per layer) and the parameters in place; returns the summed loss. ``samples``,
+        ``embed_mask`` and ``masks`` (one per layer) are addresses of the step's negative
+        samples and dropout masks (None: none)."""
+        for i, h in enumerate(hidden):
+            if not h.is_contiguous():  # pragma: no cover - the training loop's are
+                raise ValueError("hidden states must be contiguous")
+            self._hidden[i] = h.data_ptr()
+        layer_masks = None
+        if masks is not None:
+            layer_masks = self._masks
+            for i, address in enumerate(masks):
+                layer_masks[i] = address
+        status = self._function(self._plan_address, stop - start, self._items + 8 * start,
+                                self._targets + 8 * start, samples, self._keep + 4 * start,
+                                self._hidden, embed_mask, layer_masks, self._loss_address)
+        if status < 0:
+            raise IndexError("an item of the mini-batch lies outside the catalogue")
+        return self._loss.value
 
 
-def gru4rec_step_function():
-    """The C function of a whole GRU4Rec training step (``sr_gru4rec_step_f32``), for a
-    caller that prepares its arguments once (see ``_fused_step.py``)."""
-    return _library.sr_gru4rec_step_f32
-
-
-def gru_tree_walk_scratch(sizes: torch.Tensor, max_width: int) -> int:
-    """Floats of work :func:`gru_tree_walk_function`'s walk needs for layers of
-    ``sizes`` (int64 tensor) and levels of at most ``max_width`` nodes."""
-    return _library.sr_gru_tree_walk_scratch(len(sizes), sizes.data_ptr(), max_width)
-
-
-def gru_tree_walk_function():
-    """The C function of the states of a prefix tree through GRU4Rec's layers
-    (``sr_gru_tree_walk_f32``), for a caller that prepares its arguments (see
-    ``_fused_walk.py``)."""
-    return _library.sr_gru_tree_walk_f32
+def gru_tree_walk(sizes: torch.Tensor, layout: torch.Tensor, reset_after: torch.Tensor,
+                  dense: torch.Tensor, gate_table: torch.Tensor, level_offsets: torch.Tensor,
+                  parent: torch.Tensor, item: torch.Tensor, max_width: int
+                  ) -> list[torch.Tensor]:
+    """The states of a :func:`prefix_tree` (``level_offsets``, ``parent``, ``item``)
+    through GRU4Rec's layers (``sizes``, ``layout``, ``reset_after`` as in
+    :class:`Gru4recStep`; ``dense`` the flat weights, ``gate_table`` the first layer's
+    gate inputs per item), level by level, at most ``max_width`` nodes per GRU step.
+    Returns each layer's states (n_nodes x units)."""
+    sizes = _input(sizes, torch.int64)
+    n_nodes = len(parent)
+    state = [torch.empty(n_nodes, int(size)) for size in sizes.tolist()]
+    if n_nodes == 0:
+        return state
+    work = torch.empty(_library.sr_gru_tree_walk_scratch(len(sizes), sizes.data_ptr(),
+                                                         max_width))
+    pointers = (ctypes.c_void_p * len(state))(*[h.data_ptr() for h in state])
+    layout, reset_after = _input(layout, torch.int64), _input(reset_after, torch.int64)
+    dense, gate_table = _dense(dense), _dense(gate_table)
+    n_items = gate_table.shape[0]
+    status = _library.sr_gru_tree_walk_f32(
+        len(sizes), sizes.data_ptr(), layout.data_ptr(), reset_after.data_ptr(),
+        dense.data_ptr(), gate_table.data_ptr(), n_items, level_offsets.data_ptr(),
+        len(level_offsets) - 1, parent.data_ptr(), item.data_ptr(), pointers, max_width,
+        work.data_ptr(), threads())
+    if status < 0:
+        raise IndexError(f"an item lies outside [0, {n_items})")
+    return state

@@ -18,8 +18,6 @@ GRU, with or without dropout. Other losses, other dtypes and the GPU take the st
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from .._native import kernels as _kernels
@@ -27,10 +25,6 @@ from ._gru4rec_network import GRU4RecNetwork, TrainingState
 from ._losses import StepConfig
 
 __all__ = ["FusedGRU4RecStep"]
-
-# The C step's input modes (GRU4RecNetwork.input_mode): the output rows, a table of
-# embeddings, or a table of the first layer's gate inputs.
-_INPUT_MODES = {"constrained": 0, "embedding": 1, "onehot": 2}
 
 
 class FusedGRU4RecStep:
@@ -48,9 +42,9 @@ class FusedGRU4RecStep:
     shift_batch, shift_sample : Tensor (n_items,) or None
         The logQ shifts of an item as a target and as a sample (None: no correction).
     items, targets : LongTensor
-        Inputs and next items of every schedule entry (contiguous).
+        Inputs and next items of every schedule entry.
     keep : Tensor (entries, 1)
-        0 where a session starts, else 1 (float32, contiguous).
+        0 where a session starts, else 1.
 
     Use :meth:`applies` first; a step then runs as ``step(start, stop, hidden)`` for
     the entries ``start:stop`` and returns the summed loss as a float.
@@ -60,69 +54,33 @@ class FusedGRU4RecStep:
                  sampler, shift_batch: torch.Tensor | None,
                  shift_sample: torch.Tensor | None, items: torch.Tensor,
                  targets: torch.Tensor, keep: torch.Tensor):
-        table = state.tables["out"]
         optimizer = state.optimizer
         acc, mom, _ = optimizer.dense_state(network.dense)
-        self._keep_alive = {
-            "sizes": torch.tensor(network.layers, dtype=torch.int64),
-            "layout": network.layer_layout(),
-            "reset_after": torch.tensor(network.layer_resets_after, dtype=torch.int64),
-            "shift_batch": _kernels._dense(shift_batch),
-            "shift_sample": _kernels._dense(shift_sample),
-            # what the C function reads: int64 items, float32 keep flags
-            "items": items.to(torch.int64).contiguous(),
-            "targets": targets.to(torch.int64).contiguous(),
-            "keep": keep.to(torch.float32).contiguous(), "acc": acc, "mom": mom,
-        }
-        kept = self._keep_alive
-        n_sample = 0 if sampler is None else sampler.n_sample
-        plan = _kernels.Gru4recStepPlan(
-            n_items=network.n_items, n_layers=len(network.layers), n_sample=n_sample,
-            samples_int32=int(sampler is not None and sampler.dtype == torch.int32),
-            max_batch=int(max_batch), n_threads=_kernels.threads(),
-            sizes=kept["sizes"].data_ptr(), layout=kept["layout"].data_ptr(),
-            reset_after=kept["reset_after"].data_ptr(), table=table.buffer.data_ptr(),
-            n_planes=table.buffer.shape[0],
-            plane_stride=table.buffer.shape[1] * table.buffer.shape[2],
-            dense=network.dense.data_ptr(), grad=state.grad_flat.data_ptr(),
-            acc=acc.data_ptr(), mom=_kernels._pointer(mom), n_dense=network.dense.numel(),
-            shift_batch=_kernels._pointer(kept["shift_batch"]),
-            shift_sample=_kernels._pointer(kept["shift_sample"]), lr=optimizer.lr,
-            momentum=optimizer.momentum, input_mode=_INPUT_MODES[network.input_mode])
+        in_table = None
         if network.input_mode != "constrained":
-            buffer = state.tables["embed" if network.input_mode == "embedding"
-                                  else "onehot"].buffer
-            plan.in_table, plan.in_planes = buffer.data_ptr(), buffer.shape[0]
-            plan.in_plane_stride = buffer.shape[1] * buffer.shape[2]
-            plan.in_width = buffer.shape[2]
-        n_index, n_work = _kernels.gru4rec_step_scratch(plan)
-        kept["index"] = torch.empty(n_index, dtype=torch.int64)
-        kept["work"] = torch.empty(n_work)
-        kept["parts"] = torch.empty(2 * int(max_batch), dtype=torch.float64)
-        kept["keep_bias"] = torch.empty(2 * int(max_batch) + n_sample, dtype=torch.uint8)
-        plan.index, plan.work = kept["index"].data_ptr(), kept["work"].data_ptr()
-        plan.parts, plan.keep_bias = kept["parts"].data_ptr(), kept["keep_bias"].data_ptr()
-        _kernels.gru4rec_step_init(plan)
-        self._plan = plan  # the C function reads it at every step
-        self._function = _kernels.gru4rec_step_function()
-        self._plan_address = ctypes.addressof(plan)
+            in_table = state.tables["embed" if network.input_mode == "embedding"
+                                    else "onehot"].buffer
+        self._kernel = _kernels.Gru4recStep(
+            n_items=network.n_items, sizes=torch.tensor(network.layers),
+            layout=network.layer_layout(),
+            reset_after=torch.tensor(network.layer_resets_after, dtype=torch.int64),
+            input_mode=network.input_mode, table=state.tables["out"].buffer,
+            in_table=in_table, dense=network.dense.data, grad=state.grad_flat, acc=acc,
+            mom=mom, lr=optimizer.lr, momentum=optimizer.momentum,
+            n_sample=0 if sampler is None else sampler.n_sample,
+            samples_int32=sampler is not None and sampler.dtype == torch.int32,
+            max_batch=int(max_batch), shift_batch=shift_batch, shift_sample=shift_sample,
+            items=items, targets=targets, keep=keep)
         self.max_batch = int(max_batch)
-        self.n_sample = n_sample
+        self.n_sample = 0 if sampler is None else sampler.n_sample
         self.sampler = sampler
         self.embed_masks = state.embed_masks
         self.hidden_masks = state.hidden_masks
-        self._hidden = (ctypes.c_void_p * len(network.layers))()
-        self._masks = (ctypes.c_void_p * len(network.layers))()
-        self._loss = ctypes.c_double()
-        self._loss_address = ctypes.addressof(self._loss)
-        self._items = kept["items"].data_ptr()
-        self._targets = kept["targets"].data_ptr()
-        self._keep = kept["keep"].data_ptr()
 
     @staticmethod
     def applies(network: GRU4RecNetwork, state: TrainingState, config: StepConfig) -> bool:
         """Whether the fused step computes this run's steps (see the module's docstring)."""
-        # The run's choice of backend, made once (the optimiser's; its tables carry it).
+        # The run's choice of backend, made once (its tables carry it).
         return (state.tables["out"].fused and config.loss == "cross-entropy"
                 and config.activation == "linear")
 
@@ -136,18 +94,6 @@ class FusedGRU4RecStep:
         # dropout mask, then each layer's.
         samples = None if self.sampler is None else self.sampler.next_address()
         embed = None if self.embed_masks is None else self.embed_masks.next_address()
-        masks = None
-        if self.hidden_masks is not None:
-            masks = self._masks
-            for i, store in enumerate(self.hidden_masks):
-                masks[i] = store.next_address()
-        for i, h in enumerate(hidden):
-            if not h.is_contiguous():  # pragma: no cover - the training loop's are
-                raise ValueError("hidden states must be contiguous")
-            self._hidden[i] = h.data_ptr()
-        status = self._function(self._plan_address, stop - start, self._items + 8 * start,
-                                self._targets + 8 * start, samples, self._keep + 4 * start,
-                                self._hidden, embed, masks, self._loss_address)
-        if status < 0:
-            raise IndexError("an item of the mini-batch lies outside the catalogue")
-        return self._loss.value
+        masks = (None if self.hidden_masks is None
+                 else [store.next_address() for store in self.hidden_masks])
+        return self._kernel(start, stop, hidden, samples, embed, masks)

@@ -18,7 +18,7 @@ from ._layers import (
     reset_item_tables,
 )
 from ._losses import StepConfig, cross_entropy_distinct, loss_and_grad
-from ._optim import AdagradMomentum, PackedTable, unique_rows
+from ._optim import AdagradMomentum, unique_rows
 
 __all__ = ["GRU4RecNetwork", "TrainingState", "GATE_TABLE_VALUES"]
 
@@ -26,23 +26,22 @@ __all__ = ["GRU4RecNetwork", "TrainingState", "GATE_TABLE_VALUES"]
 GATE_TABLE_VALUES = 2**24
 
 
-def _output_layer(top_state, table, distinct, columns, column_of, n, score_shift, config,
-                  fused, rows=None):
+def _output_layer(top_state, out_rows, columns, column_of, n, score_shift, config):
     """Loss and gradients of a training step's output layer over its distinct items.
 
-    ``table`` holds every item's ``[W_u | b_u]``, ``distinct`` the step's distinct items
-    (``rows``, if given, their rows of the table); ``column_of`` maps the ``B + S``
-    columns (the ``n`` targets first) to them. Returns the loss summed over the batch, the
-    gradient of the distinct items' rows and that of ``top_state``.
+    ``out_rows`` are the step's distinct items' rows of the output table (``[W_u | b_u]``,
+    a :class:`~._optim.TableRows`); ``column_of`` maps the ``B + S`` columns (the ``n``
+    targets first) to them. Returns the loss summed over the batch, the gradient of the
+    distinct items' rows and that of ``top_state``.
     """
+    fused = out_rows.table.fused  # the run's backend
     if (fused and config.loss == "cross-entropy" and config.activation == "linear"
             and len(columns) >= 2):
-        # One C call: scores, sampled softmax and both gradient products (csrc/output_xent.c); it
-        # reads the rows where they lie in the table.
-        return _kernels.output_cross_entropy(top_state, table, distinct, column_of,
-                                             score_shift)
-    if rows is None:
-        rows = table.index_select(0, distinct)
+        # One C call: scores, sampled softmax and both gradient products
+        # (csrc/output_xent.c); it reads the rows where they lie in the table.
+        return _kernels.output_cross_entropy(top_state, out_rows.table.buffer[0],
+                                             out_rows.index, column_of, score_shift)
+    rows = out_rows.param
     # The bias rides along as an input of 1: one product gives the scores, and one the
     # output rows' weight and bias gradients (faster than addmm's bias broadcast).
     top = with_bias_input(top_state)
@@ -281,11 +280,11 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
                        batch_size: int, generator: torch.Generator) -> TrainingState:
         """Pack the item tables with their optimiser state, cache the weight views and
         prepare the dropout masks of a training run."""
-        tables = {"out": PackedTable(self.out, optimizer)}
+        tables = {"out": optimizer.table(self.out)}
         if self.embed is not None:
-            tables["embed"] = PackedTable(self.embed, optimizer)
+            tables["embed"] = optimizer.table(self.embed)
         if self.onehot is not None:
-            tables["onehot"] = PackedTable(self.onehot, optimizer)
+            tables["onehot"] = optimizer.table(self.onehot)
         grad_flat = torch.zeros_like(self.dense)
         device = self.out.device
         embed_masks = None
@@ -347,18 +346,16 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
         fused = out_table.fused  # the fused CPU kernels (decided once per training run)
         touched = torch.cat([items, columns]) if constrained else columns
         distinct, inverse = unique_rows(touched, self.n_items, fused)
-        # PyTorch's path steps a gathered copy of the rows (every plane); the fused kernels
-        # read and update them in place.
-        packed = None if fused else out_table.gather(distinct)
+        out_rows = out_table.rows(distinct)
         column_of = inverse[n:] if constrained else inverse
-        in_table = in_rows = in_inverse = in_packed = None
+        in_table = in_rows = in_inverse = None
         if constrained:
             x = self.out.index_select(0, items)[:, :width]
         else:
             in_table = state.tables["embed" if self.input_mode == "embedding" else "onehot"]
-            in_rows, in_inverse = unique_rows(items, self.n_items, fused)
-            in_packed = in_table.gather(in_rows)
-            x = (in_packed[0].index_select(0, in_inverse)
+            in_distinct, in_inverse = unique_rows(items, self.n_items, fused)
+            in_rows = in_table.rows(in_distinct)
+            x = (in_rows.param.index_select(0, in_inverse)
                  if self.input_mode == "embedding" else None)
         embed_mask = None
         if x is not None and state.embed_masks is not None:
@@ -375,7 +372,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
                 hidden_masks.append(mask)
             reset_after = self.layer_resets_after[i]
             if view.wx is None:  # one-hot input: gather the rows of the input table
-                gi = in_packed[0].index_select(0, in_inverse).add_(view.b)
+                gi = in_rows.param.index_select(0, in_inverse).add_(view.b)
                 h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh,
                                        reset_after=reset_after, b_h=view.bh, mask=mask,
                                        fused=fused)
@@ -390,9 +387,8 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
 
         # The output layer: scores of the distinct target and sample items only (never
         # the catalogue), the loss, and the gradients of the rows and of the last state.
-        loss, out_grad, d_h = _output_layer(layer_in, out_table.buffer[0], distinct, columns,
-                                            column_of, n, score_shift, config, fused,
-                                            rows=None if packed is None else packed[0])
+        loss, out_grad, d_h = _output_layer(layer_in, out_rows, columns, column_of, n,
+                                            score_shift, config)
 
         # Backward through the layers, top-down (no step back in time).
         in_grad = None
@@ -402,7 +398,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
             d_gi, d_x = gru_layer_backward(
                 d_h, caches[i], layer_inputs[i], view.wx, view.wh, grad.wx, grad.b,
                 grad.wrz, grad.wh, grad.bh, mask=hidden_masks[i] if hidden_masks else None,
-                need_dx=need_dx, need_dgi=view.wx is None, fused=fused)
+                need_dx=need_dx, need_dgi=view.wx is None)
             if view.wx is None:
                 in_grad = d_gi
             elif need_dx:
@@ -421,10 +417,10 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
             keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=out_grad.device)
             keep_bias.index_fill_(0, column_of, False)
         else:
-            merged = torch.zeros(len(in_rows), in_table.width, device=in_grad.device)
+            merged = torch.zeros(len(in_rows.index), in_table.width, device=in_grad.device)
             merged.index_add_(0, in_inverse, in_grad)
-            in_table.step(in_rows, in_packed, merged)
-        out_table.step(distinct, packed, out_grad, keep_bias)
+            in_table.step(in_rows, merged)
+        out_table.step(out_rows, out_grad, keep_bias)
         for i, h in enumerate(new_hidden):
             if hidden_inplace:
                 hidden[i].copy_(h)  # after the backward pass, which read the old state

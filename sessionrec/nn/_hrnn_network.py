@@ -24,7 +24,7 @@ from .._native import kernels as _kernels
 from ._interface import NEW_SESSION, NEW_USER, OutputTableScores
 from ._layers import DropoutMasks, gru_forward, init_uniform_, reset_item_tables
 from ._losses import StepConfig, sampled_loss
-from ._optim import AdagradMomentum, PackedTable, unique_rows
+from ._optim import AdagradMomentum, unique_rows
 
 __all__ = ["HRNNNetwork", "HRNNTraining"]
 
@@ -201,11 +201,11 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         ``dropout`` is (user-GRU output, session-GRU output, init vector), the paper's
         order.
         """
-        tables = {"out": PackedTable(self.out, optimizer)}
+        tables = {"out": optimizer.table(self.out)}
         if self.embed is not None:
-            tables["embed"] = PackedTable(self.embed, optimizer)
+            tables["embed"] = optimizer.table(self.embed)
         if self.onehot is not None:
-            tables["onehot"] = PackedTable(self.onehot, optimizer)
+            tables["onehot"] = optimizer.table(self.onehot)
         device = self.out.device
 
         def masks(p, width):
@@ -249,15 +249,15 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         out_table = training.tables["out"]
         touched = torch.cat([items, columns]) if constrained else columns
         distinct, inverse = unique_rows(touched, self.n_items, out_table.fused)
-        packed = out_table.gather(distinct)
+        touched_rows = out_table.rows(distinct)
         column_of = inverse[n:] if constrained else inverse
-        out_rows = packed[0].detach().requires_grad_(True)
-        in_table = in_rows = in_inverse = in_packed = in_leaf = None
+        out_rows = touched_rows.param.detach().requires_grad_(True)
+        in_table = in_rows = in_inverse = in_leaf = None
         if not constrained:
             in_table = training.tables["embed" if self.input_mode == "embedding" else "onehot"]
-            in_rows, in_inverse = unique_rows(items, self.n_items, out_table.fused)
-            in_packed = in_table.gather(in_rows)
-            in_leaf = in_packed[0].detach().requires_grad_(True)
+            in_distinct, in_inverse = unique_rows(items, self.n_items, out_table.fused)
+            in_rows = in_table.rows(in_distinct)
+            in_leaf = in_rows.param.detach().requires_grad_(True)
         # One leaf per weight (views of the flat buffer): a leaf that is the whole buffer
         # would make autograd build a buffer-sized gradient for every view it feeds.
         w = {name: view.detach().requires_grad_(True)
@@ -307,7 +307,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
             keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=items.device)
             keep_bias.index_fill_(0, column_of, False)
         else:
-            in_table.step(in_rows, in_packed, in_leaf.grad)
-        out_table.step(distinct, packed, out_rows.grad, keep_bias)
+            in_table.step(in_rows, in_leaf.grad)
+        out_table.step(touched_rows, out_rows.grad, keep_bias)
         state[0], state[1] = h.detach(), user.detach()
         return loss

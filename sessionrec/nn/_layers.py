@@ -8,8 +8,9 @@ import torch
 
 from .._native import kernels as _kernels
 
-__all__ = ["init_uniform_", "reset_item_tables", "GRUCache", "gru_forward", "gru_backward",
-           "gru_layer_forward", "gru_layer_backward", "dropout_mask", "DropoutMasks"]
+__all__ = ["init_uniform_", "reset_item_tables", "GRUCache", "FusedGRUCache", "gru_forward",
+           "gru_backward", "gru_layer_forward", "gru_layer_backward", "dropout_mask",
+           "DropoutMasks"]
 
 
 @torch.no_grad()
@@ -27,27 +28,29 @@ def init_uniform_(tensor: torch.Tensor, n_blocks: int = 1, generator=None) -> to
 
 @dataclass
 class GRUCache:
-    """What the backward pass of one GRU step needs: the previous state, and the arrays
-    below as tensors (PyTorch's path) or packed in the fused kernel's ``state`` buffer."""
+    """What the backward pass of one GRU step of PyTorch's implementation needs."""
 
     h: torch.Tensor           # previous hidden state (B, H)
-    rz: torch.Tensor | None   # reset and update gates (B, 2H)
-    rec: torch.Tensor | None  # (r * h) before the recurrent product, or h W_h + b_h after
-    c: torch.Tensor | None    # candidate state (B, H)
+    rz: torch.Tensor          # reset and update gates (B, 2H)
+    rec: torch.Tensor         # (r * h) before the recurrent product, or h W_h + b_h after
+    c: torch.Tensor           # candidate state (B, H)
     reset_after: bool = False
-    state: torch.Tensor | None = None  # from _kernels.gru_step
 
-    def arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(rz, rec, c)``, wherever they are kept."""
-        if self.state is None:
-            return self.rz, self.rec, self.c
-        return _kernels.gru_state_arrays(self.state, *self.h.shape)
+
+@dataclass
+class FusedGRUCache:
+    """What the backward pass of one GRU step of the fused kernels needs: the previous
+    state and the kernel's own record of the step (opaque here)."""
+
+    h: torch.Tensor
+    state: _kernels.GruStepState
 
 
 def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
                 need_cache: bool = True, reset_after: bool = False,
                 b_h: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                fused: bool | None = None) -> tuple[torch.Tensor, GRUCache | None]:
+                fused: bool | None = None
+                ) -> tuple[torch.Tensor, GRUCache | FusedGRUCache | None]:
     """One GRU step.
 
     ``gi`` holds the input contributions ``x W + b`` of the candidate, reset and update
@@ -70,15 +73,15 @@ def gru_forward(gi: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torc
     ``walk_context``), and pass False where autograd differentiates the step (HRNN's and
     p-RNN's training: the kernels have no autograd formula). None, for a direct call,
     applies the same rule here (:func:`~sessionrec._native.kernels.fused_for`, and not
-    while autograd records). Both ways compute the same values up to rounding.
+    while autograd records). Both ways compute the same values up to rounding; the
+    cache (for :func:`gru_backward`) is the implementation's own.
     """
     if fused is None:
         fused = _use_kernels(h, gi, w_rz, w_h, b_h)
     if fused:
         h_new, state = _kernels.gru_step(h, w_rz, w_h, b_h, gi=gi, reset_after=reset_after,
                                          mask=mask)
-        return h_new, (GRUCache(h, None, None, None, reset_after, state)
-                       if need_cache else None)
+        return h_new, (FusedGRUCache(h, state) if need_cache else None)
     size = h.shape[1]
     rz_in = gi[:, size:] if b_h is None else gi[:, size:] + b_h[size:]
     rz = torch.addmm(rz_in, h, w_rz).sigmoid_()
@@ -106,7 +109,7 @@ def gru_layer_forward(x: torch.Tensor, w_x: torch.Tensor, b: torch.Tensor, h: to
                       w_rz: torch.Tensor, w_h: torch.Tensor, need_cache: bool = True,
                       reset_after: bool = False, b_h: torch.Tensor | None = None,
                       mask: torch.Tensor | None = None, fused: bool | None = None
-                      ) -> tuple[torch.Tensor, GRUCache | None]:
+                      ) -> tuple[torch.Tensor, GRUCache | FusedGRUCache | None]:
     """:func:`gru_forward` from the layer's input ``x`` (B x I): the gate inputs are
     ``x W_x + b`` (``w_x``: I x 3H). The fused kernel computes them in the same call."""
     if fused is None:
@@ -114,29 +117,27 @@ def gru_layer_forward(x: torch.Tensor, w_x: torch.Tensor, b: torch.Tensor, h: to
     if fused:
         h_new, state = _kernels.gru_step(h, w_rz, w_h, b_h, x=x, w_x=w_x, b=b,
                                          reset_after=reset_after, mask=mask)
-        return h_new, (GRUCache(h, None, None, None, reset_after, state)
-                       if need_cache else None)
+        return h_new, (FusedGRUCache(h, state) if need_cache else None)
     return gru_forward(torch.addmm(b, x, w_x), h, w_rz, w_h, need_cache=need_cache,
                        reset_after=reset_after, b_h=b_h, mask=mask, fused=False)
 
 
-def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
+def gru_backward(dh_new: torch.Tensor, cache: GRUCache | FusedGRUCache, w_h: torch.Tensor,
                  dw_rz: torch.Tensor, dw_h: torch.Tensor,
-                 db_h: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 fused: bool | None = None) -> torch.Tensor:
+                 db_h: torch.Tensor | None = None, mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """Gradients of one GRU step (no back-propagation into the previous state).
 
     Writes the weight gradients into ``dw_rz`` and ``dw_h`` (and, for a step with a
     recurrent bias, ``db_h``) and returns the gradient of the gate inputs ``gi``
     (B, 3H), from which the caller gets the input weights', bias's and input's gradients.
-    ``mask`` is the forward step's dropout mask, ``fused`` as in :func:`gru_forward`.
+    ``mask`` is the forward step's dropout mask. The step's implementation is the one
+    that made ``cache``.
     """
-    if fused is None:
-        fused = _kernels.enabled_for(cache.h)
-    if fused:
+    if isinstance(cache, FusedGRUCache):
         return gru_layer_backward(dh_new, cache, None, None, w_h, None, None, dw_rz, dw_h,
-                                  db_h, mask=mask, fused=True)[0]
-    h, (rz, rec, c) = cache.h, cache.arrays()
+                                  db_h, mask=mask)[0]
+    h, rz, rec, c = cache.h, cache.rz, cache.rec, cache.c
     size = h.shape[1]
     z = rz[:, size:]
     dgi = torch.empty(h.shape[0], 3 * size, dtype=h.dtype, device=h.device)
@@ -166,31 +167,25 @@ def gru_backward(dh_new: torch.Tensor, cache: GRUCache, w_h: torch.Tensor,
     return dgi
 
 
-def gru_layer_backward(dh_new: torch.Tensor, cache: GRUCache, x: torch.Tensor | None,
-                       w_x: torch.Tensor | None, w_h: torch.Tensor,
+def gru_layer_backward(dh_new: torch.Tensor, cache: GRUCache | FusedGRUCache,
+                       x: torch.Tensor | None, w_x: torch.Tensor | None, w_h: torch.Tensor,
                        dw_x: torch.Tensor | None, db: torch.Tensor | None, dw_rz: torch.Tensor,
                        dw_h: torch.Tensor, db_h: torch.Tensor | None = None,
                        mask: torch.Tensor | None = None, need_dx: bool = False,
-                       need_dgi: bool = True, fused: bool | None = None
+                       need_dgi: bool = True
                        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`gru_backward` with the gate inputs' bias ``db`` (if not None) and, for a
     layer fed by ``x`` through ``w_x`` (None for a one-hot layer), ``dw_x = x^T dgi``.
 
-    Returns ``(dgi, dx)``: the gradient of the gate inputs (None unless ``need_dgi``; the
-    fused path then skips making a tensor of it) and, with ``need_dx``, that of the
-    layer's input, ``dgi W_x^T`` (else None).
+    Returns ``(dgi, dx)``: the gradient of the gate inputs (None unless ``need_dgi``) and,
+    with ``need_dx``, that of the layer's input, ``dgi W_x^T`` (else None). The fused
+    kernel computes them all in one call.
     """
-    if fused is None:
-        fused = _kernels.enabled_for(cache.h)
-    if fused:
-        state = cache.state
-        if state is None:  # a step of PyTorch's path: pack its arrays as the kernel's
-            state = torch.cat([t.reshape(-1) for t in cache.arrays()])
+    if isinstance(cache, FusedGRUCache):
         return _kernels.gru_step_backward(
-            dh_new, mask, state, cache.h, w_h, dw_rz, dw_h, reset_after=cache.reset_after,
-            db=db, db_h=db_h, x=x, w_x=w_x, dw_x=dw_x, need_dx=need_dx,
-            need_dgi=need_dgi)
-    dgi = gru_backward(dh_new, cache, w_h, dw_rz, dw_h, db_h, mask=mask, fused=False)
+            dh_new, mask, cache.state, cache.h, w_h, dw_rz, dw_h, db=db, db_h=db_h, x=x,
+            w_x=w_x, dw_x=dw_x, need_dx=need_dx, need_dgi=need_dgi)
+    dgi = gru_backward(dh_new, cache, w_h, dw_rz, dw_h, db_h, mask=mask)
     if db is not None:
         torch.sum(dgi, dim=0, out=db)
     if dw_x is not None:

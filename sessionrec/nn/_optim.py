@@ -18,7 +18,8 @@ from torch import nn
 
 from .._native import kernels as _kernels
 
-__all__ = ["AdagradMomentum", "PackedTable", "unique_rows", "unique_rows_padded"]
+__all__ = ["AdagradMomentum", "PackedTable", "FusedPackedTable", "TableRows", "unique_rows",
+           "unique_rows_padded"]
 
 
 # On the CPU, rows touched by a step are deduplicated by marking them in a table of all
@@ -79,7 +80,7 @@ class AdagradMomentum:
         Added to the accumulator before the square root.
     fused : bool or None, default=None
         Whether the run's tables and steps use the fused CPU kernels: the fit's one
-        decision (``_kernels.fused_for(device)``), which :class:`PackedTable` and the
+        decision (``_kernels.fused_for(device)``), which :meth:`table` and the
         training steps read from here. None applies that rule to each parameter.
     """
 
@@ -122,6 +123,12 @@ class AdagradMomentum:
         """The run's decision for ``param`` (see ``fused``)."""
         return _kernels.enabled_for(param) if self.fused is None else self.fused
 
+    def table(self, param: nn.Parameter) -> PackedTable:
+        """``param`` (an item table) packed with its optimiser state for this run, in the
+        run's implementation (see ``fused``)."""
+        kind = FusedPackedTable if self.uses_kernels(param) else PackedTable
+        return kind(param, self)
+
     def rows_step(self, gathered: torch.Tensor, grad: torch.Tensor) -> None:
         """Sparse step on gathered rows of a :class:`PackedTable`, in place.
 
@@ -139,6 +146,24 @@ class AdagradMomentum:
             param.addcdiv_(grad, denom, value=-self.lr)
 
 
+class TableRows:
+    """The rows ``index`` (distinct) of a :class:`PackedTable` that one step reads and
+    then updates: ``param`` holds their parameters (rows x width)."""
+
+    __slots__ = ("table", "index", "_planes", "_param")
+
+    def __init__(self, table: PackedTable, index: torch.Tensor,
+                 planes: torch.Tensor | None = None):
+        self.table, self.index, self._planes = table, index, planes
+        self._param = None if planes is None else planes[0]
+
+    @property
+    def param(self) -> torch.Tensor:
+        if self._param is None:  # gathered when first read
+            self._param = self.table.buffer[0].index_select(0, self.index)
+        return self._param
+
+
 class PackedTable:
     """An item table packed with its optimiser state, for the duration of a fit.
 
@@ -146,11 +171,14 @@ class PackedTable:
     row is the dummy row of :func:`unique_rows`. The parameter's data becomes a view of
     the first plane (contiguous); :meth:`release` gives it storage of its own again.
 
-    On the CPU with the fused kernels (:mod:`._kernels`), :meth:`gather` copies only the
-    parameter plane and :meth:`step` updates the rows of every plane in place, in one
-    pass; elsewhere a step gathers the rows of all planes, updates the copy and scatters
-    it back.
+    A step reads the rows it touches (:meth:`rows`) and then updates them with their
+    merged gradient (:meth:`step`). Here (PyTorch's implementation) :meth:`rows` gathers
+    the rows of every plane, the step updates that copy and scatters it back;
+    :class:`FusedPackedTable` updates them in place. Make one with
+    :meth:`AdagradMomentum.table`, which picks the run's implementation.
     """
+
+    fused = False  # whether the table's steps run in the fused kernels
 
     def __init__(self, param: nn.Parameter, optimizer: AdagradMomentum):
         n_rows, width = param.shape
@@ -164,36 +192,46 @@ class PackedTable:
         self.buffer[0, :n_rows] = param.data
         self.buffer[1] = optimizer.eps  # see AdagradMomentum.dense_step
         param.data = self.buffer[0, :n_rows]
-        self.fused = optimizer.uses_kernels(param)
 
-    def gather(self, distinct: torch.Tensor) -> torch.Tensor:
-        """The rows ``distinct`` of the planes (a copy, planes x rows x width): plane 0
-        holds the parameters (the only plane gathered with the fused kernels)."""
-        if self.fused:
-            return self.buffer[0].index_select(0, distinct).unsqueeze(0)
-        return self.buffer.index_select(1, distinct)
+    def rows(self, index: torch.Tensor) -> TableRows:
+        """The distinct rows ``index`` a step reads (``.param``) and will update."""
+        return TableRows(self, index, self.buffer.index_select(1, index))
 
-    def step(self, distinct: torch.Tensor, gathered: torch.Tensor, grad: torch.Tensor,
+    def step(self, rows: TableRows, grad: torch.Tensor,
              keep_last_column: torch.Tensor | None = None) -> None:
-        """Apply the sparse step to the gathered rows and write them back.
+        """Apply the sparse step to ``rows`` (from :meth:`rows`, read before any update)
+        with their merged gradient ``grad``.
 
-        ``keep_last_column`` (bool per gathered row) marks rows whose last column must not
+        ``keep_last_column`` (bool per row) marks rows whose last column must not
         change: a table that packs two parameters (output weights and bias) updates each
         only on the rows its own gradient touched, as two separate sparse tables would;
         otherwise momentum would still move an untouched element.
         """
-        if self.fused:
-            _kernels.sparse_adagrad_(self.buffer, distinct, grad, keep_last_column,
-                                     self.optimizer.lr, self.optimizer.momentum)
-            return
+        gathered = rows._planes
         kept = None
         if keep_last_column is not None and self.optimizer.momentum > 0:
             kept = gathered[:, :, -1].clone()
         self.optimizer.rows_step(gathered, grad)
         if kept is not None:
             gathered[:, :, -1] = torch.where(keep_last_column, kept, gathered[:, :, -1])
-        self.buffer.index_copy_(1, distinct, gathered)
+        self.buffer.index_copy_(1, rows.index, gathered)
 
     def release(self) -> None:
         self.param.data = self.buffer[0, :self.n_rows].clone()
         self.buffer = None
+
+
+class FusedPackedTable(PackedTable):
+    """:class:`PackedTable` with its steps in the fused CPU kernels: a step updates the
+    rows of every plane in place, in one pass (``sparse_adagrad_``), and :meth:`rows`
+    copies only the parameters, and only if the step reads them."""
+
+    fused = True
+
+    def rows(self, index: torch.Tensor) -> TableRows:
+        return TableRows(self, index)
+
+    def step(self, rows: TableRows, grad: torch.Tensor,
+             keep_last_column: torch.Tensor | None = None) -> None:
+        _kernels.sparse_adagrad_(self.buffer, rows.index, grad, keep_last_column,
+                                 self.optimizer.lr, self.optimizer.momentum)

@@ -39,7 +39,7 @@ from .._native import kernels as _kernels
 from ._interface import keep_rows
 from ._layers import DropoutMasks, gru_forward, init_uniform_
 from ._losses import sampled_loss
-from ._optim import AdagradMomentum, PackedTable, unique_rows
+from ._optim import AdagradMomentum, unique_rows
 
 __all__ = ["ParallelNetwork", "ParallelTraining", "SubnetSpec"]
 
@@ -377,7 +377,7 @@ class ParallelNetwork(nn.Module):
         names = [n for i in range(len(self.subnets)) for n in self.table_names(i)]
         if self.head == "shared":
             names.append("shared_out")
-        tables = {n: PackedTable(getattr(self, n), optimizer) for n in names}
+        tables = {n: optimizer.table(getattr(self, n)) for n in names}
         device = self.s0_dense.device
         masks = [DropoutMasks(dropout, batch_size, s.hidden, device=device,
                               generator=generator) if dropout > 0 else None
@@ -430,12 +430,11 @@ class ParallelNetwork(nn.Module):
                     rows = (batch.sparse(int(name.rsplit("sparse", 1)[1]), True)[3]
                             if "_sparse" in name else
                             batch.id_rows()[0] if name.endswith("_onehot") else distinct)
-                    packed[name] = (rows, training.tables[name].gather(rows))
-                    leaves[name] = packed[name][1][0].detach().requires_grad_(True)
+                    packed[name] = training.tables[name].rows(rows)
+                    leaves[name] = packed[name].param.detach().requires_grad_(True)
             if self.head == "shared":
-                rows = training.tables["shared_out"].gather(distinct)
-                packed["shared_out"] = (distinct, rows)
-                leaves["shared_out"] = rows[0].detach().requires_grad_(True)
+                packed["shared_out"] = training.tables["shared_out"].rows(distinct)
+                leaves["shared_out"] = packed["shared_out"].param.detach().requires_grad_(True)
             with torch.enable_grad():
                 hidden = {}
                 for i in included:
@@ -483,9 +482,8 @@ class ParallelNetwork(nn.Module):
                                               training.grad_flat[i])
                 new_state[i] = hidden[i].detach()
             for name, leaf in leaves.items():
-                rows, gathered = packed[name]
                 grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-                training.tables[name].step(rows, gathered, grad)
+                training.tables[name].step(packed[name], grad)
         for i, h in new_state.items():
             state[i] = h
         return loss

@@ -39,19 +39,47 @@ EXPORT int sr_openmp(void) {
 #include "gru4rec_step.c"
 #include "bpr_max.c"
 
-#define FIELD(name) (int64_t)offsetof(Gru4recStep, name)
+#define FIELD(type, name) (int64_t)offsetof(type, name)
 
-EXPORT int64_t sr_struct_layout(int64_t *out, int64_t capacity) {
-    const int64_t values[] = {
-        (int64_t)sizeof(Gru4recStep), FIELD(n_items), FIELD(n_layers), FIELD(n_sample),
-        FIELD(samples_int32), FIELD(max_batch), FIELD(n_threads), FIELD(sizes),
-        FIELD(layout), FIELD(reset_after), FIELD(table), FIELD(n_planes),
-        FIELD(plane_stride), FIELD(dense), FIELD(grad), FIELD(acc), FIELD(mom),
-        FIELD(n_dense), FIELD(shift_batch), FIELD(shift_sample), FIELD(lr),
-        FIELD(momentum), FIELD(index), FIELD(work), FIELD(parts), FIELD(keep_bias),
-        FIELD(input_mode), FIELD(in_table), FIELD(in_planes), FIELD(in_plane_stride),
-        FIELD(in_width)};
-    const int64_t n = (int64_t)(sizeof(values) / sizeof(values[0]));
+EXPORT int64_t sr_struct_layout(int64_t which, int64_t *out, int64_t capacity) {
+#define S FIELD
+    const int64_t plan[] = {
+        (int64_t)sizeof(Gru4recStep), S(Gru4recStep, n_items), S(Gru4recStep, n_layers),
+        S(Gru4recStep, n_sample), S(Gru4recStep, samples_int32), S(Gru4recStep, max_batch),
+        S(Gru4recStep, n_threads), S(Gru4recStep, sizes), S(Gru4recStep, layout),
+        S(Gru4recStep, reset_after), S(Gru4recStep, table), S(Gru4recStep, n_planes),
+        S(Gru4recStep, plane_stride), S(Gru4recStep, dense), S(Gru4recStep, grad),
+        S(Gru4recStep, acc), S(Gru4recStep, mom), S(Gru4recStep, n_dense),
+        S(Gru4recStep, shift_batch), S(Gru4recStep, shift_sample), S(Gru4recStep, lr),
+        S(Gru4recStep, momentum), S(Gru4recStep, index), S(Gru4recStep, work),
+        S(Gru4recStep, parts), S(Gru4recStep, keep_bias), S(Gru4recStep, input_mode),
+        S(Gru4recStep, in_table), S(Gru4recStep, in_planes), S(Gru4recStep, in_plane_stride),
+        S(Gru4recStep, in_width)};
+    const int64_t step[] = {
+        (int64_t)sizeof(GruStepArgs), S(GruStepArgs, B), S(GruStepArgs, I), S(GruStepArgs, H),
+        S(GruStepArgs, x), S(GruStepArgs, ldx), S(GruStepArgs, wx), S(GruStepArgs, b),
+        S(GruStepArgs, gi), S(GruStepArgs, ldgi), S(GruStepArgs, h), S(GruStepArgs, ldh),
+        S(GruStepArgs, wrz), S(GruStepArgs, wh), S(GruStepArgs, bh), S(GruStepArgs, mask),
+        S(GruStepArgs, reset_after), S(GruStepArgs, n_threads), S(GruStepArgs, state),
+        S(GruStepArgs, out)};
+    const int64_t back[] = {
+        (int64_t)sizeof(GruBackwardArgs), S(GruBackwardArgs, B), S(GruBackwardArgs, I),
+        S(GruBackwardArgs, H), S(GruBackwardArgs, dh), S(GruBackwardArgs, lddh),
+        S(GruBackwardArgs, mask), S(GruBackwardArgs, state), S(GruBackwardArgs, h),
+        S(GruBackwardArgs, ldh), S(GruBackwardArgs, x), S(GruBackwardArgs, ldx),
+        S(GruBackwardArgs, wx), S(GruBackwardArgs, wh), S(GruBackwardArgs, reset_after),
+        S(GruBackwardArgs, n_threads), S(GruBackwardArgs, dgi), S(GruBackwardArgs, work),
+        S(GruBackwardArgs, dwx), S(GruBackwardArgs, db), S(GruBackwardArgs, dwrz),
+        S(GruBackwardArgs, dwh), S(GruBackwardArgs, dbh), S(GruBackwardArgs, dx)};
+#undef S
+    const int64_t *values;
+    int64_t n;
+    switch (which) {
+    case 0: values = plan; n = (int64_t)(sizeof(plan) / sizeof(plan[0])); break;
+    case 1: values = step; n = (int64_t)(sizeof(step) / sizeof(step[0])); break;
+    case 2: values = back; n = (int64_t)(sizeof(back) / sizeof(back[0])); break;
+    default: return -1;
+    }
     for (int64_t k = 0; k < n && k < capacity; ++k) out[k] = values[k];
     return n < capacity ? n : capacity;
 }

@@ -118,22 +118,34 @@ static void gru_forward_phases(const GruForward *s, int64_t t, int64_t T) {
 #define RUN_PHASES(PHASES, s, USE) PHASES(&(s), 0, 1)
 #endif
 
-/* One GRU step. x (B x I, row stride ldx) and wx (I x 3H) give the gate inputs, written
- * into gi (B x 3H) with the bias b (3H); with x NULL, gi (row stride ldgi) holds them.
- * h: B x H (row stride ldh); wrz: H x 2H; wh: H x H; bh (3H, or NULL): the recurrent
- * bias, with reset_after only; mask (B x H, or NULL): dropout. Writes rz (B x 2H), rec
- * (B x H: r * h, or h W_h + b_h_c with reset_after), c (B x H) and out (B x H). Every
- * matrix is row-major, and contiguous where no stride is given. */
-EXPORT void sr_gru_forward_f32(int64_t B, int64_t I, int64_t H, const float *x, int64_t ldx,
-                               const float *wx, const float *b, float *gi, int64_t ldgi,
-                               const float *h, int64_t ldh, const float *wrz,
-                               const float *wh, const float *bh, int64_t reset_after,
-                               const float *mask, float *rz, float *rec, float *c,
-                               float *out, int64_t n_threads) {
+/* One GRU step into `state` (GRU_KEPT or, computing the gate inputs, GRU_KEPT_GI blocks
+ * of B x H floats, laid out as the GRU_* offsets say) and `out`. x (B x I, row stride
+ * ldx) and wx (I x 3H) give the gate inputs, written into the state with the bias b
+ * (3H); with x NULL, gi (row stride ldgi) holds them. h: B x H (row stride ldh); wrz:
+ * H x 2H; wh: H x H; bh (3H, or NULL): the recurrent bias, with reset_after only; mask
+ * (B x H, or NULL): dropout. Every matrix is row-major, and contiguous where no stride
+ * is given. */
+static void gru_step_into(int64_t B, int64_t I, int64_t H, const float *x, int64_t ldx,
+                          const float *wx, const float *b, const float *gi, int64_t ldgi,
+                          const float *h, int64_t ldh, const float *wrz, const float *wh,
+                          const float *bh, int64_t reset_after, const float *mask,
+                          float *state, float *out, int64_t n_threads) {
+    const int64_t block = B * H;
     GruForward s = {B, I, H, ldx, ldh, x ? 3 * H : ldgi, x, wx, b, h, wrz, wh, bh, mask,
-                    gi, rz, rec, c, out, (int)reset_after};
-    const int64_t use = n_threads > 1 && B * H >= MIN_PARALLEL_GRU ? n_threads : 1;
+                    x ? state + GRU_GI * block : (float *)gi, state + GRU_RZ * block,
+                    state + GRU_REC * block, state + GRU_C * block, out, (int)reset_after, 0};
+    const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
     RUN_PHASES(gru_forward_phases, s, use);
+}
+
+EXPORT int64_t sr_gru_state_floats(int64_t B, int64_t H, int64_t with_gi) {
+    return (with_gi ? GRU_KEPT_GI : GRU_KEPT) * B * H;
+}
+
+EXPORT void sr_gru_step_f32(const GruStepArgs *a) {
+    gru_step_into(a->B, a->I, a->H, a->x, a->ldx, a->wx, a->b, a->gi, a->ldgi, a->h, a->ldh,
+                  a->wrz, a->wh, a->bh, a->reset_after, a->mask, a->state, a->out,
+                  a->n_threads);
 }
 
 typedef struct {
@@ -235,20 +247,32 @@ static void gru_backward_phases(const GruBackward *s, int64_t t, int64_t T) {
 
 /* Gradients of one GRU step (no step back in time) from dh (B x H, row stride lddh), the
  * gradient of the step's output before its mask (NULL for none), and the forward step's
- * rz, c, h (row stride ldh) and rec. Writes dgi (B x 3H), the gradient of the gate
- * inputs, d_rec (B x H), that of rec, and the weights' gradients dwrz (H x 2H), dwh
- * (H x H), and where not NULL: db (3H) and dbh (3H; its first H only with reset_after),
- * the biases'; dwx
- * (I x 3H) = x^T dgi for the input x (B x I, row stride ldx); dx (B x I) = dgi wx^T. */
-EXPORT void sr_gru_backward_f32(int64_t B, int64_t I, int64_t H, const float *dh,
-                                int64_t lddh, const float *mask, const float *rz,
-                                const float *c, const float *h, int64_t ldh, const float *rec,
-                                int64_t reset_after, const float *x, int64_t ldx,
-                                const float *wx, const float *wh, float *dgi, float *d_rec,
-                                float *dwx, float *db, float *dwrz, float *dwh, float *dbh,
-                                float *dx, int64_t n_threads) {
-    GruBackward s = {B, I, H, lddh, ldh, ldx, dh, mask, rz, c, h, rec, x, wx, wh,
-                     dgi, d_rec, dwx, db, dwrz, dwh, dbh, dx, (int)reset_after};
-    const int64_t use = n_threads > 1 && B * H >= MIN_PARALLEL_GRU ? n_threads : 1;
+ * state (gru_step_into's) and h (row stride ldh). Writes dgi (B x 3H), the gradient of the
+ * gate inputs, and the weights' gradients dwrz (H x 2H), dwh (H x H), and where not
+ * NULL: db (3H) and dbh (3H; its first H only with reset_after), the biases'; dwx
+ * (I x 3H) = x^T dgi for the input x (B x I, row stride ldx); dx (B x I) = dgi wx^T.
+ * work: GRU_BACKWARD_WORK blocks of B x H floats. */
+static void gru_step_backward_from(int64_t B, int64_t I, int64_t H, const float *dh,
+                                   int64_t lddh, const float *mask, const float *state,
+                                   const float *h, int64_t ldh, int64_t reset_after,
+                                   const float *x, int64_t ldx, const float *wx,
+                                   const float *wh, float *dgi, float *work, float *dwx,
+                                   float *db, float *dwrz, float *dwh, float *dbh, float *dx,
+                                   int64_t n_threads) {
+    const int64_t block = B * H;
+    GruBackward s = {B, I, H, lddh, ldh, ldx, dh, mask, state + GRU_RZ * block,
+                     state + GRU_C * block, h, state + GRU_REC * block, x, wx, wh, dgi, work,
+                     dwx, db, dwrz, dwh, dbh, dx, (int)reset_after};
+    const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
     RUN_PHASES(gru_backward_phases, s, use);
+}
+
+EXPORT int64_t sr_gru_backward_work_floats(int64_t B, int64_t H) {
+    return GRU_BACKWARD_WORK * B * H;
+}
+
+EXPORT void sr_gru_step_backward_f32(const GruBackwardArgs *a) {
+    gru_step_backward_from(a->B, a->I, a->H, a->dh, a->lddh, a->mask, a->state, a->h, a->ldh,
+                           a->reset_after, a->x, a->ldx, a->wx, a->wh, a->dgi, a->work,
+                           a->dwx, a->db, a->dwrz, a->dwh, a->dbh, a->dx, a->n_threads);
 }

@@ -16,11 +16,15 @@
 
 static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
-/* Layer l's part of the layers' scratch: 8 max_batch H_l floats. */
+/* Layer l's part of the layers' scratch: max_batch H_l floats GRU_KEPT_GI + 1 times (the
+ * GRU step's state with its gate inputs, then the layer's output, at layer_output). */
 static float *layer_state(const Gru4recStep *p, float *layer_work, int64_t l) {
-    for (int64_t k = 0; k < l; ++k) layer_work += round16(8 * p->max_batch * p->sizes[k]);
+    for (int64_t k = 0; k < l; ++k)
+        layer_work += round16((GRU_KEPT_GI + 1) * p->max_batch * p->sizes[k]);
     return layer_work;
 }
+
+static float *layer_output(float *state, int64_t block) { return state + GRU_KEPT_GI * block; }
 
 static int64_t widest_input(const Gru4recStep *p) {
     int64_t most = 0;
@@ -39,13 +43,14 @@ static int64_t step_scratch(const Gru4recStep *p, float **x, float **layer_work,
     for (int64_t l = 0; l < L; ++l) {
         const int64_t units = p->sizes[l];
         most_units = units > most_units ? units : most_units;
-        layers += round16(8 * B * units); /* the kernel's state (7 B H), then the output */
+        layers += round16((GRU_KEPT_GI + 1) * B * units); /* the step's state, the output */
     }
     int64_t U = 2 * B + p->n_sample;
     U = U < p->n_items ? U : p->n_items;
     const int64_t sizes[9] = {round16(B * p->layout[0]), layers, round16(U * (H + 1)),
                               round16(B * H), round16(sr_output_xent_scratch(B, H, U)),
-                              round16(B + p->n_sample), round16(4 * B * most_units),
+                              round16(B + p->n_sample),
+                              round16((3 + GRU_BACKWARD_WORK) * B * most_units),
                               2 * round16(B * widest_input(p)),
                               p->input_mode ? round16(B * p->in_width) : 0};
     float **parts[9] = {x, layer_work, out_grad, d_h, xent, shift, back, dx, merged};
@@ -142,8 +147,8 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
         }
     }
 
-    /* Forward through the layers; layer l keeps [rz | rec | c | gi] (7 B H_l), then its
-     * output (B H_l), in its part of layer_work (layer_state). */
+    /* Forward through the layers; layer l keeps the GRU step's state, then its output
+     * (B H_l), in its part of layer_work (layer_state). */
     const float *in = x;
     for (int64_t l = 0; l < L; ++l) {
         const int64_t *at = p->layout + 6 * l, I = at[0], units = p->sizes[l];
@@ -151,23 +156,21 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
         float *state = layer_state(p, layer_work, l);
         const float *bh = at[5] >= 0 ? p->dense + at[5] : 0, *mask = masks ? masks[l] : 0;
         if (l == 0 && onehot) { /* gate inputs: the items' rows of the table, plus b */
-            float *gi = state + 4 * block;
+            float *gi = state + GRU_GI * block;
             const float *bias = p->dense + at[4];
             for (int64_t b = 0; b < B; ++b) {
                 const float *row = p->in_table + items[b] * p->in_width;
                 for (int64_t j = 0; j < 3 * units; ++j) gi[b * 3 * units + j] = row[j] + bias[j];
             }
-            sr_gru_forward_f32(B, 0, units, 0, 0, 0, 0, gi, 3 * units, hidden[l], units,
-                               p->dense + at[2], p->dense + at[3], bh, p->reset_after[l], mask,
-                               state, state + 2 * block, state + 3 * block, state + 7 * block,
-                               nt);
+            gru_step_into(B, 0, units, 0, 0, 0, 0, gi, 3 * units, hidden[l], units,
+                          p->dense + at[2], p->dense + at[3], bh, p->reset_after[l], mask,
+                          state, layer_output(state, block), nt);
         } else {
-            sr_gru_forward_f32(B, I, units, in, I, p->dense + at[1], p->dense + at[4],
-                               state + 4 * block, 0, hidden[l], units, p->dense + at[2],
-                               p->dense + at[3], bh, p->reset_after[l], mask, state,
-                               state + 2 * block, state + 3 * block, state + 7 * block, nt);
+            gru_step_into(B, I, units, in, I, p->dense + at[1], p->dense + at[4], 0, 0,
+                          hidden[l], units, p->dense + at[2], p->dense + at[3], bh,
+                          p->reset_after[l], mask, state, layer_output(state, block), nt);
         }
-        in = state + 7 * block;
+        in = layer_output(state, block);
     }
     const float *top = in;
 
@@ -190,15 +193,14 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
         const int64_t block = B * units;
         const int fed = !(l == 0 && onehot); /* a layer fed by a vector through wx */
         float *d_x = dx + ((L - 1 - l) % 2) * dx_half, *state = layer_state(p, layer_work, l);
-        const float *layer_in = l == 0 ? x : layer_state(p, layer_work, l - 1) +
-                                                 7 * B * p->sizes[l - 1];
-        sr_gru_backward_f32(B, I, units, d, units, masks ? masks[l] : 0, state,
-                            state + 3 * block, hidden[l], units, state + 2 * block,
-                            p->reset_after[l], fed ? layer_in : 0, I,
-                            fed ? p->dense + at[1] : 0, p->dense + at[3], back,
-                            back + 3 * block, fed ? p->grad + at[1] : 0, p->grad + at[4],
-                            p->grad + at[2], p->grad + at[3],
-                            at[5] >= 0 ? p->grad + at[5] : 0, fed ? d_x : 0, nt);
+        const float *layer_in =
+            l == 0 ? x : layer_output(layer_state(p, layer_work, l - 1), B * p->sizes[l - 1]);
+        gru_step_backward_from(B, I, units, d, units, masks ? masks[l] : 0, state, hidden[l],
+                               units, p->reset_after[l], fed ? layer_in : 0, I,
+                               fed ? p->dense + at[1] : 0, p->dense + at[3], back,
+                               back + 3 * block, fed ? p->grad + at[1] : 0, p->grad + at[4],
+                               p->grad + at[2], p->grad + at[3],
+                               at[5] >= 0 ? p->grad + at[5] : 0, fed ? d_x : 0, nt);
         d = d_x;
     }
     /* the input's gradient: of the embedding (writable, in dx), or of the gate inputs */
@@ -234,7 +236,7 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
     /* The new states, after the backward pass read the old ones. */
     for (int64_t l = 0; l < L; ++l) {
         const int64_t block = B * p->sizes[l];
-        memcpy(hidden[l], layer_state(p, layer_work, l) + 7 * block,
+        memcpy(hidden[l], layer_output(layer_state(p, layer_work, l), block),
                (size_t)block * sizeof(float));
     }
     *loss = (double)(float)total;

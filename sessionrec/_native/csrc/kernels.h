@@ -1,9 +1,11 @@
 /* The fused CPU kernels of sessionrec: the one header of the C library.
  *
  * It declares what Python (sessionrec/_native/kernels.py, through ctypes) may call, the
- * one structure Python fills (Gru4recStep, mirrored there by a ctypes.Structure whose
- * size and field offsets are checked against sr_struct_layout when the library loads),
- * and the macros every part shares. The parts, one file per concern, are included by
+ * structures Python fills (Gru4recStep, GruStepArgs, GruBackwardArgs, each mirrored there
+ * by a ctypes.Structure whose size and field offsets are checked against
+ * sr_struct_layout when the library loads), the layout of what a GRU step keeps for its
+ * backward pass (Python never reads into it: it only sizes the buffer through
+ * sr_gru_state_floats), and the macros every part shares. The parts, one file per concern, are included by
  * fused.c into a single translation unit, so that the compiler still inlines the small
  * static kernels across concerns as it did when they were one file (same code, same
  * speed, the same results bit for bit).
@@ -61,6 +63,49 @@
     } while (0)
 #endif
 
+/* ---- What a GRU step keeps for its backward pass (gru.c) ----
+ * Offsets in blocks of B x H floats: the gates r, z (2 blocks), rec (r * h, or
+ * h W_h + b_h_c with reset_after), the candidate c, then the gate inputs (3 blocks) when
+ * the step computes them from its input. The backward step's work: d_rec (1 block). */
+enum { GRU_RZ = 0, GRU_REC = 2, GRU_C = 3, GRU_GI = 4, GRU_KEPT = 4, GRU_KEPT_GI = 7,
+       GRU_BACKWARD_WORK = 1 };
+
+/* The arguments of one GRU step (sr_gru_step_f32; see gru_step_into in gru.c). */
+typedef struct {
+    int64_t B, I, H;            /* rows, input width (0: gate inputs given), units */
+    const float *x;             /* B x I (row stride ldx), or NULL: gi holds the gate inputs */
+    int64_t ldx;
+    const float *wx, *b;        /* I x 3H and 3H, with x */
+    const float *gi;            /* B x 3H (row stride ldgi), without x */
+    int64_t ldgi;
+    const float *h;             /* B x H (row stride ldh): the previous state */
+    int64_t ldh;
+    const float *wrz, *wh, *bh; /* H x 2H, H x H, and 3H or NULL (reset_after only) */
+    const float *mask;          /* B x H dropout mask, or NULL */
+    int64_t reset_after, n_threads;
+    float *state;               /* sr_gru_state_floats(B, H, x != NULL), written */
+    float *out;                 /* B x H, written */
+} GruStepArgs;
+
+/* The arguments of its backward step (sr_gru_step_backward_f32). */
+typedef struct {
+    int64_t B, I, H;
+    const float *dh;            /* B x H (row stride lddh): the output's gradient */
+    int64_t lddh;
+    const float *mask;          /* the forward step's mask, or NULL */
+    const float *state;         /* the forward step's state */
+    const float *h;             /* the forward step's previous state (row stride ldh) */
+    int64_t ldh;
+    const float *x;             /* the forward step's input (row stride ldx), or NULL */
+    int64_t ldx;
+    const float *wx, *wh;       /* wx: NULL for a layer without input weights */
+    int64_t reset_after, n_threads;
+    float *dgi;                 /* B x 3H, written: the gate inputs' gradient */
+    float *work;                /* sr_gru_backward_work_floats(B, H) */
+    float *dwx, *db, *dwrz, *dwh, *dbh; /* weight gradients, written (NULL: not wanted) */
+    float *dx;                  /* B x I = dgi wx^T, or NULL */
+} GruBackwardArgs;
+
 /* ---- The plan of a whole GRU4Rec training step (see gru4rec_step.c) ---- */
 typedef struct {
     int64_t n_items, n_layers, n_sample, samples_int32, max_batch, n_threads;
@@ -94,11 +139,13 @@ EXPORT void sr_dense_adagrad_f32(float *param, const float *grad, float *acc, fl
 EXPORT int64_t sr_unique_marked(const int64_t *rows, int64_t n, int64_t n_rows, int64_t *scratch, int64_t *distinct, int64_t *inverse);
 EXPORT int64_t sr_output_xent_scratch(int64_t B, int64_t H, int64_t U);
 EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t ldh, const float *table, const int64_t *row_index, int64_t U, const int64_t *column_of, int64_t n_cols, const float *shift, float *out_grad, float *d_h, float *scratch, double *parts, int64_t n_threads);
-EXPORT void sr_gru_forward_f32(int64_t B, int64_t I, int64_t H, const float *x, int64_t ldx, const float *wx, const float *b, float *gi, int64_t ldgi, const float *h, int64_t ldh, const float *wrz, const float *wh, const float *bh, int64_t reset_after, const float *mask, float *rz, float *rec, float *c, float *out, int64_t n_threads);
-EXPORT void sr_gru_backward_f32(int64_t B, int64_t I, int64_t H, const float *dh, int64_t lddh, const float *mask, const float *rz, const float *c, const float *h, int64_t ldh, const float *rec, int64_t reset_after, const float *x, int64_t ldx, const float *wx, const float *wh, float *dgi, float *d_rec, float *dwx, float *db, float *dwrz, float *dwh, float *dbh, float *dx, int64_t n_threads);
+EXPORT int64_t sr_gru_state_floats(int64_t B, int64_t H, int64_t with_gi);
+EXPORT int64_t sr_gru_backward_work_floats(int64_t B, int64_t H);
+EXPORT void sr_gru_step_f32(const GruStepArgs *a);
+EXPORT void sr_gru_step_backward_f32(const GruBackwardArgs *a);
 EXPORT int64_t sr_rank_counts_f32(const float *scores, int64_t rows, int64_t n, int64_t ld, const int64_t *targets, double *ge, double *gt, int64_t n_threads);
 EXPORT int64_t sr_product_ranks_scratch(int64_t M, int64_t K, int64_t N, int64_t n_targets, int64_t row_of, int64_t n_threads, int64_t *n_index);
-EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_t ldh, const float *w, const float *bias, int64_t N, const int64_t *targets, const int64_t *row_of, int64_t n_targets, double *ge, double *gt, float *target_score, float *scratch, int64_t *index, int64_t n_threads);
+EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_t ldh, const float *matrix, int64_t N, const int64_t *targets, const int64_t *row_of, int64_t n_targets, double *ge, double *gt, float *target_score, float *scratch, int64_t *index, int64_t n_threads);
 EXPORT int64_t sr_prefix_tree_scratch(int64_t n_fed);
 EXPORT int64_t sr_prefix_tree(const int64_t *items, const int64_t *offsets, int64_t s0, int64_t s1, int64_t *node_of, int64_t *parent, int64_t *item, int64_t *level_offsets, int64_t *n_levels, int64_t *index);
 EXPORT int64_t sr_gru_tree_walk_scratch(int64_t n_layers, const int64_t *sizes, int64_t max_width);
@@ -109,9 +156,10 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
 EXPORT int64_t sr_bpr_max_scratch(int64_t N, int64_t n_threads);
 EXPORT void sr_bpr_max_f32(const float *scores, int64_t B, int64_t U, int64_t ld, const int64_t *column_of, int64_t N, const float *shift, float bpreg, int64_t elu, float alpha, float *d_distinct, double *row_loss, float *work, int64_t n_threads);
 
-/* Sizes and offsets of the structure Python mirrors: out[0] = sizeof(Gru4recStep), then
- * the byte offset of each field in declaration order; returns how many values it
- * wrote (at most capacity). */
-EXPORT int64_t sr_struct_layout(int64_t *out, int64_t capacity);
+/* Sizes and offsets of a structure Python mirrors (which: 0 Gru4recStep, 1 GruStepArgs,
+ * 2 GruBackwardArgs): out[0] = its size, then the byte offset of each field in
+ * declaration order; returns how many values it wrote (at most capacity), -1 for an
+ * unknown structure. */
+EXPORT int64_t sr_struct_layout(int64_t which, int64_t *out, int64_t capacity);
 
 #endif

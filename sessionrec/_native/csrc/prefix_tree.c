@@ -84,13 +84,12 @@ EXPORT int64_t sr_prefix_tree(const int64_t *items, const int64_t *offsets, int6
 EXPORT int64_t sr_gru_tree_walk_scratch(int64_t n_layers, const int64_t *sizes,
                                         int64_t max_width) {
     int64_t total = 0;
-    for (int64_t l = 0; l < n_layers; ++l) total += 8 * max_width * sizes[l];
+    for (int64_t l = 0; l < n_layers; ++l) total += (GRU_KEPT_GI + 1) * max_width * sizes[l];
     return total;
 }
 
 /* The states of a prefix tree (sr_prefix_tree) through GRU4Rec's layers, level by level:
- * one GRU step per layer for every max_width nodes of a level (sr_gru_forward_f32's
- * phases), the state of a node's parent (zero on level 0) and its item's row of
+ * one GRU step per layer for every max_width nodes of a level (gru_forward_phases), the state of a node's parent (zero on level 0) and its item's row of
  * gate_table (n_items x 3 sizes[0]: the first layer's x W_x + b per item) in. Layers:
  * sizes, layout (per layer: input width, then the offsets of wx, wrz, wh, b and bh in
  * dense, -1 where absent) and reset_after, as in Gru4recStep. state: per layer, n_nodes
@@ -114,7 +113,7 @@ EXPORT int64_t sr_gru_tree_walk_f32(int64_t n_layers, const int64_t *sizes,
             float *part = work;
             for (int64_t l = 0; l < L; ++l) {
                 const int64_t *at = layout + 6 * l, units = sizes[l], block = B * units;
-                float *h = part + 7 * block; /* the parents' states */
+                float *h = part + GRU_KEPT_GI * block; /* the parents' states */
                 for (int64_t b = 0; b < B; ++b) {
                     const int64_t above = parent[first + b];
                     if (above < 0)
@@ -127,12 +126,13 @@ EXPORT int64_t sr_gru_tree_walk_f32(int64_t n_layers, const int64_t *sizes,
                                 l ? state[l - 1] + first * at[0] : 0, l ? dense + at[1] : 0,
                                 l ? dense + at[4] : 0, h, dense + at[2], dense + at[3],
                                 at[5] >= 0 ? dense + at[5] : 0, 0,
-                                l ? part + 4 * block : (float *)gate_table, part,
-                                part + 2 * block, part + 3 * block, state[l] + first * units,
+                                l ? part + GRU_GI * block : (float *)gate_table,
+                                part + GRU_RZ * block, part + GRU_REC * block,
+                                part + GRU_C * block, state[l] + first * units,
                                 (int)reset_after[l], l ? 0 : item + first};
                 const int64_t use = n_threads > 1 && block >= MIN_PARALLEL_GRU ? n_threads : 1;
                 RUN_PHASES(gru_forward_phases, s, use);
-                part += 8 * max_width * units;
+                part += (GRU_KEPT_GI + 1) * max_width * units;
             }
         }
     }

@@ -140,7 +140,8 @@ EXPORT int64_t sr_product_ranks_scratch(int64_t M, int64_t K, int64_t N, int64_t
 }
 
 /* For each of n_targets targets: the number of the N items whose score h W + bias (h:
- * M rows, row stride ldh, K columns; W: K x N row-major; bias: N) is >= (into ge) and,
+ * M rows, row stride ldh, K columns; matrix: (K + 1) x N row-major, W in its first K rows
+ * and the bias in its last) is >= (into ge) and,
  * if gt is not NULL, > (into gt) the score of its target item targets[r], which goes
  * into target_score. NaN scores never count. Target r is scored with row row_of[r] of
  * h; with row_of NULL, row r (then n_targets == M), and rows equal bit for bit share one
@@ -149,7 +150,7 @@ EXPORT int64_t sr_product_ranks_scratch(int64_t M, int64_t K, int64_t N, int64_t
  * asks for. Returns -1 (nothing written) when a target lies outside [0, N) or a row
  * outside [0, M), else 0. */
 EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_t ldh,
-                                    const float *w, const float *bias, int64_t N,
+                                    const float *matrix, int64_t N,
                                     const int64_t *targets, const int64_t *row_of,
                                     int64_t n_targets, double *ge, double *gt,
                                     float *target_score, float *scratch, int64_t *index,
@@ -158,7 +159,7 @@ EXPORT int64_t sr_product_ranks_f32(const float *h, int64_t M, int64_t K, int64_
         if (targets[r] < 0 || targets[r] >= N || (row_of && (row_of[r] < 0 || row_of[r] >= M)))
             return -1;
     const int64_t T = n_threads > 1 ? n_threads : 1;
-    const float *hd = h;
+    const float *w = matrix, *bias = matrix + K * N, *hd = h;
     int64_t D = M, ldhd = ldh, *offsets = index, *order = offsets + M + 1;
     if (!row_of) {
         int64_t *table = order + n_targets, *group = table + row_table_size(M);
