@@ -87,6 +87,7 @@ def recorded_gradients(net, items, targets, samples, hidden, config, score_shift
 
     Returns (loss_sum, {"dense": flat gradient, table name: dense (n_items x width)}).
     """
+    from sessionrec.nn._interface import TrainBatch
     from sessionrec.nn._optim import AdagradMomentum
 
     recorded = {}
@@ -104,6 +105,7 @@ def recorded_gradients(net, items, targets, samples, hidden, config, score_shift
             full.index_add_(0, rows.index, grad)
             recorded[name] = full[:table.n_rows]
         table.step = step
-    loss = net.train_step(items, targets, samples, hidden, config, training, score_shift)
+    loss = net.train_step(TrainBatch(items, targets, samples, score_shift, None,
+                                     torch.ones(len(items), 1)), hidden, training)
     training.finish()
     return loss, recorded

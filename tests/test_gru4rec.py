@@ -21,6 +21,7 @@ from sessionrec._validation import init_generator
 from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
 from sessionrec.nn._gru4rec_network import GRU4RecNetwork
+from sessionrec.nn._interface import TrainBatch
 from sessionrec.nn._losses import StepConfig
 from sessionrec.nn._optim import AdagradMomentum, PackedTable, unique_rows, unique_rows_padded
 from sessionrec.nn._sampling import NegativeSampler
@@ -548,12 +549,16 @@ def test_bias_of_input_only_rows_is_left_alone():
                                   torch.Generator().manual_seed(0))
     table = training.tables["out"]
     hidden = net.zero_state(2)
-    net.train_step(torch.tensor([1, 2]), torch.tensor([29, 3]), None, hidden, config, training)
+
+    def batch(items, targets):
+        return TrainBatch(torch.tensor(items), torch.tensor(targets), None, None, None,
+                          torch.ones(2, 1))
+
+    net.train_step(batch([1, 2], [29, 3]), hidden, training)
     bias, bias_mom = table.buffer[0, 29, -1].item(), table.buffer[2, 29, -1].item()
     weights = table.buffer[0, 29, :-1].clone()
     assert bias_mom != 0.0  # item 29 was a target: its bias moved and has momentum
-    net.train_step(torch.tensor([29, 4]), torch.tensor([5, 6]), None, hidden, config,
-                   training)
+    net.train_step(batch([29, 4], [5, 6]), hidden, training)
     assert table.buffer[0, 29, -1].item() == bias
     assert table.buffer[2, 29, -1].item() == bias_mom
     assert not torch.equal(table.buffer[0, 29, :-1], weights)
@@ -611,9 +616,9 @@ def test_fused_step_trains_exactly_like_the_python_step(data, params, train_test
     python_steps = []
     original_python = GRU4RecNetwork.train_step
 
-    def counted_python(self, items, *args, **kwargs):
-        python_steps.append(len(items))
-        return original_python(self, items, *args, **kwargs)
+    def counted_python(self, batch, *args, **kwargs):
+        python_steps.append(len(batch.items))
+        return original_python(self, batch, *args, **kwargs)
 
     monkeypatch.setattr(FusedGRU4RecStep, "__call__", counted)
     monkeypatch.setattr(GRU4RecNetwork, "train_step", counted_python)

@@ -124,17 +124,19 @@ def test_user_parallel_schedule_resets_exactly_at_user_changes(longest_first):
 
 
 def test_training_resets_states_at_user_starts(monkeypatch):
-    # Record the states the network receives: at a user start both must be zero.
+    # Record the states each training step feeds to the session GRU: at a user start
+    # both must be zero.
     from sessionrec.nn._hrnn_network import HRNNNetwork
 
     seen = []
-    original = HRNNNetwork.train_step
+    original = HRNNNetwork.session_step
 
-    def spy(self, items, targets, samples, state, start_rows, *args, **kwargs):
-        seen.append([s.clone() for s in state])
-        return original(self, items, targets, samples, state, start_rows, *args, **kwargs)
+    def spy(self, w, x, onehot_rows, hidden, user, fused=None):
+        if torch.is_grad_enabled():  # a training step (walks run without autograd)
+            seen.append([hidden.detach().clone(), user.detach().clone()])
+        return original(self, w, x, onehot_rows, hidden, user, fused)
 
-    monkeypatch.setattr(HRNNNetwork, "train_step", spy)
+    monkeypatch.setattr(HRNNNetwork, "session_step", spy)
     events = make_sessions(n_sessions=60, n_items=30, n_users=7, random_state=3)
     HRNNRecommender(session_size=8, user_size=4, n_epochs=1, batch_size=3, device="cpu",
                     random_state=0).fit(events)
@@ -146,6 +148,7 @@ def test_training_resets_states_at_user_starts(monkeypatch):
         assert (hidden[starts] == 0).all() and (user[starts] == 0).all()
         if t > 0 and (~starts).any():
             assert (user[~starts] != 0).any() or (hidden[~starts] != 0).any()
+    assert len(seen) == schedule.n_steps
 
 
 def test_hrnn_all_variant_and_bad_parameters(fitted):

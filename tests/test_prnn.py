@@ -18,6 +18,7 @@ from sessionrec.datasets import make_sessions
 from sessionrec.evaluation import evaluate
 from sessionrec.metrics import MRRAtK
 from sessionrec.model_selection import SessionKFold, TimeSplit, train_test_split
+from sessionrec.nn._interface import TrainBatch
 from sessionrec.nn._layers import init_uniform_  # noqa: F401  (the initialisation used)
 from sessionrec.nn._losses import StepConfig
 from sessionrec.nn._optim import AdagradMomentum
@@ -110,13 +111,19 @@ def _trainables(network):
     return {name: p.detach().clone() for name, p in network.named_parameters()}
 
 
+def _start(network, momentum=0.0):
+    return network.start_training(AdagradMomentum(0.1, momentum), StepConfig(loss="top1"),
+                                  8, torch.Generator().manual_seed(0))
+
+
 def _step(network, training, updates, seed=0):
     g = torch.Generator().manual_seed(seed)
     items = torch.randint(0, 40, (8,), generator=g)
     targets = torch.randint(0, 40, (8,), generator=g)
     state = network.zero_state(8)
-    network.train_step(items, targets, None, state, updates, StepConfig(loss="top1"),
-                       training)
+    training.updates = updates
+    network.train_step(TrainBatch(items, targets, None, None, None, torch.ones(8, 1)),
+                       state, training)
     return items
 
 
@@ -127,8 +134,7 @@ def test_frozen_subnets_get_no_update(head, momentum):
     dense = rng.normal(size=(40, 5)).astype(np.float32)
     sparse = sp.random(40, 30, density=0.1, format="csr", random_state=0, dtype=np.float32)
     network = _network([dense, sparse], head=head)
-    training = network.start_training(AdagradMomentum(0.1, momentum), 8, 0.0,
-                                      torch.Generator().manual_seed(0))
+    training = _start(network, momentum)
     for trained in [(0,), (1,), (2,)]:
         before = _trainables(network)
         for seed in range(3):  # several steps, so momentum would show
@@ -148,8 +154,7 @@ def test_frozen_subnets_get_no_update(head, momentum):
 def test_interleaving_trains_each_subnet_on_the_residual():
     dense = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
     network = _network([dense])
-    training = network.start_training(AdagradMomentum(0.1, 0.0), 8, 0.0,
-                                      torch.Generator().manual_seed(0))
+    training = _start(network)
     before = _trainables(network)
     _step(network, training, [((0,), (0,)), ((1,), (0, 1))])
     after = _trainables(network)
@@ -310,8 +315,7 @@ def test_sparse_input_equals_the_dense_product():
 def test_sparse_step_updates_only_touched_feature_rows():
     sparse = sp.random(40, 200, density=0.02, format="csr", random_state=3, dtype=np.float32)
     network = _network([sparse])
-    training = network.start_training(AdagradMomentum(0.1, 0.0), 8, 0.0,
-                                      torch.Generator().manual_seed(0))
+    training = _start(network)
     before = network.s1_sparse0.detach().clone()
     items = _step(network, training, [((1,), (0, 1))])
     touched = np.unique(sparse[items.numpy()].indices)

@@ -12,16 +12,17 @@ from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
 from .._native import kernels as _kernels
-from .._training import parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, check_int_tuple, int_tuple_constraint
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
 from ..nn._fused_walk import FusedGRUWalk, session_runs
 from ..nn._gru4rec_network import GRU4RecNetwork
+from ..nn._interface import TrainBatch
 from ..nn._losses import StepConfig
 from ._epochs import document_epochs
 from ._recurrent import (
     SampledTrainingMixin,
+    TrainingRun,
     counted_ranks,
     gathered_state_rows,
     ranks_from_top_states,
@@ -252,56 +253,41 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
 
     def _train_epochs(self, events: SessionEvents, trainer, n_epochs: int, *, seed=None,
                       name: str | None = None, extra: dict | None = None) -> int:
-        device = self.device_
+        """The shared fit skeleton (:class:`TrainingRun`), with GRU4Rec's two faster
+        paths for its mini-batches: a replayed CUDA graph on the GPU, and on the CPU with
+        the fused kernels one C call per step (:class:`FusedGRU4RecStep`) for the linear
+        cross-entropy; both train exactly as ``network.train_step``."""
         network, generator = self._initialised(self._build_network(), seed)
         schedule = session_parallel_schedule(events, int(self.batch_size))
-        items = torch.as_tensor(events.items, device=device)
-        positions = torch.as_tensor(schedule.positions, device=device)
-        inputs, targets = items[positions], items[positions + 1]
-        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
-                               device=device).unsqueeze(1)
-        sampler, score_shift = self._negatives(generator)
-        config = self._step_config()
-        batch_size = int(self.batch_size)
-        training = network.start_training(self._optimizer(), config, batch_size, generator)
+        with TrainingRun(self, network, generator, events, schedule) as run:
+            replay = _static_step(network, run, schedule)
+            fused = None
+            if (replay is None and schedule.n_steps > 0
+                    and FusedGRU4RecStep.applies(network, run.training, run.config)):
+                fused = FusedGRU4RecStep(network, run.training, int(schedule.widths().max()),
+                                         run.sampler, run.score_shift.batch,
+                                         run.score_shift.sample, run.inputs, run.targets,
+                                         run.keep)
 
-        def run(batch_items, batch_targets, samples, keep_rows, hidden, state, inplace):
-            for h in hidden:
-                h.mul_(keep_rows)  # reset the slots whose session starts here
-            return network.train_step(batch_items, batch_targets, samples, hidden, config,
-                                      state, score_shift(batch_targets, samples),
-                                      hidden_inplace=inplace)
+            def step(start: int, stop: int, hidden: list) -> torch.Tensor | float:
+                if replay is not None and replay.accepts(stop - start, hidden):
+                    return replay(run, start, stop)
+                if fused is not None and fused.accepts(stop - start):
+                    return fused(start, stop, hidden)
+                return run.step(start, stop, hidden)
 
-        replay = _static_step(network, training, run, schedule, sampler, device)
-        fused = None
-        if (replay is None and schedule.n_steps > 0
-                and FusedGRU4RecStep.applies(network, training, config)):
-            fused = FusedGRU4RecStep(network, training, int(schedule.widths().max()), sampler,
-                                     score_shift.batch, score_shift.sample, inputs, targets,
-                                     keep)
+            def fresh_state(width: int) -> list:
+                if replay is not None and replay.width == width:
+                    return replay.fresh_hidden()
+                return network.zero_state(width)
 
-        def step(start: int, stop: int, hidden: list) -> torch.Tensor | float:
-            if replay is not None and replay.accepts(stop - start, hidden):
-                return replay(keep[start:stop], inputs[start:stop], targets[start:stop])
-            if fused is not None and fused.accepts(stop - start):
-                return fused(start, stop, hidden)
-            samples = sampler.next() if sampler is not None else None
-            return run(inputs[start:stop], targets[start:stop], samples, keep[start:stop],
-                       hidden, training, False)
-
-        def fresh_state(width: int) -> list:
-            if replay is not None and replay.width == width:
-                return replay.fresh_hidden()
-            return network.zero_state(width)
-
-        self.network_ = network  # callbacks may score the model between epochs
-        try:
-            trainer.run(parallel_epoch(step, schedule, fresh_state, device),
-                        n_epochs=n_epochs, name=name, extra=extra, **parallel_sizes(schedule))
-        finally:
-            training.finish()
-            if replay is not None:
-                replay.step.close()
+            self.network_ = network  # callbacks may score the model between epochs
+            try:
+                run.run(trainer, n_epochs=n_epochs, name=name, extra=extra, step=step,
+                        fresh_state=fresh_state)
+            finally:
+                if replay is not None:
+                    replay.step.close()
         return generator.initial_seed()
 
     # -- prediction -----------------------------------------------------------------------
@@ -370,28 +356,34 @@ _STATIC_STEP = {"cuda": True, "cpu": False}
 class _StaticStep:
     """Full-width training steps through static buffers (see ``nn._cuda_graph``)."""
 
-    def __init__(self, network, training, run, width, sampler, device):
+    def __init__(self, network, run, width):
+        device = run.device
         self.width = width
-        self.sampler = sampler
+        self.sampler = run.sampler
         self.hidden = network.zero_state(width)
         self.keep = torch.ones(width, 1, device=device)
         self.items = torch.zeros(width, dtype=torch.long, device=device)
         self.targets = torch.zeros(width, dtype=torch.long, device=device)
-        self.samples = (None if sampler is None else
-                        torch.zeros(sampler.n_sample, dtype=torch.long, device=device))
+        self.samples = (None if run.sampler is None else
+                        torch.zeros(run.sampler.n_sample, dtype=torch.long, device=device))
         masks = []
-        state = training
-        if training.embed_masks is not None:
-            masks.append(StaticMasks(training.embed_masks, width))
+        state = run.training
+        if state.embed_masks is not None:
+            masks.append(StaticMasks(state.embed_masks, width))
             state = replace(state, embed_masks=masks[-1])
-        if training.hidden_masks is not None:
-            hidden_masks = [StaticMasks(m, width) for m in training.hidden_masks]
+        if state.hidden_masks is not None:
+            hidden_masks = [StaticMasks(m, width) for m in state.hidden_masks]
             masks += hidden_masks
             state = replace(state, hidden_masks=hidden_masks)
         self.masks = masks
-        self.step = ReplayedStep(
-            lambda: run(self.items, self.targets, self.samples, self.keep, self.hidden, state,
-                        True), device)
+
+        def captured():
+            # GRU4Rec reads the codes through ``keep`` alone: no host-side codes here.
+            batch = TrainBatch(self.items, self.targets, self.samples,
+                               run.score_shift(self.targets, self.samples), None, self.keep)
+            return network.train_step(batch, self.hidden, state, hidden_inplace=True)
+
+        self.step = ReplayedStep(captured, device)
 
     def accepts(self, width: int, hidden: list) -> bool:
         return width == self.width and hidden[0] is self.hidden[0]
@@ -401,10 +393,10 @@ class _StaticStep:
             h.zero_()
         return list(self.hidden)
 
-    def __call__(self, keep, items, targets) -> torch.Tensor:
-        self.keep.copy_(keep)
-        self.items.copy_(items)
-        self.targets.copy_(targets)
+    def __call__(self, run, start: int, stop: int) -> torch.Tensor:
+        self.keep.copy_(run.keep[start:stop])
+        self.items.copy_(run.inputs[start:stop])
+        self.targets.copy_(run.targets[start:stop])
         if self.sampler is not None:
             self.samples.copy_(self.sampler.next())
         for mask in self.masks:
@@ -412,7 +404,7 @@ class _StaticStep:
         return self.step()
 
 
-def _static_step(network, training, run, schedule, sampler, device):
-    if not _STATIC_STEP.get(device.type, False) or schedule.n_steps == 0:
+def _static_step(network, run, schedule):
+    if not _STATIC_STEP.get(run.device.type, False) or schedule.n_steps == 0:
         return None
-    return _StaticStep(network, training, run, int(schedule.widths()[0]), sampler, device)
+    return _StaticStep(network, run, int(schedule.widths()[0]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import torch
@@ -11,11 +13,16 @@ from .._base import SessionRecommender, plain_labels, rows_per_block
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents, user_codes
 from .._native import kernels as _kernels
-from .._training import parallel_epoch, parallel_sizes
 from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
 from ..nn._hrnn_network import HRNNNetwork
+from ..nn._losses import StepConfig
 from ._epochs import document_epochs, mrr_of_score_blocks
-from ._recurrent import EVAL_BATCH, SampledTrainingMixin, ranks_from_top_states
+from ._recurrent import (
+    EVAL_BATCH,
+    SampledTrainingMixin,
+    TrainingRun,
+    ranks_from_top_states,
+)
 
 __all__ = ["HRNNRecommender"]
 
@@ -244,52 +251,27 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
             self._forward(events, held_out & ~events.is_last, include_last=False,
                           from_training=False), events, self.device_)
 
+    def _step_config(self) -> StepConfig:
+        return replace(super()._step_config(), dropout_p_user=float(self.dropout_p_user),
+                       dropout_p_hidden=float(self.dropout_p_session),
+                       dropout_p_init=float(self.dropout_p_init))
+
     def _train_epochs(self, events: SessionEvents, trainer, n_epochs: int, *, seed=None,
                       name: str | None = None, extra: dict | None = None) -> int:
-        device = self.device_
         network, generator = self._initialised(self._build_network(), seed)
         schedule = user_parallel_schedule(events, int(self.batch_size), longest_first=True)
-        items = torch.as_tensor(events.items, device=device)
-        positions = torch.as_tensor(schedule.positions, device=device)
-        inputs, targets = items[positions], items[positions + 1]
-        user_start = torch.as_tensor(schedule.user_start, device=device)
-        session_start = schedule.session_start & ~schedule.user_start
-        keep = (~user_start).to(torch.float32).unsqueeze(1)
-        sampler, score_shift = self._negatives(generator)
-        config = self._step_config()
-        training = network.start_training(
-            self._optimizer(), int(self.batch_size),
-            (float(self.dropout_p_user), float(self.dropout_p_session),
-             float(self.dropout_p_init)), generator)
-
-        def step(start: int, stop: int, state: list) -> torch.Tensor:
-            for s in state:
-                s.mul_(keep[start:stop])  # a new user: both states restart from zero
-            samples = sampler.next() if sampler is not None else None
-            batch_targets = targets[start:stop]
-            shift = score_shift(batch_targets, samples)
-            # The slots whose session starts, from the host-side schedule (no device sync).
-            start_rows = torch.as_tensor(np.flatnonzero(session_start[start:stop]),
-                                         device=device)
-            return network.train_step(inputs[start:stop], batch_targets, samples, state,
-                                      start_rows, config, training, shift)
-
         # Callbacks may score the model between epochs: the users' states then follow
         # the network as trained so far (_user_states).
         self.network_ = network
         self.user_labels_, self._training_events_ = events.user_labels, events
-        run_epoch = parallel_epoch(step, schedule, lambda width: network.zero_state(width)[:2],
-                                   device)
 
-        def epoch():
+        def fresh_state(width: int) -> list:
             vars(self).pop("user_states_", None)  # out of date once training goes on
-            return run_epoch()
+            return network.zero_state(width)[:2]  # training carries no earlier state
 
-        try:
-            trainer.run(epoch,
-                        n_epochs=n_epochs, name=name, extra=extra, **parallel_sizes(schedule))
-        finally:
-            training.finish()
+        with TrainingRun(self, network, generator, events, schedule) as run:
+            run.run(trainer, n_epochs=n_epochs, name=name, extra=extra,
+                    fresh_state=fresh_state)
         return generator.initial_seed()
 
     # -- inference ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,13 +16,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
-from .._training import Trainer, hold_out_last_sessions, parallel_epoch, parallel_sizes
+from .._training import Trainer, hold_out_last_sessions
 from .._validation import DROPOUT, Satisfies
 from ..callbacks import Callback
+from ..nn._losses import StepConfig
 from ..nn._prnn_network import ParallelNetwork, SubnetSpec
 from ..preprocessing._features import ItemFeatures
 from ._epochs import document_epochs, mrr_of_score_blocks
-from ._recurrent import SampledTrainingMixin
+from ._recurrent import SampledTrainingMixin, TrainingRun
 
 __all__ = ["ParallelRNNRecommender"]
 
@@ -501,6 +503,9 @@ or None
         self.feature_names_ = feature_names
         self.feature_coverage_ = coverage
 
+    def _step_config(self) -> StepConfig:
+        return replace(super()._step_config(), dropout_p_hidden=float(self.dropout_p_hidden))
+
     def _train(self, network: ParallelNetwork, generator: torch.Generator,
                events: SessionEvents, phases: list, trainer: Trainer,
                stopper: _BestEpochs | None = None, label: str = "",
@@ -514,17 +519,7 @@ or None
         run's best epoch). A phase of 0 epochs is skipped. ``label`` is appended to the
         name in the log lines; ``extra`` is added to every record.
         """
-        device = self.device_
         schedule = session_parallel_schedule(events, int(self.batch_size))
-        items = torch.as_tensor(events.items, device=device)
-        positions = torch.as_tensor(schedule.positions, device=device)
-        inputs, targets = items[positions], items[positions + 1]
-        keep = torch.as_tensor(~schedule.session_start, dtype=torch.float32,
-                               device=device).unsqueeze(1)
-        sampler, score_shift = self._negatives(generator)
-        config = self._step_config()
-        training = network.start_training(self._optimizer(), int(self.batch_size),
-                                          float(self.dropout_p_hidden), generator)
         names = [s.name for s in network.subnets]
         residual = self.training == "residual" and len(names) > 1
         if stopper is not None:
@@ -532,37 +527,27 @@ or None
             trainer.callbacks.insert(0, stopper)  # the others see validation_mrr
         self.network_ = network  # callbacks may score the model between epochs
         try:
-            for phase, (epochs, updates) in enumerate(phases):
-                if epochs == 0:  # a phase the refit leaves out, as early stopping chose
-                    continue
-
-                def step(start: int, stop: int, state: list, updates=updates) -> torch.Tensor:
-                    for h in state:
-                        h.mul_(keep[start:stop])  # reset the slots whose session starts
-                    samples = sampler.next() if sampler is not None else None
-                    batch_targets = targets[start:stop]
-                    return network.train_step(inputs[start:stop], batch_targets, samples,
-                                              state, updates, config, training,
-                                              score_shift(batch_targets, samples))
-
-                trained = sorted({names[i] for group, _ in updates for i in group},
-                                 key=names.index)
-                if stopper is not None:
-                    stopper.begin_phase(phase)
-                trainer.run(parallel_epoch(step, schedule, network.zero_state, device),
-                            n_epochs=epochs, name=f"p-RNN [{'+'.join(trained)}]{label}",
-                            extra={**(extra or {}), "trained": trained},
-                            **parallel_sizes(schedule))
-                if stopper is not None:
-                    stopper.end_phase(phase)
-                if trainer.stopped and not (residual and stopper.stalled):
-                    break  # stopped by a callback, or early stopping ran out of patience
+            with TrainingRun(self, network, generator, events, schedule) as run:
+                for phase, (epochs, updates) in enumerate(phases):
+                    if epochs == 0:  # a phase the refit leaves out, as early stopping chose
+                        continue
+                    run.training.updates = updates
+                    trained = sorted({names[i] for group, _ in updates for i in group},
+                                     key=names.index)
+                    if stopper is not None:
+                        stopper.begin_phase(phase)
+                    run.run(trainer, n_epochs=epochs,
+                            name=f"p-RNN [{'+'.join(trained)}]{label}",
+                            extra={**(extra or {}), "trained": trained})
+                    if stopper is not None:
+                        stopper.end_phase(phase)
+                    if trainer.stopped and not (residual and stopper.stalled):
+                        break  # stopped by a callback, or early stopping ran out of patience
             if stopper is not None:
                 stopper.restore()
         finally:
             if stopper is not None:
                 trainer.callbacks.remove(stopper)
-            training.finish()
         return stopper.kept if stopper is not None else []
 
     def _validation_mrr(self, network: ParallelNetwork, events: SessionEvents) -> float:

@@ -1,8 +1,12 @@
-"""What the recurrent recommenders (GRU4Rec, HRNN) share beyond ``sessionrec.nn``.
+"""What the recurrent recommenders (GRU4Rec, HRNN, p-RNN) share beyond ``sessionrec.nn``.
 
 The hyperparameters of sampled training (loss, negatives, optimiser, epochs) have the same
-names, meanings and checks in every recurrent model; this mixin holds their validation
-and turns them into the training objects, so each model states only its architecture.
+names, meanings and checks in every recurrent model; :class:`SampledTrainingMixin` holds
+their validation and turns them into the training objects, so each model states only its
+architecture. :class:`TrainingRun` is the fit skeleton they share: a network of the
+recurrent network interface (:mod:`sessionrec.nn._interface`) trained on a slot-parallel
+schedule, epoch by epoch, through the :class:`~sessionrec._training.Trainer`; and
+:meth:`SampledTrainingMixin._session_parallel_scores` is the evaluation walk.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .._base import rows_per_block
 from .._batching import session_parallel_schedule
 from .._native import kernels as _kernels
+from .._training import parallel_epoch, parallel_sizes
 from .._validation import (
     NON_NEGATIVE_INT,
     NON_NEGATIVE_REAL,
@@ -26,14 +31,14 @@ from .._validation import (
     torch_generator,
 )
 from ..evaluation import ranks_from_counts
-from ..nn._interface import start_codes
+from ..nn._interface import TrainBatch, keep_rows, start_codes
 from ..nn._losses import FINAL_ACTIVATIONS, LOSS_FLOORS, LOSSES, StepConfig
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
 from ._epochs import EpochTrainingMixin
 
-__all__ = ["SampledTrainingMixin", "LogQShift", "EVAL_BATCH", "ranks_from_top_states",
-           "gathered_state_rows", "counted_ranks"]
+__all__ = ["SampledTrainingMixin", "TrainingRun", "LogQShift", "EVAL_BATCH",
+           "ranks_from_top_states", "gathered_state_rows", "counted_ranks"]
 
 # Slots of a session-parallel evaluation batch: as many rows as one scoring block holds,
 # within these bounds.
@@ -122,6 +127,74 @@ class LogQShift:
         if samples is None:
             return batch
         return torch.cat([batch, self.sample.index_select(0, samples)])
+
+
+class TrainingRun:
+    """One training run of a recurrent network on a slot-parallel schedule.
+
+    Prepares, once, the schedule's inputs, targets and start codes on the device, the
+    model's negative sampler and logQ shift, and the network's training state
+    (``start_training`` with the model's optimiser: the run's one choice of backend);
+    then :meth:`run` trains epochs through a :class:`~sessionrec._training.Trainer`, one
+    ``network.train_step`` per mini-batch. A ``with`` block (or :meth:`close`) gives the
+    item tables their own storage back, also when training fails.
+
+    Parameters
+    ----------
+    model : SampledTrainingMixin
+        Its sampling, loss, optimiser, ``batch_size`` and ``device_``.
+    network : nn.Module
+        A network of the recurrent network interface, initialised on the device.
+    generator : torch.Generator
+        The run's generator of samples and dropout.
+    events : SessionEvents
+    schedule : ParallelSchedule
+        A session-parallel or (with ``user_start``) user-parallel schedule of ``events``.
+    """
+
+    def __init__(self, model, network, generator: torch.Generator, events, schedule):
+        device = model.device_
+        self.network, self.schedule, self.device = network, schedule, device
+        items = torch.as_tensor(events.items, device=device)
+        positions = torch.as_tensor(schedule.positions, device=device)
+        self.inputs, self.targets = items[positions], items[positions + 1]
+        self.starts = start_codes(schedule.session_start, schedule.user_start)
+        self.keep = keep_rows(self.starts, device)
+        self.sampler, self.score_shift = model._negatives(generator)
+        self.config = model._step_config()
+        self.training = network.start_training(model._optimizer(), self.config,
+                                               int(model.batch_size), generator)
+
+    def batch(self, start: int, stop: int) -> TrainBatch:
+        """The mini-batch of schedule entries ``start:stop``, with fresh samples."""
+        samples = self.sampler.next() if self.sampler is not None else None
+        targets = self.targets[start:stop]
+        return TrainBatch(self.inputs[start:stop], targets, samples,
+                          self.score_shift(targets, samples), self.starts[start:stop],
+                          self.keep[start:stop])
+
+    def step(self, start: int, stop: int, state: list) -> torch.Tensor:
+        """One training step on entries ``start:stop``; returns the summed loss."""
+        return self.network.train_step(self.batch(start, stop), state, self.training)
+
+    def run(self, trainer, *, n_epochs: int, name: str | None = None,
+            extra: dict | None = None, step=None, fresh_state=None) -> None:
+        """Train ``n_epochs`` epochs (``trainer.run``). ``step(start, stop, state)``
+        replaces :meth:`step` (a faster path for some mini-batches), ``fresh_state(width)``
+        the network's ``zero_state`` at the start of each epoch."""
+        epoch = parallel_epoch(step or self.step, self.schedule,
+                               fresh_state or self.network.zero_state, self.device)
+        trainer.run(epoch, n_epochs=n_epochs, name=name, extra=extra,
+                    **parallel_sizes(self.schedule))
+
+    def close(self) -> None:
+        self.training.finish()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class SampledTrainingMixin(EpochTrainingMixin):
@@ -240,7 +313,7 @@ class SampledTrainingMixin(EpochTrainingMixin):
         matrix = network.scoring_matrix() if score_top else None
         items = torch.as_tensor(events.items, device=device)
         inputs = items[torch.as_tensor(schedule.positions, device=device)]
-        starts = start_codes(schedule.session_start).to(device)
+        starts = start_codes(schedule.session_start, schedule.user_start).to(device)
         scored = score_after[schedule.positions]
         bounds = schedule.step_offsets.tolist()
         state = network.zero_state(int(schedule.widths()[0]))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._native import kernels as _kernels
-from ._interface import OutputTableScores, keep_rows, with_bias_input
+from ._interface import OutputTableScores, TrainBatch, keep_rows, with_bias_input
 from ._layers import (
     DropoutMasks,
     gru_forward,
@@ -295,30 +295,24 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
         hidden_masks = [DropoutMasks(config.dropout_p_hidden, batch_size, h, device=device,
                                      generator=generator)
                         for h in self.layers] if config.dropout_p_hidden > 0 else None
-        return TrainingState(optimizer, tables, grad_flat, self.views(self.dense),
+        return TrainingState(optimizer, config, tables, grad_flat, self.views(self.dense),
                              self.views(grad_flat), embed_masks, hidden_masks)
 
     @torch.no_grad()
-    def train_step(self, items: torch.Tensor, targets: torch.Tensor,
-                   samples: torch.Tensor | None, hidden: list[torch.Tensor],
-                   config: StepConfig, state: TrainingState,
-                   score_shift: torch.Tensor | None = None,
-                   hidden_inplace: bool = False) -> torch.Tensor:
+    def train_step(self, batch: TrainBatch, hidden: list[torch.Tensor],
+                   state: TrainingState, hidden_inplace: bool = False) -> torch.Tensor:
         """One sampled training step; updates ``hidden`` and the parameters in place.
 
         Parameters
         ----------
-        items, targets : LongTensor (B,)
-            Input items and next items of the B active slots.
-        samples : LongTensor (S,) or None
-            Extra negatives shared by the batch.
+        batch : TrainBatch
+            The B active slots' items and targets, the samples and the logQ shift; each
+            layer's state is zeroed where ``batch.keep`` is 0 (a session starts).
         hidden : list of Tensor (B, H_l)
-            Hidden states (already reset where sessions start); replaced by the new ones,
-            or overwritten with them when ``hidden_inplace`` (for a replayed graph).
+            Hidden states; replaced by the new ones, or overwritten with them when
+            ``hidden_inplace`` (for a replayed graph).
         state : TrainingState
             From :meth:`start_training`.
-        score_shift : Tensor (B + S,) or None
-            Added to the scores of the columns before the loss (the logQ correction).
 
         Returns
         -------
@@ -334,6 +328,10 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
         columns and sum the column gradients back. Popular items are sampled many times,
         so this saves much of the work.
         """
+        items, targets, samples = batch.items, batch.targets, batch.samples
+        score_shift, config = batch.score_shift, state.config
+        for h in hidden:
+            h.mul_(batch.keep)  # reset the slots whose session starts here
         n = items.shape[0]
         width = self.layers[-1]
         columns = targets if samples is None else torch.cat([targets, samples])
@@ -434,6 +432,7 @@ class TrainingState:
     """What a training run keeps between steps (see ``GRU4RecNetwork.start_training``)."""
 
     optimizer: AdagradMomentum
+    config: StepConfig
     tables: dict
     grad_flat: torch.Tensor
     views: list

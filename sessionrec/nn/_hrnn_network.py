@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from .._native import kernels as _kernels
-from ._interface import NEW_SESSION, NEW_USER, OutputTableScores
+from ._interface import (
+    CONTINUE,
+    NEW_SESSION,
+    NEW_USER,
+    OutputTableScores,
+    TrainBatch,
+    keep_rows,
+)
 from ._layers import DropoutMasks, gru_forward, init_uniform_, reset_item_tables
 from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, unique_rows
@@ -34,6 +41,7 @@ class HRNNTraining:
     """What a training run keeps between steps (see :meth:`HRNNNetwork.start_training`)."""
 
     optimizer: AdagradMomentum
+    config: StepConfig
     tables: dict
     grad_flat: torch.Tensor
     user_masks: DropoutMasks | None
@@ -193,14 +201,11 @@ class HRNNNetwork(OutputTableScores, nn.Module):
 
     # -- training -------------------------------------------------------------------------
 
-    def start_training(self, optimizer: AdagradMomentum, batch_size: int,
-                       dropout: tuple[float, float, float],
-                       generator: torch.Generator) -> HRNNTraining:
-        """Pack the item tables with their optimiser state and prepare dropout masks.
-
-        ``dropout`` is (user-GRU output, session-GRU output, init vector), the paper's
-        order.
-        """
+    def start_training(self, optimizer: AdagradMomentum, config: StepConfig,
+                       batch_size: int, generator: torch.Generator) -> HRNNTraining:
+        """Pack the item tables with their optimiser state and prepare dropout masks:
+        ``config.dropout_p_user`` on the user GRU's output, ``dropout_p_hidden`` on the
+        session GRU's and ``dropout_p_init`` on the session initialisation."""
         tables = {"out": optimizer.table(self.out)}
         if self.embed is not None:
             tables["embed"] = optimizer.table(self.embed)
@@ -212,36 +217,39 @@ class HRNNNetwork(OutputTableScores, nn.Module):
             return (DropoutMasks(p, batch_size, width, device=device, generator=generator)
                     if p > 0 else None)
 
-        return HRNNTraining(optimizer, tables, torch.zeros_like(self.dense),
-                            masks(dropout[0], self.user_size),
-                            masks(dropout[1], self.session_size),
-                            masks(dropout[2], self.session_size))
+        return HRNNTraining(optimizer, config, tables, torch.zeros_like(self.dense),
+                            masks(config.dropout_p_user, self.user_size),
+                            masks(config.dropout_p_hidden, self.session_size),
+                            masks(config.dropout_p_init, self.session_size))
 
-    def train_step(self, items: torch.Tensor, targets: torch.Tensor,
-                   samples: torch.Tensor | None, state: list[torch.Tensor],
-                   start_rows: torch.Tensor, config: StepConfig, training: HRNNTraining,
-                   score_shift: torch.Tensor | None = None) -> torch.Tensor:
+    def train_step(self, batch: TrainBatch, state: list[torch.Tensor],
+                   training: HRNNTraining) -> torch.Tensor:
         """One sampled training step; updates ``state`` and the parameters in place.
 
         Parameters
         ----------
-        items, targets : LongTensor (B,)
-            Input and next items of the B active slots.
-        samples : LongTensor (S,) or None
-            Extra negatives shared by the batch.
+        batch : TrainBatch
+            The B active slots' items, targets, samples, logQ shift and codes of a
+            user-parallel schedule: where a user starts (:data:`NEW_USER`) both states
+            start from zero; where a user's next session starts (:data:`NEW_SESSION`)
+            the user state is updated from the carried session state, and the session
+            state re-initialised from it.
         state : [session state (B, H_s), user state (B, H_u)]
-            Already zeroed where a user starts; replaced by the new states.
-        start_rows : LongTensor
-            Slots whose (non-first) session starts here: the user state is updated from
-            the carried session state, and the session state re-initialised from it.
-        score_shift : Tensor (B + S,) or None
-            Added to the column scores before the loss (logQ correction).
+            Replaced by the new states.
 
         Returns
         -------
         Tensor
             The loss summed over the batch (0-d, not synchronised).
         """
+        items, targets, samples = batch.items, batch.targets, batch.samples
+        score_shift, config = batch.score_shift, training.config
+        device = items.device
+        restart = keep_rows(batch.starts, device, codes=(CONTINUE, NEW_SESSION))
+        for s in state:
+            s.mul_(restart)  # a new user: both states restart from zero
+        # The slots whose session starts, from the host-side codes (no device sync).
+        start_rows = torch.nonzero(batch.starts == NEW_SESSION).squeeze(1).to(device)
         n = items.shape[0]
         size = self.session_size
         columns = targets if samples is None else torch.cat([targets, samples])

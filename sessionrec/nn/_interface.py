@@ -26,29 +26,80 @@ all of them:
 ``score_items(top, items, matrix=None) -> Tensor``
     Scores of the chosen ``items`` (rows x len(items)).
 
-Training is network-specific on purpose: each network's ``start_training`` packs its own
-item tables with the optimiser state and its ``train_step`` takes its own mini-batch
-(HRNN: the user-parallel rows whose session starts; p-RNN: which subnets a step updates).
+And the same two calls train them, so one fit skeleton (``models/_recurrent.py``) runs
+every recurrent model:
+
+``start_training(optimizer, config, batch_size, generator) -> training``
+    Pack the item tables with the optimiser's state (``optimizer.table``: the run's
+    backend, chosen once), prepare the dropout masks of ``config`` (a
+    :class:`~._losses.StepConfig`) for up to ``batch_size`` slots. ``training.finish()``
+    gives the tables their own storage back when the run ends.
+``train_step(batch, state, training) -> loss``
+    One sampled step on a :class:`TrainBatch`: reset the slots' state where the batch's
+    codes say a session (or user) starts, feed the items, score the targets and samples
+    (never the catalogue), and update the parameters and ``state`` in place. Returns the
+    loss summed over the batch (0-d, not synchronised). Where the network's training
+    has more to it, the training object carries it (p-RNN: ``training.updates``, which
+    subnets a step trains).
+
 :func:`check_network` checks that an object implements the interface.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
-__all__ = ["CONTINUE", "NEW_SESSION", "NEW_USER", "INFERENCE_METHODS", "start_codes",
-           "keep_rows", "check_network", "with_bias_input", "OutputTableScores"]
+__all__ = ["CONTINUE", "NEW_SESSION", "NEW_USER", "INFERENCE_METHODS", "TRAINING_METHODS",
+           "TrainBatch", "start_codes", "keep_rows", "check_network", "with_bias_input",
+           "OutputTableScores"]
 
 CONTINUE, NEW_SESSION, NEW_USER = 0, 1, 2
 
 INFERENCE_METHODS = ("zero_state", "walk_context", "step", "scoring_matrix", "score_top",
                      "score_items")
+TRAINING_METHODS = ("start_training", "train_step")
 
 
-def start_codes(session_start) -> torch.Tensor:
-    """The ``starts`` codes of a session-parallel schedule's entries: :data:`NEW_SESSION`
-    where a session starts, else :data:`CONTINUE` (int8, on the CPU)."""
-    return torch.as_tensor(session_start, dtype=torch.int8) * NEW_SESSION
+@dataclass
+class TrainBatch:
+    """One mini-batch of a slot-parallel training schedule (B active slots).
+
+    items, targets : LongTensor (B,)
+        Each slot's input item and next item, on the device.
+    samples : LongTensor (S,) or None
+        Extra negatives shared by the batch.
+    score_shift : Tensor (B + S,) or None
+        Added to the scores of the columns (targets, then samples) before the loss: the
+        logQ correction.
+    starts : Tensor (B,), int8, on the CPU
+        Each slot's code (:data:`CONTINUE`, :data:`NEW_SESSION`, :data:`NEW_USER`), read
+        on the host (HRNN picks the slots whose session starts without waiting for the
+        device).
+    keep : Tensor (B, 1), on the device
+        :func:`keep_rows` of ``starts``: 0.0 where the slot starts from a zero state,
+        else 1.0 (the session networks' reset). Made once per schedule, not per step: on
+        a GPU a per-step copy from the host costs more than the reset.
+    """
+
+    items: torch.Tensor
+    targets: torch.Tensor
+    samples: torch.Tensor | None
+    score_shift: torch.Tensor | None
+    starts: torch.Tensor | None
+    keep: torch.Tensor
+
+
+def start_codes(session_start, user_start=None) -> torch.Tensor:
+    """The ``starts`` codes of a schedule's entries: :data:`NEW_SESSION` where a session
+    starts, :data:`NEW_USER` where a user starts (``user_start``: a user-parallel
+    schedule), else :data:`CONTINUE` (int8, on the CPU)."""
+    codes = np.asarray(session_start, dtype=np.int8) * NEW_SESSION
+    if user_start is not None:
+        codes[np.asarray(user_start, dtype=bool)] = NEW_USER
+    return torch.from_numpy(codes)
 
 
 def keep_rows(starts: torch.Tensor, device, *, codes: tuple = (CONTINUE,)) -> torch.Tensor:
@@ -108,10 +159,11 @@ def check_network(network) -> None:
     Traceback (most recent call last):
     ...
     TypeError: object lacks zero_state, walk_context, step, scoring_matrix, score_top, \
-score_items of the recurrent network interface (sessionrec.nn._interface).
+score_items, start_training, train_step of the recurrent network interface \
+(sessionrec.nn._interface).
     """
-    missing = [name for name in INFERENCE_METHODS if not callable(getattr(network, name,
-                                                                           None))]
+    missing = [name for name in INFERENCE_METHODS + TRAINING_METHODS
+               if not callable(getattr(network, name, None))]
     if missing:
         raise TypeError(f"{type(network).__name__} lacks {', '.join(missing)} of the "
                         "recurrent network interface (sessionrec.nn._interface).")

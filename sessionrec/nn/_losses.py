@@ -38,8 +38,13 @@ __all__ = ["StepConfig", "LOSSES", "LOSS_FLOORS", "FINAL_ACTIVATIONS", "loss_and
 @dataclass(frozen=True)
 class StepConfig:
     """Settings of a training step that do not change the network's shape: the loss,
-    the final activation inside it and its parameters (every recurrent model), and the
-    dropouts of GRU4Rec's step (HRNN and p-RNN hold theirs in their training state)."""
+    the final activation inside it and its parameters, and the dropouts.
+
+    ``dropout_p_hidden`` drops out the recurrent layers' outputs (GRU4Rec's layers,
+    HRNN's session GRU, p-RNN's subnets); ``dropout_p_embed`` GRU4Rec's input
+    embedding; ``dropout_p_user`` and ``dropout_p_init`` HRNN's user-GRU output and
+    session initialisation. A network reads the ones it has.
+    """
 
     loss: str = "cross-entropy"
     activation: str = "linear"
@@ -47,6 +52,8 @@ class StepConfig:
     elu_param: float = 0.5
     dropout_p_embed: float = 0.0
     dropout_p_hidden: float = 0.0
+    dropout_p_user: float = 0.0
+    dropout_p_init: float = 0.0
 
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._native import kernels as _kernels
-from ._interface import keep_rows
+from ._interface import TrainBatch, keep_rows
 from ._layers import DropoutMasks, gru_forward, init_uniform_
-from ._losses import sampled_loss
+from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, unique_rows
 
 __all__ = ["ParallelNetwork", "ParallelTraining", "SubnetSpec"]
@@ -58,12 +58,20 @@ class SubnetSpec:
 
 @dataclass
 class ParallelTraining:
-    """What a training run keeps between steps (see :meth:`ParallelNetwork.start_training`)."""
+    """What a training run keeps between steps (see :meth:`ParallelNetwork.start_training`).
+
+    ``updates`` (list of ``(trained, included)`` subnet indices) is what a step does: for
+    each update in order, the loss of the merged scores of the ``included`` subnets, and
+    a step of the parameters of the ``trained`` ones. The training strategies set it per
+    phase; it starts as one update that trains every subnet together.
+    """
 
     optimizer: AdagradMomentum
+    config: StepConfig
     tables: dict
     grad_flat: list
     masks: list
+    updates: list
 
     def finish(self) -> None:
         """Give the tables their own storage again (drops the optimiser state)."""
@@ -371,9 +379,11 @@ class ParallelNetwork(nn.Module):
 
     # -- training -------------------------------------------------------------------------
 
-    def start_training(self, optimizer: AdagradMomentum, batch_size: int, dropout: float,
-                       generator: torch.Generator) -> ParallelTraining:
-        """Pack the row-updated tables with their optimiser state; prepare dropout masks."""
+    def start_training(self, optimizer: AdagradMomentum, config: StepConfig,
+                       batch_size: int, generator: torch.Generator) -> ParallelTraining:
+        """Pack the row-updated tables with their optimiser state; prepare the subnets'
+        dropout masks (``config.dropout_p_hidden``)."""
+        dropout = config.dropout_p_hidden
         names = [n for i in range(len(self.subnets)) for n in self.table_names(i)]
         if self.head == "shared":
             names.append("shared_out")
@@ -384,35 +394,36 @@ class ParallelNetwork(nn.Module):
                  for s in self.subnets]
         grads = [torch.zeros_like(getattr(self, f"s{i}_dense"))
                  for i in range(len(self.subnets))]
-        return ParallelTraining(optimizer, tables, grads, masks)
+        every = tuple(range(len(self.subnets)))
+        return ParallelTraining(optimizer, config, tables, grads, masks, [(every, every)])
 
-    def train_step(self, items: torch.Tensor, targets: torch.Tensor,
-                   samples: torch.Tensor | None, state: list[torch.Tensor],
-                   updates: list[tuple[tuple[int, ...], tuple[int, ...]]], config,
-                   training: ParallelTraining, score_shift: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+    def train_step(self, batch: TrainBatch, state: list[torch.Tensor],
+                   training: ParallelTraining) -> torch.Tensor:
         """One sampled training step; updates ``state`` and the trained parameters.
 
         Parameters
         ----------
-        items, targets : LongTensor (B,)
-        samples : LongTensor (S,) or None
-            Extra negatives shared by the batch.
+        batch : TrainBatch
+            The B active slots' items, targets, samples and logQ shift; each subnet's
+            state is zeroed where ``batch.keep`` is 0 (a session starts).
         state : list of Tensor (B, H_i)
             Hidden states of the subnets, replaced by the new ones.
-        updates : list of (trained, included)
-            Done in order; each computes the loss of the merged scores of the ``included``
-            subnets and steps the parameters of the ``trained`` ones (and, with the
-            ``"shared"`` head, the shared output). A subnet's new state is computed once
-            per step, by the first update that includes it.
-        score_shift : Tensor (B + S,) or None
-            Added to the column scores before the loss (logQ correction).
+        training : ParallelTraining
+            Its ``updates`` are done in order; each computes the loss of the merged
+            scores of the ``included`` subnets and steps the parameters of the
+            ``trained`` ones (and, with the ``"shared"`` head, the shared output). A
+            subnet's new state is computed once per step, by the first update that
+            includes it.
 
         Returns
         -------
         Tensor
             The summed loss of the last update (0-d, not synchronised).
         """
+        items, targets, samples = batch.items, batch.targets, batch.samples
+        score_shift, config, updates = batch.score_shift, training.config, training.updates
+        for h in state:
+            h.mul_(batch.keep)  # reset the slots whose session starts
         n = items.shape[0]
         columns = targets if samples is None else torch.cat([targets, samples])
         fused = training.optimizer.fused  # the run's choice of backend
