@@ -101,13 +101,14 @@ def _load():
         "sr_openmp": ([], ctypes.c_int),
         "sr_sparse_adagrad_f32": ([p, i64, i64, i64, p, i64, p, p, f32, f32, i64], None),
         "sr_dense_adagrad_f32": ([p, p, p, p, i64, f32, f32, i64], None),
+        "sr_unique_marked_scratch": ([i64], i64),
         "sr_unique_marked": ([p, i64, i64, p, p, p], i64),
         "sr_gru_state_floats": ([i64, i64, i64], i64),
         "sr_gru_backward_work_floats": ([i64, i64], i64),
         "sr_gru_step_f32": ([p], None),
         "sr_gru_step_backward_f32": ([p], None),
         "sr_output_xent_scratch": ([i64, i64, i64], i64),
-        "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, p, i64],
+        "sr_output_xent_f32": ([p, i64, i64, i64, p, p, i64, p, i64, p, p, p, p, i64],
                                ctypes.c_double),
         "sr_rank_counts_f32": ([p, i64, i64, i64, p, p, p, i64], i64),
         "sr_product_ranks_scratch": ([i64, i64, i64, i64, i64, i64, p], i64),
@@ -277,10 +278,11 @@ def unique_rows_marked(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, t
     in linear time."""
     rows = rows.contiguous()
     n = len(rows)
-    marks = n_rows + (n_rows + 63) // 64  # positions and a bitmap of the rows
-    scratch = torch.empty(marks + 2 * n, dtype=torch.int64)
-    distinct, inverse = scratch[marks:marks + n], scratch[marks + n:]
-    count = _library.sr_unique_marked(rows.data_ptr(), n, n_rows, scratch.data_ptr(),
+    # One allocation: the outputs, then the scratch the library asks for.
+    buffer = torch.empty(2 * n + _library.sr_unique_marked_scratch(n_rows),
+                         dtype=torch.int64)
+    distinct, inverse = buffer[:n], buffer[n:2 * n]
+    count = _library.sr_unique_marked(rows.data_ptr(), n, n_rows, buffer[2 * n:].data_ptr(),
                                       distinct.data_ptr(), inverse.data_ptr())
     if count < 0:
         raise IndexError(f"a row index lies outside [0, {n_rows})")
@@ -314,12 +316,11 @@ def output_cross_entropy(h: torch.Tensor, table: torch.Tensor, row_index: torch.
     out_grad = torch.empty(n_items, size + 1)
     d_h = torch.empty(batch, size)
     scratch = torch.empty(_library.sr_output_xent_scratch(batch, size, n_items))
-    parts = torch.empty(2 * batch, dtype=torch.float64)
     loss = _library.sr_output_xent_f32(h.data_ptr(), batch, size, h.stride(0),
                                        table.data_ptr(), row_index.data_ptr(), n_items,
                                        column_of.data_ptr(), len(column_of), _pointer(shift),
                                        out_grad.data_ptr(), d_h.data_ptr(),
-                                       scratch.data_ptr(), parts.data_ptr(), threads())
+                                       scratch.data_ptr(), threads())
     return torch.full((), loss), out_grad, d_h
 
 
@@ -593,8 +594,8 @@ class Gru4recStepPlan(ctypes.Structure):
                  ("n_planes", _I64), ("plane_stride", _I64), ("dense", _P), ("grad", _P),
                  ("acc", _P), ("mom", _P), ("n_dense", _I64), ("shift_batch", _P),
                  ("shift_sample", _P), ("lr", ctypes.c_double),
-                 ("momentum", ctypes.c_double), ("index", _P), ("work", _P), ("parts", _P),
-                 ("keep_bias", _P), ("input_mode", _I64), ("in_table", _P),
+                 ("momentum", ctypes.c_double), ("index", _P), ("work", _P),
+                 ("input_mode", _I64), ("in_table", _P),
                  ("in_planes", _I64), ("in_plane_stride", _I64), ("in_width", _I64)]
 
 
@@ -655,10 +656,7 @@ class Gru4recStep:
         n_work = _library.sr_gru4rec_step_scratch(ctypes.byref(plan), ctypes.byref(n_index))
         kept["index"] = torch.empty(n_index.value, dtype=torch.int64)
         kept["work"] = torch.empty(n_work)
-        kept["parts"] = torch.empty(2 * int(max_batch), dtype=torch.float64)
-        kept["keep_bias"] = torch.empty(2 * int(max_batch) + n_sample, dtype=torch.uint8)
         plan.index, plan.work = kept["index"].data_ptr(), kept["work"].data_ptr()
-        plan.parts, plan.keep_bias = kept["parts"].data_ptr(), kept["keep_bias"].data_ptr()
         _library.sr_gru4rec_step_init(ctypes.byref(plan))
         self._kept, self._plan = kept, plan  # the C function reads them at every step
         # Prepared once: a step's Python cost is this one call's argument conversion.

@@ -11,7 +11,6 @@ from sklearn.utils._param_validation import StrOptions
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
 from .._events import SessionEvents
-from .._native import kernels as _kernels
 from .._validation import DROPOUT, check_int_tuple, int_tuple_constraint
 from ..nn._cuda_graph import ReplayedStep, StaticMasks
 from ..nn._fused_step import FusedGRU4RecStep
@@ -25,7 +24,6 @@ from ._recurrent import (
     TrainingRun,
     counted_ranks,
     gathered_state_rows,
-    ranks_from_top_states,
 )
 
 __all__ = ["GRU4RecRecommender"]
@@ -292,33 +290,27 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
 
     # -- prediction -----------------------------------------------------------------------
 
-    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray,
+    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray, *,
                      score_top: bool = True, context=None):
-        """Session-parallel scores; with ``score_top=False`` the top layer's states
-        instead (for :meth:`_iter_ranks`, which passes the walk's ``context``)."""
-        yield from self._session_parallel_scores(events, score_after, self.network_,
-                                                 context, score_top=score_top)
+        """Session-parallel scores (:meth:`_walk`); with ``score_top=False`` the top
+        layer's states instead (for :meth:`_iter_ranks`, which passes the walk's
+        ``context``)."""
+        yield from self._walk(events, score_after, self.network_, context,
+                              score_top=score_top)
 
-    def _iter_ranks(self, events: SessionEvents, ties: str):
-        """On the CPU with the fused kernels, count ranks straight from the product of the
-        top states and the output matrix (``_kernels.product_ranks``): the scores are
-        counted 32 rows at a time while they are in the cache, never written out. Where
-        the walk gathers its gate inputs from a per-item table, the C kernels compute the
-        states too, once per distinct session prefix
+    def _fused_ranks(self, events: SessionEvents, ties: str, context=None):
+        """Ranks counted from the product of the top states and the output matrix
+        (:meth:`_iter_ranks`). Where the walk gathers its gate inputs from a per-item
+        table, the C kernels compute the states too, once per distinct session prefix
         (:class:`~sessionrec.nn._fused_walk.FusedGRUWalk`: the Python walk's states, bit
         for bit), and each state's scores are counted for every target that follows it."""
         network = self.network_
-        if not _kernels.fused_for(self.device_):  # the evaluation's choice of backend
-            yield from super()._iter_ranks(events, ties)
-            return
-        context = network.walk_context(len(events.items))
+        context = network.walk_context(len(events.items), feeds_last=False)
         _, gates, _ = context
-        matrix = network.scoring_matrix()
         if gates is None:
-            yield from ranks_from_top_states(
-                self._iter_scores(events, ~events.is_last, score_top=False,
-                                  context=context), events, matrix, ties)
+            yield from super()._fused_ranks(events, ties, context)
             return
+        matrix = network.scoring_matrix()
         walk = FusedGRUWalk(network, gates)
         items = torch.as_tensor(events.items, dtype=torch.int64)
         offsets = torch.as_tensor(events.offsets, dtype=torch.int64)

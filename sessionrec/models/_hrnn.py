@@ -9,19 +9,16 @@ import pandas as pd
 import torch
 from sklearn.utils._param_validation import StrOptions
 
-from .._base import SessionRecommender, plain_labels, rows_per_block
+from .._base import SessionRecommender, plain_labels
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents, user_codes
-from .._native import kernels as _kernels
 from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
 from ..nn._hrnn_network import HRNNNetwork
 from ..nn._losses import StepConfig
 from ._epochs import document_epochs, mrr_of_score_blocks
 from ._recurrent import (
-    EVAL_BATCH,
     SampledTrainingMixin,
     TrainingRun,
-    ranks_from_top_states,
 )
 
 __all__ = ["HRNNRecommender"]
@@ -219,15 +216,33 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         self.user_states_ = self._final_user_states(events)
 
     def _final_user_states(self, events: SessionEvents) -> torch.Tensor:
-        """Every training user's state after their last session of ``events``."""
-        device = self.device_
+        """Every training user's state after their last session of ``events``: the user
+        GRU applied, at each user's last input, to the session state there (as at the
+        start of a next session)."""
+        device, network = self.device_, self.network_
         states = torch.zeros(len(events.user_labels), int(self.user_size), device=device)
-        final = {}
-        for _ in self._forward(events, np.zeros(events.n_events, dtype=bool),
-                               include_last=False, from_training=False, final=final):
+        user_of = events.users[events.session_of_event]
+        last_input = np.full(len(events.user_labels), -1, dtype=np.int64)
+        np.maximum.at(last_input, user_of[~events.is_last], np.flatnonzero(~events.is_last))
+        ending = np.zeros(events.n_events, dtype=bool)
+        ending[last_input[last_input >= 0]] = True
+        found_users, found_states = [], []
+
+        def observe(at, state, context):
+            rows = np.flatnonzero(ending[at])
+            if len(rows):
+                w, fused, _ = context
+                slots = torch.as_tensor(rows, device=device)
+                found_users.append(user_of[at[rows]])
+                found_states.append(network.user_update(w, state[0][slots], state[1][slots],
+                                                        fused))
+
+        for _ in self._walk(events, np.zeros(events.n_events, dtype=bool), network,
+                            observe=observe):
             pass
-        if final:
-            states[torch.as_tensor(final["users"], device=device)] = final["states"]
+        if found_users:
+            states[torch.as_tensor(np.concatenate(found_users), device=device)] = torch.cat(
+                found_states)
         return states
 
     def _user_states(self) -> torch.Tensor:
@@ -248,8 +263,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         held_out = np.zeros(events.n_events, dtype=bool)
         held_out[train.n_events:] = True
         return mrr_of_score_blocks(
-            self._forward(events, held_out & ~events.is_last, include_last=False,
-                          from_training=False), events, self.device_)
+            self._walk(events, held_out & ~events.is_last, self.network_), events,
+            self.device_)
 
     def _step_config(self) -> StepConfig:
         return replace(super()._step_config(), dropout_p_user=float(self.dropout_p_user),
@@ -280,100 +295,35 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         """Training-user index of each frame user (-1 if unknown)."""
         return user_codes(self.user_labels_, events, self.user_key)
 
-    def _forward(self, events: SessionEvents, score_after: np.ndarray, *, include_last: bool,
-                 from_training: bool, final: dict | None = None, score_top: bool = True):
-        """Walk the frame's users in parallel; yield ``(positions, scores)`` of the
-        positions ``score_after`` selects (with ``score_top=False``: the session states
-        instead, for :meth:`_iter_ranks`).
+    def _walk_schedule(self, events, batch_size: int, include_last: bool):
+        """The walk's slots: each walks one user's sessions in order."""
+        return user_parallel_schedule(events, batch_size, include_last=include_last)
 
-        ``from_training``: a known user's first frame session follows their training
-        history (starts from the stored state). ``final``, when given, receives each
-        frame user's state after their last session (``users``: frame user codes).
-        """
+    def _resume_known_users(self, events: SessionEvents):
+        """The walk's ``resume``: a known user's first frame session follows their
+        training history, so their stream starts from their stored user state and the
+        session state initialised from it."""
+        known = self._known_users(events)[events.users]
         network, device = self.network_, self.device_
-        batch = int(np.clip(rows_per_block(self.n_items_, device), *EVAL_BATCH))
-        schedule = user_parallel_schedule(events, batch, include_last=include_last)
-        if schedule.n_steps == 0:
-            return
-        positions = schedule.positions
-        entry_user = events.users[events.session_of_event[positions]]
-        last_position = np.full(len(events.user_labels), -1, dtype=np.int64)
-        np.maximum.at(last_position, entry_user, positions)
-        is_user_last = positions == last_position[entry_user]
-        known = self._known_users(events)[entry_user] if from_training else None
-        items = torch.as_tensor(events.items, device=device)
-        inputs = items[torch.as_tensor(positions, device=device)]
-        scored = score_after[positions]
-        bounds = schedule.step_offsets.tolist()
-        w, fused = network.walk_context(len(events.items))  # once for the walk
-        matrix = network.scoring_matrix()
-        hidden, user, _ = network.zero_state(int(schedule.widths()[0]))
-        before = hidden.clone()  # each slot's state before its last input
-        final_users, final_states = [], []
-        for t in range(schedule.n_steps):
-            start, stop = bounds[t], bounds[t + 1]
-            if t in schedule.shrink:
-                rows = torch.as_tensor(schedule.shrink[t], device=device)
-                hidden, user, before = (s.index_select(0, rows) for s in (hidden, user, before))
-            user_first = schedule.user_start[start:stop]
-            session_first = schedule.session_start[start:stop] & ~user_first
-            last = before if include_last else hidden
+
+        def resume(positions: np.ndarray):
+            k = known[events.session_of_event[positions]]
+            has = k >= 0
+            if not has.any():
+                return has, None
+            c = self._user_states()[torch.as_tensor(k[has], device=device)]
             with torch.no_grad():
-                if user_first.any():
-                    slots = torch.as_tensor(np.flatnonzero(user_first), device=device)
-                    hidden[slots] = 0.0
-                    user[slots] = 0.0
-                    if known is not None:
-                        k = known[start:stop][user_first]
-                        has = k >= 0
-                        if has.any():
-                            rows_known = slots[torch.as_tensor(np.flatnonzero(has),
-                                                               device=device)]
-                            c = self._user_states()[torch.as_tensor(k[has],
-                                                                    device=device)]
-                            user[rows_known] = c
-                            hidden[rows_known] = network.session_init(w, c)
-                if session_first.any():
-                    slots = torch.as_tensor(np.flatnonzero(session_first), device=device)
-                    c = network.user_update(w, last[slots], user[slots], fused)
-                    user[slots] = c
-                    hidden[slots] = network.session_init(w, c)
-                before = hidden.clone() if include_last else before
-                hidden = network.advance(inputs[start:stop], hidden, user, w, fused)
-                ending = is_user_last[start:stop]
-                if final is not None and ending.any():
-                    slots = torch.as_tensor(np.flatnonzero(ending), device=device)
-                    state_in = (before if include_last else hidden)[slots]
-                    final_users.append(entry_user[start:stop][ending])
-                    final_states.append(network.user_update(w, state_in, user[slots],
-                                                            fused))
-            selected = scored[start:stop]
-            if selected.any():
-                top = hidden
-                if not selected.all():
-                    top = hidden.index_select(0, torch.as_tensor(np.flatnonzero(selected),
-                                                                 device=device))
-                yield (positions[start:stop][selected],
-                       network.score_all(top, matrix) if score_top else top)
-        if final is not None and final_users:
-            final["users"] = np.concatenate(final_users)
-            final["states"] = torch.cat(final_states)
+                hidden = network.session_init(network.views(network.dense), c)
+            return has, (hidden, c, hidden)
 
-    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
-        include_last = bool(score_after[events.is_last].any())
-        yield from self._forward(events, score_after, include_last=include_last,
-                                 from_training=True)
+        return resume
 
-    def _iter_ranks(self, events: SessionEvents, ties: str):
-        """On the CPU with the fused kernels, ranks counted straight from the product of
-        the session states and the output matrix, as GRU4Rec's (no score matrix)."""
-        network = self.network_
-        if not _kernels.fused_for(self.device_):  # the evaluation's choice of backend
-            yield from super()._iter_ranks(events, ties)
-            return
-        yield from ranks_from_top_states(
-            self._forward(events, ~events.is_last, include_last=False, from_training=True,
-                          score_top=False), events, network.scoring_matrix(), ties)
+    def _iter_scores(self, events: SessionEvents, score_after: np.ndarray, *,
+                     score_top: bool = True, context=None):
+        """The users' sessions walked in parallel (:meth:`_walk`), known users continuing
+        from their stored state."""
+        yield from self._walk(events, score_after, self.network_, context,
+                              score_top=score_top, resume=self._resume_known_users(events))
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         network = self.network_

@@ -552,17 +552,13 @@ or None
 
     def _validation_mrr(self, network: ParallelNetwork, events: SessionEvents) -> float:
         """MRR@20 (conservative ties, all items ranked) of ``network`` on held-out events."""
-        return mrr_of_score_blocks(self._walk(network, events, ~events.is_last), events,
+        return mrr_of_score_blocks(self._walk(events, ~events.is_last, network), events,
                                    self.device_)
 
     # -- prediction -----------------------------------------------------------------------
 
     def _iter_scores(self, events: SessionEvents, score_after: np.ndarray):
-        yield from self._walk(self.network_, events, score_after)
-
-    def _walk(self, network: ParallelNetwork, events: SessionEvents, score_after: np.ndarray):
-        """Session-parallel scores of ``network`` (the fitted one, or one in training)."""
-        yield from self._session_parallel_scores(events, score_after, network)
+        yield from self._walk(events, score_after, self.network_)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         # No event yet: zero states, so the scores are the output biases.

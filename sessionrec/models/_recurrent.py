@@ -6,7 +6,7 @@ their validation and turns them into the training objects, so each model states 
 architecture. :class:`TrainingRun` is the fit skeleton they share: a network of the
 recurrent network interface (:mod:`sessionrec.nn._interface`) trained on a slot-parallel
 schedule, epoch by epoch, through the :class:`~sessionrec._training.Trainer`; and
-:meth:`SampledTrainingMixin._session_parallel_scores` is the evaluation walk.
+:meth:`SampledTrainingMixin._walk` is the evaluation walk.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ from .._validation import (
     torch_generator,
 )
 from ..evaluation import ranks_from_counts
-from ..nn._interface import TrainBatch, keep_rows, start_codes
+from ..nn._interface import (
+    CONTINUE,
+    NEW_USER,
+    OutputTableScores,
+    TrainBatch,
+    keep_rows,
+    start_codes,
+)
 from ..nn._losses import FINAL_ACTIVATIONS, LOSS_FLOORS, LOSSES, StepConfig
 from ..nn._optim import AdagradMomentum
 from ..nn._sampling import NegativeSampler
@@ -289,31 +296,44 @@ class SampledTrainingMixin(EpochTrainingMixin):
         shift_batch = -float(self.logq) * log_support
         return sampler, LogQShift(shift_batch, shift_batch * float(self.sample_alpha))
 
-    def _session_parallel_scores(self, events, score_after, network, context=None,
-                                 score_top: bool = True):
-        """The evaluation walk of a session RNN: yield ``(positions, scores)`` blocks.
+    def _walk_schedule(self, events, batch_size: int, include_last: bool):
+        """The slots of an evaluation walk: sessions, longest first (HRNN: users)."""
+        return session_parallel_schedule(events, batch_size, include_last=include_last,
+                                         longest_first=True)
 
-        Sessions are fed in parallel slots (longest first) to ``network`` through the
-        recurrent network interface (:mod:`sessionrec.nn._interface`): ``step`` with the
-        code of a new session where one starts, from ``zero_state``; ``context`` is the
-        network's ``walk_context`` (made here when None). The last event of a session is
-        fed only if a score after it is wanted (prediction); ranking next items never
-        needs it. With ``score_top=False`` the blocks hold the ``top`` rows instead of
-        the scores.
+    def _walk(self, events, score_after, network, context=None, *, score_top: bool = True,
+              resume=None, observe=None):
+        """The evaluation walk of a recurrent network: yield ``(positions, scores)``.
+
+        The frame's streams (:meth:`_walk_schedule`: sessions, or users' sessions in
+        order) are fed in parallel slots to ``network`` through the recurrent network
+        interface (:mod:`sessionrec.nn._interface`): ``step`` with each slot's code
+        (a new session, a new user), from ``zero_state``; ``context`` is the network's
+        ``walk_context`` (made here when None). The last event of a session is fed only
+        if a score after it is wanted (prediction); ranking next items never needs it.
+        Yields the scores after the positions ``score_after`` selects, or with
+        ``score_top=False`` the ``top`` rows instead.
+
+        ``resume(positions)``, optional, gives the state a stream continues from: for the
+        positions where a user's stream starts, ``(has, rows)`` (bool per position; per
+        state tensor, the rows of those that have one), fed as if continuing (HRNN: a
+        known user from their stored state). ``observe(positions, state, context)``,
+        optional, sees every step's new state (its rows: the slots whose events are at
+        ``positions``).
         """
         device = self.device_
         batch = int(np.clip(rows_per_block(self.n_items_, device), *EVAL_BATCH))
         include_last = bool(score_after[events.is_last].any())
-        schedule = session_parallel_schedule(events, batch, include_last=include_last,
-                                             longest_first=True)
+        schedule = self._walk_schedule(events, batch, include_last)
         if schedule.n_steps == 0:
             return
         if context is None:
-            context = network.walk_context(len(events.items))
+            context = network.walk_context(len(events.items), feeds_last=include_last)
         matrix = network.scoring_matrix() if score_top else None
         items = torch.as_tensor(events.items, device=device)
         inputs = items[torch.as_tensor(schedule.positions, device=device)]
-        starts = start_codes(schedule.session_start, schedule.user_start).to(device)
+        # On the host: a network reads the codes without waiting for the device.
+        starts = start_codes(schedule.session_start, schedule.user_start)
         scored = score_after[schedule.positions]
         bounds = schedule.step_offsets.tolist()
         state = network.zero_state(int(schedule.widths()[0]))
@@ -322,7 +342,12 @@ class SampledTrainingMixin(EpochTrainingMixin):
             if t in schedule.shrink:
                 rows = torch.as_tensor(schedule.shrink[t], device=device)
                 state = [h.index_select(0, rows) for h in state]
-            state, top = network.step(inputs[start:stop], state, starts[start:stop], context)
+            codes = starts[start:stop]
+            if resume is not None:
+                codes = _resumed(codes, schedule.positions[start:stop], state, resume, device)
+            state, top = network.step(inputs[start:stop], state, codes, context)
+            if observe is not None:
+                observe(schedule.positions[start:stop], state, context)
             selected = scored[start:stop]
             if not selected.any():
                 continue
@@ -331,3 +356,39 @@ class SampledTrainingMixin(EpochTrainingMixin):
                                                           device=device))
             yield (schedule.positions[start:stop][selected],
                    network.score_top(top, matrix) if score_top else top)
+
+    def _iter_ranks(self, events, ties: str):
+        """On the CPU with the fused kernels, for a network whose scores are the product
+        of ``[top | 1]`` and its output table (:class:`OutputTableScores`: GRU4Rec, HRNN),
+        the ranks are counted straight from that product (:func:`ranks_from_top_states`:
+        no score matrix); elsewhere from the scores."""
+        if not (isinstance(self.network_, OutputTableScores)
+                and _kernels.fused_for(self.device_)):  # the evaluation's backend
+            yield from super()._iter_ranks(events, ties)
+            return
+        yield from self._fused_ranks(events, ties)
+
+    def _fused_ranks(self, events, ties: str, context=None):
+        network = self.network_
+        yield from ranks_from_top_states(
+            self._iter_scores(events, ~events.is_last, score_top=False, context=context),
+            events, network.scoring_matrix(), ties)
+
+
+def _resumed(codes: torch.Tensor, positions: np.ndarray, state: list, resume, device
+             ) -> torch.Tensor:
+    """``codes`` with the user starts that ``resume`` gives a state for turned into
+    :data:`CONTINUE`, their slots' state set to it."""
+    new = np.flatnonzero(codes.numpy() == NEW_USER)
+    if not len(new):
+        return codes
+    has, rows = resume(positions[new])
+    if not has.any():
+        return codes
+    chosen = new[has]
+    slots = torch.as_tensor(chosen, device=device)
+    for tensor, values in zip(state, rows, strict=True):
+        tensor[slots] = values
+    codes = codes.clone()
+    codes[torch.as_tensor(chosen)] = CONTINUE
+    return codes

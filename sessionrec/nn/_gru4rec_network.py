@@ -244,7 +244,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
     # -- the recurrent network interface (see _interface.py) ----------------------------
 
     @torch.no_grad()
-    def walk_context(self, n_fed: int
+    def walk_context(self, n_fed: int, feeds_last: bool = True
                      ) -> tuple[list[_LayerViews], torch.Tensor | None, bool]:
         """The weight views, for a walk that feeds at least as many events as there are
         items the first layer's gate inputs per item (:meth:`item_gate_table`; it costs

@@ -172,30 +172,37 @@ class HRNNNetwork(OutputTableScores, nn.Module):
 
     # -- the recurrent network interface (see _interface.py) ----------------------------
 
-    def walk_context(self, n_fed: int) -> tuple[dict, bool]:
-        """The weight views and the walk's choice of backend."""
-        return self.views(self.dense), _kernels.fused_for(self.out.device)
+    def walk_context(self, n_fed: int, feeds_last: bool = True) -> tuple[dict, bool, bool]:
+        """The weight views, the walk's choice of backend, and whether the walk feeds
+        each session's last event (which decides the state the user GRU reads)."""
+        return self.views(self.dense), _kernels.fused_for(self.out.device), feeds_last
 
     @torch.no_grad()
     def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
              context=None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Feed one item per slot. Where a user starts, both states start from zero;
         where a user's next session starts, the user state is updated from the session
-        state before the previous session's last event (the state after its other
-        events, as in training, where a session's last event is only a target) and the
-        session state initialised from it (the paper's equations 3 and 4)."""
-        w, fused = context if context is not None else (self.views(self.dense), None)
-        hidden, user, _ = state
+        state after the previous session's last event but one (the last input of that
+        session in training, where a session's last event is only a target) and the
+        session state initialised from it (the paper's equations 3 and 4). A walk that
+        feeds sessions' last events (``feeds_last`` of :meth:`walk_context`) keeps that
+        state in ``state[2]``, the session state before the latest event; one that does
+        not has it as the session state."""
+        w, fused, feeds_last = (context if context is not None
+                                else (self.views(self.dense), None, True))
+        hidden, user, before = state
         new_user = torch.nonzero(starts == NEW_USER).squeeze(1).to(hidden.device)
         if len(new_user):
             hidden[new_user] = 0.0
             user[new_user] = 0.0
         new_session = torch.nonzero(starts == NEW_SESSION).squeeze(1).to(hidden.device)
         if len(new_session):
-            c = self.user_update(w, state[2][new_session], user[new_session], fused)
+            last = before if feeds_last else hidden
+            c = self.user_update(w, last[new_session], user[new_session], fused)
             user[new_session] = c
             hidden[new_session] = self.session_init(w, c)
-        before = hidden.clone()
+        if feeds_last:
+            before = hidden.clone()
         hidden = self.advance(items, hidden, user, w, fused)
         return [hidden, user, before], hidden
 

@@ -9,16 +9,20 @@ all of them:
     The state of ``width`` slots before any event: a list of tensors with one row per
     slot (GRU4Rec: one per layer; p-RNN: one per subnet; HRNN: session state, user state,
     and the session state before the latest event).
-``walk_context(n_fed) -> object``
+``walk_context(n_fed, feeds_last=True) -> object``
     What a walk that will feed ``n_fed`` events precomputes once from the weights (GRU4Rec:
     the weight views and, when it pays off, the table of the first layer's gate inputs per
-    item; None for the others). Valid until the weights change.
+    item), with the walk's choice of backend. ``feeds_last``: whether the walk feeds each
+    session's last event (a prediction after it) or not (ranking each next item never
+    needs it; HRNN then reads a finished session's state differently). Valid until the
+    weights change.
 ``step(items, state, starts, context) -> (state, top)``
-    Feed one item per slot. ``starts`` holds a code per slot, :data:`CONTINUE`,
-    :data:`NEW_SESSION` (a new session of the slot's user: HRNN carries the user over,
-    the session networks start from zero) or :data:`NEW_USER` (everything starts from
-    zero). Returns the new state (tensors may be updated in place) and ``top``, one row
-    per slot that :meth:`score_top` turns into scores. No dropout, no gradient.
+    Feed one item per slot. ``starts`` (int8, on the CPU) holds a code per slot,
+    :data:`CONTINUE`, :data:`NEW_SESSION` (a new session of the slot's user: HRNN
+    carries the user over, the session networks start from zero) or :data:`NEW_USER`
+    (everything starts from zero). Returns the new state (tensors may be updated in
+    place) and ``top``, one row per slot that :meth:`score_top` turns into scores. No
+    dropout, no gradient.
 ``scoring_matrix() -> Tensor``
     The output layer as one matrix, computed once per walk.
 ``score_top(top, matrix=None) -> Tensor``

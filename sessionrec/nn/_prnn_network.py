@@ -350,7 +350,7 @@ class ParallelNetwork(nn.Module):
 
     # -- the recurrent network interface (see _interface.py) ----------------------------
 
-    def walk_context(self, n_fed: int) -> bool:
+    def walk_context(self, n_fed: int, feeds_last: bool = True) -> bool:
         """The walk's choice of backend."""
         return _kernels.fused_for(self.s0_dense.device)
 

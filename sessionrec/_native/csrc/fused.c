@@ -52,7 +52,7 @@ EXPORT int64_t sr_struct_layout(int64_t which, int64_t *out, int64_t capacity) {
         S(Gru4recStep, acc), S(Gru4recStep, mom), S(Gru4recStep, n_dense),
         S(Gru4recStep, shift_batch), S(Gru4recStep, shift_sample), S(Gru4recStep, lr),
         S(Gru4recStep, momentum), S(Gru4recStep, index), S(Gru4recStep, work),
-        S(Gru4recStep, parts), S(Gru4recStep, keep_bias), S(Gru4recStep, input_mode),
+        S(Gru4recStep, input_mode),
         S(Gru4recStep, in_table), S(Gru4recStep, in_planes), S(Gru4recStep, in_plane_stride),
         S(Gru4recStep, in_width)};
     const int64_t step[] = {

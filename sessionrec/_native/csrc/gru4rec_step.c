@@ -62,13 +62,18 @@ static int64_t step_scratch(const Gru4recStep *p, float **x, float **layer_work,
     return total;
 }
 
+/* Words of the int64 scratch that hold a flag per distinct row (keep_bias). */
+static int64_t flag_words(const Gru4recStep *p) {
+    return (2 * p->max_batch + p->n_sample + 7) / 8;
+}
+
 /* Scratch a plan needs: int64 (into *n_index) and floats (returned). The int64 scratch
  * holds a position per item; the step's touched, distinct and inverse rows; the inputs'
- * distinct and inverse rows; then a bitmap of the items. sr_gru4rec_step_init prepares
- * it. */
+ * distinct and inverse rows; a bitmap of the items; then a byte per distinct row.
+ * sr_gru4rec_step_init prepares it. */
 EXPORT int64_t sr_gru4rec_step_scratch(Gru4recStep *p, int64_t *n_index) {
     *n_index = p->n_items + 3 * (2 * p->max_batch + p->n_sample) + 2 * p->max_batch +
-               bitmap_words(p->n_items);
+               bitmap_words(p->n_items) + flag_words(p);
     float *saved = p->work;
     p->work = 0;
     const int64_t total = step_scratch(p, 0, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -80,9 +85,9 @@ EXPORT int64_t sr_gru4rec_step_scratch(Gru4recStep *p, int64_t *n_index) {
 EXPORT void sr_gru4rec_step_init(Gru4recStep *p) {
     int64_t n_index;
     sr_gru4rec_step_scratch(p, &n_index);
-    const int64_t words = bitmap_words(p->n_items);
-    for (int64_t k = 0; k < n_index - words; ++k) p->index[k] = -1;
-    memset(p->index + n_index - words, 0, (size_t)words * sizeof(int64_t));
+    const int64_t words = bitmap_words(p->n_items), bitmap = n_index - flag_words(p) - words;
+    for (int64_t k = 0; k < bitmap; ++k) p->index[k] = -1;
+    memset(p->index + bitmap, 0, (size_t)words * sizeof(int64_t));
 }
 
 /* One training step on B slots (B <= max_batch): items and targets (B each), samples
@@ -109,6 +114,7 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
     int64_t *inverse = distinct + most_touched, *in_distinct = inverse + most_touched;
     int64_t *in_inverse = in_distinct + p->max_batch;
     uint64_t *bits = (uint64_t *)(in_inverse + p->max_batch);
+    uint8_t *keep_bias = (uint8_t *)(bits + bitmap_words(p->n_items));
 
     /* The output rows the step touches: the inputs' when they are the embedding, then
      * the columns (targets, then samples); and their distinct rows. */
@@ -182,7 +188,7 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
         for (int64_t s = 0; s < S; ++s) shifts[B + s] = p->shift_sample[columns[B + s]];
     }
     const double total = sr_output_xent_f32(top, B, H, H, p->table, distinct, U, column_of,
-                                            n_cols, shifts, out_grad, d_h, xent, p->parts, nt);
+                                            n_cols, shifts, out_grad, d_h, xent, nt);
 
     /* Backward through the layers, top-down (no step back in time); each layer's input
      * gradient goes into the half of dx the layer above did not use. */
@@ -217,8 +223,8 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
             float *row = out_grad + inverse[b] * K;
             for (int64_t j = 0; j < H; ++j) row[j] += in_grad[b * H + j];
         }
-        for (int64_t u = 0; u < U; ++u) p->keep_bias[u] = 1;
-        for (int64_t c = 0; c < n_cols; ++c) p->keep_bias[column_of[c]] = 0;
+        for (int64_t u = 0; u < U; ++u) keep_bias[u] = 1;
+        for (int64_t c = 0; c < n_cols; ++c) keep_bias[column_of[c]] = 0;
     } else {
         /* the inputs' gradients merged per distinct input row, in row order */
         const int64_t width = p->in_width;
@@ -231,7 +237,7 @@ EXPORT int64_t sr_gru4rec_step_f32(const Gru4recStep *p, int64_t B, const int64_
                               in_distinct, n_in, merged, 0, lr, momentum, nt);
     }
     sr_sparse_adagrad_f32(p->table, p->n_planes, p->plane_stride, K, distinct, U, out_grad,
-                          constrained ? p->keep_bias : 0, lr, momentum, nt);
+                          constrained ? keep_bias : 0, lr, momentum, nt);
 
     /* The new states, after the backward pass read the old ones. */
     for (int64_t l = 0; l < L; ++l) {

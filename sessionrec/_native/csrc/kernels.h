@@ -5,10 +5,11 @@
  * by a ctypes.Structure whose size and field offsets are checked against
  * sr_struct_layout when the library loads), the layout of what a GRU step keeps for its
  * backward pass (Python never reads into it: it only sizes the buffer through
- * sr_gru_state_floats), and the macros every part shares. The parts, one file per concern, are included by
- * fused.c into a single translation unit, so that the compiler still inlines the small
- * static kernels across concerns as it did when they were one file (same code, same
- * speed, the same results bit for bit).
+ * sr_gru_state_floats), and the macros every part shares. Every scratch buffer is sized
+ * by a *_scratch function here and laid out by the library. The parts, one file per
+ * concern, are included by fused.c into a single translation unit, so that the compiler
+ * still inlines the small static kernels across concerns as it did when they were one
+ * file (same code, same speed, the same results bit for bit).
  */
 #ifndef SESSIONREC_KERNELS_H
 #define SESSIONREC_KERNELS_H
@@ -124,8 +125,6 @@ typedef struct {
     int64_t *index;             /* sr_gru4rec_step_scratch's first count of int64, prepared
                                    by sr_gru4rec_step_init */
     float *work;                /* its second count of floats */
-    double *parts;              /* 2 * max_batch */
-    uint8_t *keep_bias;         /* 2 * max_batch + n_sample */
     int64_t input_mode;         /* 0: the output rows (constrained), 1: a table of
                                    embeddings, 2: one-hot (a table of gate inputs) */
     float *in_table;            /* modes 1 and 2: the packed input table, like table */
@@ -136,9 +135,10 @@ typedef struct {
 EXPORT int sr_openmp(void);
 EXPORT void sr_sparse_adagrad_f32(float *buffer, int64_t n_planes, int64_t plane_stride, int64_t width, const int64_t *rows, int64_t n, const float *grad, const uint8_t *keep, float lr, float momentum, int64_t n_threads);
 EXPORT void sr_dense_adagrad_f32(float *param, const float *grad, float *acc, float *mom, int64_t n, float lr, float momentum, int64_t n_threads);
+EXPORT int64_t sr_unique_marked_scratch(int64_t n_rows);
 EXPORT int64_t sr_unique_marked(const int64_t *rows, int64_t n, int64_t n_rows, int64_t *scratch, int64_t *distinct, int64_t *inverse);
 EXPORT int64_t sr_output_xent_scratch(int64_t B, int64_t H, int64_t U);
-EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t ldh, const float *table, const int64_t *row_index, int64_t U, const int64_t *column_of, int64_t n_cols, const float *shift, float *out_grad, float *d_h, float *scratch, double *parts, int64_t n_threads);
+EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t ldh, const float *table, const int64_t *row_index, int64_t U, const int64_t *column_of, int64_t n_cols, const float *shift, float *out_grad, float *d_h, float *scratch, int64_t n_threads);
 EXPORT int64_t sr_gru_state_floats(int64_t B, int64_t H, int64_t with_gi);
 EXPORT int64_t sr_gru_backward_work_floats(int64_t B, int64_t H);
 EXPORT void sr_gru_step_f32(const GruStepArgs *a);

@@ -119,6 +119,11 @@ static int64_t distinct_rows(const int64_t *rows, int64_t n, int64_t n_rows,
  * / 64 int64, prepared here (linear time in n_rows); distinct and inverse: n entries
  * each. Returns the number of distinct values, or -1 (nothing written but the scratch)
  * when a value lies outside [0, n_rows). */
+/* The int64 scratch sr_unique_marked needs for rows in [0, n_rows). */
+EXPORT int64_t sr_unique_marked_scratch(int64_t n_rows) {
+    return n_rows + bitmap_words(n_rows);
+}
+
 EXPORT int64_t sr_unique_marked(const int64_t *rows, int64_t n, int64_t n_rows,
                                 int64_t *scratch, int64_t *distinct, int64_t *inverse) {
     for (int64_t r = 0; r < n_rows; ++r) scratch[r] = -1;

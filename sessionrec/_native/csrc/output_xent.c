@@ -296,11 +296,17 @@ static void output_phases(OutputStep *s, int64_t t, int64_t T) {
                   t == T - 1 ? s->H : n_col_blocks * (t + 1) / T * 3);
 }
 
-/* Floats of scratch sr_output_xent_f32 needs. */
+/* Floats the per-row loss terms (2 B doubles) take at the head of the scratch, rounded
+ * to 64 bytes so that the arrays after them keep the scratch's alignment. */
+static int64_t parts_floats(int64_t B) {
+    return (2 * B * (int64_t)(sizeof(double) / sizeof(float)) + 15) / 16 * 16;
+}
+
+/* Floats of scratch sr_output_xent_f32 needs (its start aligned to 8 bytes at least). */
 EXPORT int64_t sr_output_xent_scratch(int64_t B, int64_t H, int64_t U) {
     const int64_t K = H + 1, Kp = (K + 7) / 8 * 8, n_chunks = (B + LANES - 1) / LANES;
     const int64_t n_blocks = (U + OUT_BLOCK - 1) / OUT_BLOCK;
-    return n_chunks * LANES * (K + Kp + U + 2 * n_blocks + 2) + U;
+    return parts_floats(B) + n_chunks * LANES * (K + Kp + U + 2 * n_blocks + 2) + U;
 }
 
 /* h: B x H (row stride ldh), the last layer's output; table: rows of H + 1 holding each
@@ -308,14 +314,13 @@ EXPORT int64_t sr_output_xent_scratch(int64_t B, int64_t H, int64_t U) {
  * of the U distinct items; column_of: the distinct item of each of n_cols columns (the
  * rows' targets first); shift: the columns' logQ corrections, or NULL. Writes out_grad
  * (U x (H + 1)) and d_h (B x H), the gradients of the mean loss; returns the loss summed
- * over rows, in the columns' space. scratch: sr_output_xent_scratch(B, H, U) floats;
- * parts: 2 * B doubles. */
+ * over rows, in the columns' space. scratch: sr_output_xent_scratch(B, H, U) floats. */
 EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t ldh,
                                  const float *table, const int64_t *row_index, int64_t U,
                                  const int64_t *column_of,
                                  int64_t n_cols, const float *shift, float *out_grad,
-                                 float *d_h, float *scratch, double *parts,
-                                 int64_t n_threads) {
+                                 float *d_h, float *scratch, int64_t n_threads) {
+    double *parts = (double *)scratch;
     OutputStep s;
     s.B = B; s.H = H; s.K = H + 1; s.Kp = (s.K + 7) / 8 * 8; s.U = U;
     s.n_chunks = (B + LANES - 1) / LANES;
@@ -323,7 +328,7 @@ EXPORT double sr_output_xent_f32(const float *h, int64_t B, int64_t H, int64_t l
     s.table = table; s.row_index = row_index; s.column_of = column_of; s.shift = shift;
     s.out_grad = out_grad; s.d_h = d_h; s.parts = parts;
     const int64_t lanes = s.n_chunks * LANES;
-    float *next = scratch;
+    float *next = scratch + parts_floats(B);
     s.top_t = next; next += s.n_chunks * s.K * LANES;
     s.top = next; next += lanes * s.Kp;
     s.st = next; next += s.n_chunks * U * LANES;
