@@ -10,11 +10,15 @@ import pytest
 import torch
 
 from sessionrec import GRU4RecRecommender, HRNNRecommender, ParallelRNNRecommender
+from sessionrec._batching import user_parallel_schedule
+from sessionrec._events import to_session_events
+from sessionrec.models._recurrent import TrainingRun
 from sessionrec.nn._interface import (
     CONTINUE,
     NEW_SESSION,
     NEW_USER,
     check_network,
+    start_codes,
 )
 
 from .estimator_checks import make, with_users
@@ -64,6 +68,56 @@ def click_by_click(network, events: pd.DataFrame, model) -> dict:
 def test_every_network_implements_the_interface(name, train_test):
     model = fitted(name, train_test[0])
     check_network(model.network_)
+
+
+def test_check_network_names_what_is_missing():
+    class OnlyInference:
+        def __getattr__(self, name):
+            if name in ("start_training", "train_step"):
+                raise AttributeError(name)
+            return lambda *args: None
+
+    with pytest.raises(TypeError, match=r"OnlyInference lacks start_training, train_step"):
+        check_network(OnlyInference())
+
+
+def test_start_codes_of_a_user_parallel_schedule():
+    X = pd.DataFrame({"UserId": [7, 7, 7, 7, 7, 8, 8], "SessionId": [1, 1, 1, 2, 2, 3, 3],
+                      "ItemId": [1, 2, 3, 3, 4, 5, 6], "Time": [0, 1, 2, 5, 6, 2, 3]})
+    events, _ = to_session_events(X, user_key="UserId")
+    schedule = user_parallel_schedule(events, batch_size=1)
+    codes = start_codes(schedule.session_start, schedule.user_start)
+    assert codes.dtype == torch.int8 and codes.device.type == "cpu"
+    # user 7: session 1 (two inputs), session 2 (one); then user 8
+    assert codes.tolist() == [NEW_USER, CONTINUE, NEW_SESSION, NEW_USER]
+    assert start_codes(schedule.session_start).tolist() == [NEW_SESSION, CONTINUE,
+                                                            NEW_SESSION, NEW_SESSION]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_through_the_shared_skeleton(name, train_test, monkeypatch):
+    """One fit skeleton: each model's epochs run in TrainingRun.run, whose steps are its
+    network's train_step (GRU4Rec's faster paths aside, tested in test_gru4rec.py)."""
+    runs, steps = [], []
+    original_run, original_step = TrainingRun.run, TrainingRun.step
+
+    def run(self, trainer, **kwargs):
+        runs.append((type(self.network).__name__, kwargs["n_epochs"],
+                     self.schedule.n_steps))
+        return original_run(self, trainer, **kwargs)
+
+    def step(self, start, stop, state):
+        steps.append(stop - start)
+        return original_step(self, start, stop, state)
+
+    monkeypatch.setattr(TrainingRun, "run", run)
+    monkeypatch.setattr(TrainingRun, "step", step)
+    cls, params = MODELS[name]
+    model = make(cls, **{**params, "n_epochs": 2}).fit(with_users(cls, train_test[0]))
+    assert runs and {network for network, _, _ in runs} == {type(model.network_).__name__}
+    assert sum(epochs for _, epochs, _ in runs) == len(model.history_) >= 2
+    if cls is not GRU4RecRecommender:  # no faster path: every step is train_step's
+        assert len(steps) == sum(epochs * n_steps for _, epochs, n_steps in runs) > 0
 
 
 @pytest.mark.parametrize("name", list(MODELS))

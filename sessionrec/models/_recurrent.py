@@ -379,7 +379,10 @@ def _resumed(codes: torch.Tensor, positions: np.ndarray, state: list, resume, de
              ) -> torch.Tensor:
     """``codes`` with the user starts that ``resume`` gives a state for turned into
     :data:`CONTINUE`, their slots' state set to it."""
-    new = np.flatnonzero(codes.numpy() == NEW_USER)
+    host = codes.numpy()
+    if not host.any():  # most steps start nothing
+        return codes
+    new = np.flatnonzero(host == NEW_USER)
     if not len(new):
         return codes
     has, rows = resume(positions[new])

@@ -28,6 +28,7 @@ from ._interface import (
     OutputTableScores,
     TrainBatch,
     keep_rows,
+    slots_with,
 )
 from ._layers import DropoutMasks, gru_forward, init_uniform_, reset_item_tables
 from ._losses import StepConfig, sampled_loss
@@ -191,11 +192,12 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         w, fused, feeds_last = (context if context is not None
                                 else (self.views(self.dense), None, True))
         hidden, user, before = state
-        new_user = torch.nonzero(starts == NEW_USER).squeeze(1).to(hidden.device)
+        starting = bool(starts.numpy().any())  # most steps start nothing
+        new_user = slots_with(starts, NEW_USER, hidden.device) if starting else ()
         if len(new_user):
             hidden[new_user] = 0.0
             user[new_user] = 0.0
-        new_session = torch.nonzero(starts == NEW_SESSION).squeeze(1).to(hidden.device)
+        new_session = slots_with(starts, NEW_SESSION, hidden.device) if starting else ()
         if len(new_session):
             last = before if feeds_last else hidden
             c = self.user_update(w, last[new_session], user[new_session], fused)
@@ -255,8 +257,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         restart = keep_rows(batch.starts, device, codes=(CONTINUE, NEW_SESSION))
         for s in state:
             s.mul_(restart)  # a new user: both states restart from zero
-        # The slots whose session starts, from the host-side codes (no device sync).
-        start_rows = torch.nonzero(batch.starts == NEW_SESSION).squeeze(1).to(device)
+        start_rows = slots_with(batch.starts, NEW_SESSION, device)
         n = items.shape[0]
         size = self.session_size
         columns = targets if samples is None else torch.cat([targets, samples])

@@ -57,7 +57,8 @@ import numpy as np
 import torch
 
 __all__ = ["CONTINUE", "NEW_SESSION", "NEW_USER", "INFERENCE_METHODS", "TRAINING_METHODS",
-           "TrainBatch", "start_codes", "keep_rows", "check_network", "with_bias_input",
+           "TrainBatch", "start_codes", "keep_rows", "slots_with", "check_network",
+           "with_bias_input",
            "OutputTableScores"]
 
 CONTINUE, NEW_SESSION, NEW_USER = 0, 1, 2
@@ -104,6 +105,12 @@ def start_codes(session_start, user_start=None) -> torch.Tensor:
     if user_start is not None:
         codes[np.asarray(user_start, dtype=bool)] = NEW_USER
     return torch.from_numpy(codes)
+
+
+def slots_with(starts: torch.Tensor, code: int, device) -> torch.Tensor:
+    """The slots whose code is ``code``, as an index on ``device``, found on the host
+    (``starts`` is on the CPU): no wait for the device."""
+    return torch.as_tensor(np.flatnonzero(starts.numpy() == code), device=device)
 
 
 def keep_rows(starts: torch.Tensor, device, *, codes: tuple = (CONTINUE,)) -> torch.Tensor:
