@@ -327,7 +327,7 @@ def test_item_gate_table_gives_the_scores_of_the_input_product(mode, train_test,
     table = net.item_gate_table(views)
     assert table.shape == (net.n_items, 3 * 16)
     expected = (net.onehot + views[0].b if net.input_mode == "onehot"
-                else torch.addmm(views[0].b, net._input(items), views[0].wx))
+                else torch.addmm(views[0].b, net.item_input(items), views[0].wx))
     torch.testing.assert_close(table, expected)
     hidden_a, hidden_b = net.zero_state(net.n_items), net.zero_state(net.n_items)
     torch.testing.assert_close(net.advance(items, hidden_a, views, table),

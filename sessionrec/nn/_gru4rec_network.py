@@ -9,16 +9,16 @@ from torch import nn
 
 from .._native import kernels as _kernels
 from ._interface import OutputTableScores, TrainBatch, keep_rows, with_bias_input
+from ._item_tables import ItemTables
 from ._layers import (
     DropoutMasks,
     gru_forward,
     gru_layer_backward,
     gru_layer_forward,
     init_uniform_,
-    reset_item_tables,
 )
 from ._losses import StepConfig, cross_entropy_distinct, loss_and_grad
-from ._optim import AdagradMomentum, unique_rows
+from ._optim import AdagradMomentum
 
 __all__ = ["GRU4RecNetwork", "TrainingState", "GATE_TABLE_VALUES"]
 
@@ -84,18 +84,14 @@ class _LayerViews:
     bh: torch.Tensor | None   # (3H,): GRUCell's recurrent bias (reset-after layers)
 
 
-class GRU4RecNetwork(OutputTableScores, nn.Module):
+class GRU4RecNetwork(ItemTables, OutputTableScores, nn.Module):
     """Parameters of GRU4Rec and the maths of one step, forward and backward.
 
-    Item tables (updated by sparse row steps):
-
-    * ``out`` (n_items x (H_last + 1)): the output weights ``W_y`` and, in the last
-      column, the output bias ``b_y`` (one table, so one sparse update serves both);
-    * with ``constrained_embedding`` the input embedding of an item *is* its row of
-      ``W_y`` (the official default);
-    * with ``embedding > 0`` (and not constrained), a separate table ``embed``;
-    * otherwise the input is one-hot, as in the GRU4Rec paper: the first layer's input
-      weights are a table ``onehot`` (n_items x 3 H_0) whose rows are gathered.
+    Item tables (:class:`~._item_tables.ItemTables`, updated by sparse row steps): the
+    output table ``out`` (``[W_y | b_y]``, n_items x (H_last + 1)) and the input: with
+    ``constrained_embedding`` an item's row of ``W_y`` (the official default), with
+    ``embedding > 0`` a separate table ``embed``, otherwise one-hot as in the GRU4Rec
+    paper (a table ``onehot`` of the first layer's input weights, n_items x 3 H_0).
 
     GRU weights (updated densely) live in one flat buffer ``dense``, so that the optimiser
     updates all of them in a handful of operations.
@@ -114,27 +110,15 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
         super().__init__()
         auto = isinstance(reset_after, str) and reset_after == "auto"
         self.reset_after = "auto" if auto else bool(reset_after)
-        self.n_items = int(n_items)
         self.layers = tuple(int(h) for h in layers)
         self.embedding = int(embedding)
         self.constrained_embedding = bool(constrained_embedding)
-        if constrained_embedding:
-            self.input_mode, n_input = "constrained", self.layers[-1]
-        elif embedding > 0:
-            self.input_mode, n_input = "embedding", self.embedding
-        else:
-            self.input_mode, n_input = "onehot", 0
+        n_input = self._make_item_tables(n_items, self.layers[-1], self.layers[0],
+                                         self.embedding, self.constrained_embedding)
         onehot = self.input_mode == "onehot"
         self.layer_resets_after = tuple(
             (i == 0 and onehot) if auto else self.reset_after
             for i in range(len(self.layers)))
-        width = self.layers[-1]
-        self.out = nn.Parameter(torch.zeros(n_items, width + 1), requires_grad=False)
-        self.embed = (nn.Parameter(torch.zeros(n_items, self.embedding), requires_grad=False)
-                      if self.input_mode == "embedding" else None)
-        self.onehot = (nn.Parameter(torch.zeros(n_items, 3 * self.layers[0]),
-                                    requires_grad=False)
-                       if self.input_mode == "onehot" else None)
         # Layout of the flat buffer of GRU weights: (name, layer, rows, cols).
         self._layout = []
         for i, size in enumerate(self.layers):
@@ -186,7 +170,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """The papers' initialisation: per-gate-block uniform weights, zero biases."""
-        reset_item_tables(self, generator)
+        self.reset_item_tables(generator)
         self.dense.zero_()
         for view in self.views(self.dense):
             if view.wx is not None:
@@ -211,7 +195,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
         product by a gather of its rows. ``fused``: the walk's choice of backend
         (:meth:`walk_context`; None applies the rule per call).
         """
-        x = self._input(items) if gate_table is None else None
+        x = self.item_input(items) if gate_table is None else None
         for i, view in enumerate(views):
             reset_after = self.layer_resets_after[i]
             if view.wx is None or (i == 0 and gate_table is not None):
@@ -267,24 +251,13 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
             h.mul_(keep)
         return state, self.advance(items, state, views, gates, fused)
 
-    def _input(self, items: torch.Tensor) -> torch.Tensor | None:
-        if self.input_mode == "constrained":
-            return self.out[:, :-1].index_select(0, items)
-        if self.input_mode == "embedding":
-            return self.embed.index_select(0, items)
-        return None
-
     # -- training -------------------------------------------------------------------------
 
     def start_training(self, optimizer: AdagradMomentum, config: StepConfig,
                        batch_size: int, generator: torch.Generator) -> TrainingState:
         """Pack the item tables with their optimiser state, cache the weight views and
         prepare the dropout masks of a training run."""
-        tables = {"out": optimizer.table(self.out)}
-        if self.embed is not None:
-            tables["embed"] = optimizer.table(self.embed)
-        if self.onehot is not None:
-            tables["onehot"] = optimizer.table(self.onehot)
+        tables = self.pack_item_tables(optimizer)
         grad_flat = torch.zeros_like(self.dense)
         device = self.out.device
         embed_masks = None
@@ -338,22 +311,13 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
         views, grads = state.views, state.grad_views
         constrained = self.input_mode == "constrained"
 
-        # Gather the distinct output rows this step touches (with the input rows when the
-        # input embedding is the output matrix).
-        out_table = state.tables["out"]
-        fused = out_table.fused  # the fused CPU kernels (decided once per training run)
-        touched = torch.cat([items, columns]) if constrained else columns
-        distinct, inverse = unique_rows(touched, self.n_items, fused)
-        out_rows = out_table.rows(distinct)
-        column_of = inverse[n:] if constrained else inverse
-        in_table = in_rows = in_inverse = None
+        # The distinct rows of the item tables this step touches, each read once.
+        rows = self.step_rows(state.tables, items, columns)
+        fused = rows.out.table.fused  # the fused CPU kernels (decided once per training run)
         if constrained:
             x = self.out.index_select(0, items)[:, :width]
         else:
-            in_table = state.tables["embed" if self.input_mode == "embedding" else "onehot"]
-            in_distinct, in_inverse = unique_rows(items, self.n_items, fused)
-            in_rows = in_table.rows(in_distinct)
-            x = (in_rows.param.index_select(0, in_inverse)
+            x = (rows.inputs.param.index_select(0, rows.input_inverse)
                  if self.input_mode == "embedding" else None)
         embed_mask = None
         if x is not None and state.embed_masks is not None:
@@ -370,7 +334,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
                 hidden_masks.append(mask)
             reset_after = self.layer_resets_after[i]
             if view.wx is None:  # one-hot input: gather the rows of the input table
-                gi = in_rows.param.index_select(0, in_inverse).add_(view.b)
+                gi = rows.inputs.param.index_select(0, rows.input_inverse).add_(view.b)
                 h, cache = gru_forward(gi, hidden[i], view.wrz, view.wh,
                                        reset_after=reset_after, b_h=view.bh, mask=mask,
                                        fused=fused)
@@ -385,7 +349,7 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
 
         # The output layer: scores of the distinct target and sample items only (never
         # the catalogue), the loss, and the gradients of the rows and of the last state.
-        loss, out_grad, d_h = _output_layer(layer_in, out_rows, columns, column_of, n,
+        loss, out_grad, d_h = _output_layer(layer_in, rows.out, columns, rows.column_of, n,
                                             score_shift, config)
 
         # Backward through the layers, top-down (no step back in time).
@@ -408,17 +372,14 @@ class GRU4RecNetwork(OutputTableScores, nn.Module):
 
         # Updates, after every gradient is known.
         state.optimizer.dense_step(self.dense, state.grad_flat)
-        keep_bias = None
+        merged = None
         if constrained:
-            out_grad[:, :width].index_add_(0, inverse[:n], in_grad)
-            # Rows touched only as inputs have no bias gradient: leave their bias alone.
-            keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=out_grad.device)
-            keep_bias.index_fill_(0, column_of, False)
+            out_grad[:, :width].index_add_(0, rows.input_of, in_grad)
         else:
-            merged = torch.zeros(len(in_rows.index), in_table.width, device=in_grad.device)
-            merged.index_add_(0, in_inverse, in_grad)
-            in_table.step(in_rows, merged)
-        out_table.step(out_rows, out_grad, keep_bias)
+            merged = torch.zeros(len(rows.inputs.index), rows.inputs.table.width,
+                                 device=in_grad.device)
+            merged.index_add_(0, rows.input_inverse, in_grad)
+        self.step_item_tables(state.tables, rows, out_grad, merged)
         for i, h in enumerate(new_hidden):
             if hidden_inplace:
                 hidden[i].copy_(h)  # after the backward pass, which read the old state

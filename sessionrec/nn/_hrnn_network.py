@@ -30,9 +30,10 @@ from ._interface import (
     keep_rows,
     slots_with,
 )
-from ._layers import DropoutMasks, gru_forward, init_uniform_, reset_item_tables
+from ._item_tables import ItemTables
+from ._layers import DropoutMasks, gru_forward, init_uniform_
 from ._losses import StepConfig, sampled_loss
-from ._optim import AdagradMomentum, unique_rows
+from ._optim import AdagradMomentum
 
 __all__ = ["HRNNNetwork", "HRNNTraining"]
 
@@ -55,12 +56,12 @@ class HRNNTraining:
             table.release()
 
 
-class HRNNNetwork(OutputTableScores, nn.Module):
+class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
     """Parameters of HRNN and the maths of its steps.
 
-    Item tables, updated by sparse row steps as in :class:`GRU4RecNetwork`: ``out``
-    (n_items x (H_s + 1), output weights with the bias in the last column) and the input
-    table: ``onehot`` (n_items x 3 H_s, the paper's one-hot input), ``embed`` (a separate
+    Item tables as GRU4Rec's (:class:`~._item_tables.ItemTables`, sparse row steps):
+    ``out`` (n_items x (H_s + 1), output weights with the bias in the last column) and the
+    input: ``onehot`` (n_items x 3 H_s, the paper's one-hot input), ``embed`` (a separate
     embedding) or, with ``constrained_embedding``, the output weights themselves. Every
     other weight lives in the flat buffer ``dense``: the session GRU (``wx`` unless
     one-hot, ``wrz``, ``wh``, ``b``), the user GRU (``u_wx``, ``u_wrz``, ``u_wh``,
@@ -72,21 +73,11 @@ class HRNNNetwork(OutputTableScores, nn.Module):
                  embedding: int = 0, constrained_embedding: bool = False,
                  user_propagation: str = "init"):
         super().__init__()
-        self.n_items = int(n_items)
         self.session_size = hs = int(session_size)
         self.user_size = hu = int(user_size)
         self.user_propagation = user_propagation
-        if constrained_embedding:
-            self.input_mode, n_input = "constrained", hs
-        elif embedding > 0:
-            self.input_mode, n_input = "embedding", int(embedding)
-        else:
-            self.input_mode, n_input = "onehot", 0
-        self.out = nn.Parameter(torch.zeros(n_items, hs + 1), requires_grad=False)
-        self.embed = (nn.Parameter(torch.zeros(n_items, n_input), requires_grad=False)
-                      if self.input_mode == "embedding" else None)
-        self.onehot = (nn.Parameter(torch.zeros(n_items, 3 * hs), requires_grad=False)
-                       if self.input_mode == "onehot" else None)
+        n_input = self._make_item_tables(n_items, hs, hs, int(embedding),
+                                         bool(constrained_embedding))
         # (name, rows, cols, gate blocks for the initialisation; 0 = zero-initialised bias)
         layout = []
         if self.input_mode != "onehot":
@@ -112,7 +103,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """GRU4Rec's initialisation: per-gate-block uniform weights, zero biases."""
-        reset_item_tables(self, generator)
+        self.reset_item_tables(generator)
         self.dense.zero_()
         views = self.views(self.dense)
         for name, _, _, blocks in self._layout:
@@ -162,13 +153,8 @@ class HRNNNetwork(OutputTableScores, nn.Module):
     def advance(self, items: torch.Tensor, hidden: torch.Tensor, user: torch.Tensor,
                 w: dict, fused: bool | None = None) -> torch.Tensor:
         """Feed one item per slot (no dropout); return the new session state."""
-        x = onehot_rows = None
-        if self.input_mode == "constrained":
-            x = self.out[:, :-1].index_select(0, items)
-        elif self.input_mode == "embedding":
-            x = self.embed.index_select(0, items)
-        else:
-            onehot_rows = self.onehot.index_select(0, items)
+        x = self.item_input(items)
+        onehot_rows = self.onehot.index_select(0, items) if x is None else None
         return self.session_step(w, x, onehot_rows, hidden, user, fused)
 
     # -- the recurrent network interface (see _interface.py) ----------------------------
@@ -215,11 +201,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         """Pack the item tables with their optimiser state and prepare dropout masks:
         ``config.dropout_p_user`` on the user GRU's output, ``dropout_p_hidden`` on the
         session GRU's and ``dropout_p_init`` on the session initialisation."""
-        tables = {"out": optimizer.table(self.out)}
-        if self.embed is not None:
-            tables["embed"] = optimizer.table(self.embed)
-        if self.onehot is not None:
-            tables["onehot"] = optimizer.table(self.onehot)
+        tables = self.pack_item_tables(optimizer)
         device = self.out.device
 
         def masks(p, width):
@@ -262,18 +244,9 @@ class HRNNNetwork(OutputTableScores, nn.Module):
         size = self.session_size
         columns = targets if samples is None else torch.cat([targets, samples])
         constrained = self.input_mode == "constrained"
-        out_table = training.tables["out"]
-        touched = torch.cat([items, columns]) if constrained else columns
-        distinct, inverse = unique_rows(touched, self.n_items, out_table.fused)
-        touched_rows = out_table.rows(distinct)
-        column_of = inverse[n:] if constrained else inverse
-        out_rows = touched_rows.param.detach().requires_grad_(True)
-        in_table = in_rows = in_inverse = in_leaf = None
-        if not constrained:
-            in_table = training.tables["embed" if self.input_mode == "embedding" else "onehot"]
-            in_distinct, in_inverse = unique_rows(items, self.n_items, out_table.fused)
-            in_rows = in_table.rows(in_distinct)
-            in_leaf = in_rows.param.detach().requires_grad_(True)
+        rows = self.step_rows(training.tables, items, columns)
+        out_rows = rows.out.param.detach().requires_grad_(True)
+        in_leaf = None if constrained else rows.inputs.param.detach().requires_grad_(True)
         # One leaf per weight (views of the flat buffer): a leaf that is the whole buffer
         # would make autograd build a buffer-sized gradient for every view it feeds.
         w = {name: view.detach().requires_grad_(True)
@@ -297,17 +270,17 @@ class HRNNNetwork(OutputTableScores, nn.Module):
                 hidden = hidden.index_put((start_rows,), init)
             x = onehot_rows = None
             if constrained:
-                x = out_rows[:, :size].index_select(0, inverse[:n])
+                x = out_rows[:, :size].index_select(0, rows.input_of)
             elif self.input_mode == "embedding":
-                x = in_leaf.index_select(0, in_inverse)
+                x = in_leaf.index_select(0, rows.input_inverse)
             else:
-                onehot_rows = in_leaf.index_select(0, in_inverse)
+                onehot_rows = in_leaf.index_select(0, rows.input_inverse)
             h = self.session_step(w, x, onehot_rows, hidden, user, fused=False)
             if training.session_masks is not None:
                 h = h * training.session_masks.next(n)
             scores = torch.addmm(out_rows[:, size], h, out_rows[:, :size].t())
-            loss, d_scores, d_target = sampled_loss(scores, columns, column_of, n, config,
-                                                  score_shift)
+            loss, d_scores, d_target = sampled_loss(scores, columns, rows.column_of, n,
+                                                  config, score_shift)
             torch.autograd.backward(d_target, d_scores)
 
         grads = self.views(training.grad_flat)
@@ -317,13 +290,7 @@ class HRNNNetwork(OutputTableScores, nn.Module):
             else:
                 grads[name].copy_(leaf.grad)
         training.optimizer.dense_step(self.dense, training.grad_flat)
-        keep_bias = None
-        if constrained:
-            # Rows touched only as inputs have no bias gradient: leave their bias alone.
-            keep_bias = torch.ones(len(distinct), dtype=torch.bool, device=items.device)
-            keep_bias.index_fill_(0, column_of, False)
-        else:
-            in_table.step(in_rows, in_leaf.grad)
-        out_table.step(touched_rows, out_rows.grad, keep_bias)
+        self.step_item_tables(training.tables, rows, out_rows.grad,
+                              None if in_leaf is None else in_leaf.grad)
         state[0], state[1] = h.detach(), user.detach()
         return loss

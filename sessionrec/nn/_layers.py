@@ -8,7 +8,7 @@ import torch
 
 from .._native import kernels as _kernels
 
-__all__ = ["init_uniform_", "reset_item_tables", "GRUCache", "FusedGRUCache", "gru_forward",
+__all__ = ["init_uniform_", "GRUCache", "FusedGRUCache", "gru_forward",
            "gru_backward", "gru_layer_forward", "gru_layer_backward", "dropout_mask",
            "DropoutMasks"]
 
@@ -191,18 +191,6 @@ def gru_layer_backward(dh_new: torch.Tensor, cache: GRUCache | FusedGRUCache,
     if dw_x is not None:
         torch.mm(x.t(), dgi, out=dw_x)
     return (dgi if need_dgi else None), (torch.mm(dgi, w_x.t()) if need_dx else None)
-
-
-def reset_item_tables(network, generator: torch.Generator | None = None) -> None:
-    """The item tables of a network with an output table ``out`` (``[W_y | b_y]``) and
-    an optional input table (``embed``, or ``onehot`` gate rows), as GRU4Rec initialises
-    them: zero biases, per-gate-block uniform weights (GRU4Rec's and HRNN's networks)."""
-    network.out.zero_()
-    init_uniform_(network.out[:, :-1], generator=generator)
-    if network.embed is not None:
-        init_uniform_(network.embed, generator=generator)
-    if network.onehot is not None:
-        init_uniform_(network.onehot, n_blocks=3, generator=generator)
 
 
 def dropout_mask(shape, p: float, *, device, generator, dtype=torch.float32) -> torch.Tensor:
