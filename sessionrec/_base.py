@@ -39,10 +39,11 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._events import ItemIndex, SessionEvents, ragged_arange, to_session_events
+from ._events import ItemIndex, SessionEvents, to_session_events
 from ._native import kernels as _kernels
 from ._progress import report
 from ._threads import torch_threads_limited
+from ._topk import history_exclusions, top_of_scores
 from ._validation import (
     COLUMN,
     DEVICE,
@@ -323,28 +324,15 @@ class SessionRecommender(BaseEstimator):
         last = np.zeros(events.n_events, dtype=bool)
         last[events.offsets[1:][lengths > 0] - 1] = True
         session_of = events.session_of_event
-        items_t = torch.as_tensor(events.items, device=self.device_)
-
-        def take_top(sessions: np.ndarray, scores: torch.Tensor) -> None:
-            if exclude_seen:
-                scores = scores.clone()
-                hist_len = lengths[sessions]
-                rows = np.repeat(np.arange(len(sessions)), hist_len)
-                seen = ragged_arange(events.offsets[sessions], hist_len)
-                scores[torch.as_tensor(rows, device=scores.device),
-                       items_t[torch.as_tensor(seen, device=scores.device)]] = float("-inf")
-            values, idx = torch.topk(scores, k, dim=1)
+        for positions, idx, values in self._iter_top(events, last, k, exclude_seen):
+            sessions = session_of[positions]
             top_items[sessions] = idx.cpu().numpy()
             top_scores[sessions] = values.double().cpu().numpy()
-
-        for positions, scores in self._iter_scores(events, last):
-            take_top(session_of[positions], scores)
         empty = np.flatnonzero(lengths == 0)
-        if len(empty):
-            cold = self._empty_history_scores(events, empty)
-            if cold.ndim == 1:
-                cold = cold.reshape(1, -1).expand(len(empty), -1)
-            take_top(empty, cold)
+        if len(empty):  # no known event: nothing to exclude
+            idx, values = top_of_scores(self._cold_scores(events, empty), k)
+            top_items[empty] = idx.cpu().numpy()
+            top_scores[empty] = values.double().cpu().numpy()
 
         index = pd.Index(events.session_labels, name=self.session_key)
         columns = pd.RangeIndex(1, k + 1, name="rank")
@@ -353,6 +341,27 @@ class SessionRecommender(BaseEstimator):
         if return_scores:
             return items, pd.DataFrame(top_scores, index=index, columns=columns)
         return items
+
+    def _cold_scores(self, events: SessionEvents, sessions: np.ndarray) -> torch.Tensor:
+        """:meth:`_empty_history_scores` as one row per session."""
+        cold = self._empty_history_scores(events, sessions)
+        if cold.ndim == 1:
+            cold = cold.reshape(1, -1).expand(len(sessions), -1)
+        return cold
+
+    def _iter_top(self, events: SessionEvents, score_after: np.ndarray, k: int,
+                  exclude_seen: bool) -> Iterator[tuple[np.ndarray, torch.Tensor,
+                                                        torch.Tensor]]:
+        """``(positions, items, scores)`` blocks: the ``k`` best items after each position
+        that ``score_after`` selects (with ``exclude_seen``, none of the session's items up
+        to there), by :func:`~sessionrec._topk.top_of_scores` of :meth:`_iter_scores`. The
+        one selection of :meth:`predict_next` and of live sessions
+        (:mod:`sessionrec.serving`); a model may select without a score matrix instead
+        (the same lists)."""
+        for positions, scores in self._iter_scores(events, score_after):
+            exclude = history_exclusions(events, positions) if exclude_seen else None
+            idx, values = top_of_scores(scores, k, exclude)
+            yield positions, idx, values
 
     def predict(self, X, k: int = 20, *, exclude_seen: bool = False,
                 return_scores: bool = False):
@@ -377,6 +386,33 @@ class SessionRecommender(BaseEstimator):
             See :meth:`predict_next` (and the scores with ``return_scores=True``).
         """
         return self.predict_next(X, k, exclude_seen=exclude_seen, return_scores=return_scores)
+
+    def live(self, **kwargs):
+        """Live sessions answered click by click from kept state
+        (:class:`sessionrec.serving.LiveSessions` of this fitted model).
+
+        Parameters
+        ----------
+        **kwargs
+            ``max_sessions``, ``idle_timeout``, ... of :class:`~sessionrec.serving.
+            LiveSessions`.
+
+        Returns
+        -------
+        LiveSessions
+
+        Examples
+        --------
+        >>> from sessionrec import PopularityRecommender
+        >>> from sessionrec.datasets import make_sessions
+        >>> model = PopularityRecommender().fit(make_sessions(n_sessions=50, random_state=0))
+        >>> live = model.live(max_sessions=1000)
+        >>> len(live.click("s1", 3, k=5).items)
+        5
+        """
+        from .serving import LiveSessions
+
+        return LiveSessions(self, **kwargs)
 
     def _iter_ranks(self, events: SessionEvents, ties: str):
         """``(positions, ranks)`` blocks: the rank of the item after each position (all

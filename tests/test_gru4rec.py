@@ -332,11 +332,18 @@ def test_item_gate_table_gives_the_scores_of_the_input_product(mode, train_test,
     hidden_a, hidden_b = net.zero_state(net.n_items), net.zero_state(net.n_items)
     torch.testing.assert_close(net.advance(items, hidden_a, views, table),
                                net.advance(items, hidden_b, views))
+    if _kernels.fused_for(net.out.device):
+        # The fused kernels' table: the step's own product, so the states are equal bit
+        # for bit (a prediction does not depend on whether its walk used the table).
+        fused_table = net.item_gate_table(views, True)
+        hidden_a, hidden_b = net.zero_state(net.n_items), net.zero_state(net.n_items)
+        assert torch.equal(net.advance(items, hidden_a, views, fused_table, True),
+                           net.advance(items, hidden_b, views, None, True))
 
     calls = []
     original = GRU4RecNetwork.item_gate_table
     monkeypatch.setattr(GRU4RecNetwork, "item_gate_table",
-                        lambda self, v: calls.append(1) or original(self, v))
+                        lambda self, *args: calls.append(1) or original(self, *args))
     many = pd.concat([test] * (1 + est.n_items_ // len(test)), ignore_index=True)
     many["SessionId"] = np.repeat(np.arange(len(many) // len(test)), len(test)) * 10**6 + \
         many["SessionId"]

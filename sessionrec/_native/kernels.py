@@ -114,6 +114,11 @@ def _load():
         "sr_product_ranks_scratch": ([i64, i64, i64, i64, i64, i64, p], i64),
         "sr_product_ranks_f32": ([p, i64, i64, i64, p, i64, p, p, i64, p, p, p, p, p, i64],
                                  i64),
+        "sr_linear_f32": ([p, i64, i64, i64, p, i64, p, p, i64], None),
+        "sr_packed_strip_floats": ([i64, i64], i64),
+        "sr_pack_strips_f32": ([p, i64, i64, p, i64], None),
+        "sr_product_topk_scratch": ([i64, i64, i64], i64),
+        "sr_product_topk_f32": ([p, i64, i64, i64, p, i64, i64, p, p, p, p, p, i64], i64),
         "sr_prefix_tree_scratch": ([i64], i64),
         "sr_prefix_tree": ([p, p, i64, i64, p, p, p, p, p, p], i64),
         "sr_gru_tree_walk_scratch": ([i64, p, i64], i64),
@@ -525,6 +530,71 @@ def product_ranks(h: torch.Tensor, matrix: torch.Tensor, targets: torch.Tensor,
         raise IndexError(f"a target lies outside [0, {n_items}) or a row outside "
                          f"[0, {n_rows})")
     return counts[0], (counts[1] if strict else None), target_scores
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x w + b`` (float32; ``x``: M x K, ``w``: K x N, ``b``: N or None), each row bit
+    for bit what a fused GRU step computes as its gate inputs for that row alone."""
+    _ensure_loaded()
+    x, w = _rows(_input(x, torch.float32)), _dense(_input(w, torch.float32))
+    b = None if b is None else _dense(_input(b, torch.float32))
+    out = torch.empty(x.shape[0], w.shape[1])
+    _library.sr_linear_f32(x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), w.data_ptr(),
+                           w.shape[1], _pointer(b), out.data_ptr(), threads())
+    return out
+
+
+class PackedScores:
+    """An output table ``[W | b]`` ((K + 1) x n_items) packed for :func:`product_topk`:
+    strips of 64 items, each strip's K + 1 rows contiguous, so that scoring a row streams
+    through memory once. Packing costs one copy of the table; keep the object for as
+    long as the weights stay the same."""
+
+    def __init__(self, matrix: torch.Tensor):
+        _ensure_loaded()
+        matrix = _dense(matrix)
+        if matrix.dtype != torch.float32 or matrix.dim() != 2:
+            raise ValueError("matrix must be a 2-d float32 tensor")
+        self.width, self.n_items = matrix.shape[0] - 1, matrix.shape[1]
+        self.buffer = torch.empty(_library.sr_packed_strip_floats(matrix.shape[0],
+                                                                  self.n_items))
+        _library.sr_pack_strips_f32(matrix.data_ptr(), matrix.shape[0], self.n_items,
+                                    self.buffer.data_ptr(), threads())
+
+
+def product_topk(h: torch.Tensor, packed: PackedScores, k: int,
+                 exclude: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best items of every row's scores ``[h | 1] [W | b]`` (``packed``), best
+    first, ties by lower item; NaN scores count as -inf. No score matrix is written.
+
+    Each score is the chain of :func:`product_ranks` (the same values bit for bit),
+    whatever the number of rows or threads. ``exclude``: ``(offsets, items)``, int64, row
+    ``r``'s items ``items[offsets[r]:offsets[r + 1]]`` (sorted, distinct) score -inf.
+    Returns ``(items, scores)``: int64 and float32 tensors of shape (rows, k).
+    """
+    h = _rows(_input(h, torch.float32) if h.dtype != torch.float32 else h)
+    n_rows, size = h.shape
+    if size != packed.width:
+        raise ValueError(f"h has {size} columns, the table {packed.width}")
+    items = torch.empty(n_rows, k, dtype=torch.int64)
+    scores = torch.empty(n_rows, k)
+    if n_rows == 0:
+        return items, scores
+    offsets = values = None
+    if exclude is not None:
+        offsets, values = (_input(t, torch.int64) for t in exclude)
+    n_threads = threads()
+    scratch = torch.empty(_library.sr_product_topk_scratch(n_rows, k, n_threads))
+    status = _library.sr_product_topk_f32(
+        h.data_ptr(), n_rows, size, h.stride(0), packed.buffer.data_ptr(), packed.n_items,
+        k, _pointer(offsets), _pointer(values), items.data_ptr(), scores.data_ptr(),
+        scratch.data_ptr(), n_threads)
+    if status == -1:
+        raise ValueError(f"k={k} is outside [1, {packed.n_items}]")
+    if status < 0:  # pragma: no cover - out of memory
+        raise MemoryError("product_topk could not allocate its heaps")
+    return items, scores
 
 
 def prefix_tree(items: torch.Tensor, offsets: torch.Tensor, first: int, stop: int):

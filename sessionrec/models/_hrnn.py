@@ -299,22 +299,28 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         """The walk's slots: each walks one user's sessions in order."""
         return user_parallel_schedule(events, batch_size, include_last=include_last)
 
+    def _user_resume_rows(self, known: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The state rows a stream of the training users ``known`` (codes) continues
+        from: their stored user state, and the session state initialised from it (the
+        walk's ``resume``, and a live session's first click)."""
+        c = self._user_states()[torch.as_tensor(known, device=self.device_)]
+        network = self.network_
+        with torch.no_grad():
+            hidden = network.session_init(network.views(network.dense), c)
+        return hidden, c, hidden
+
     def _resume_known_users(self, events: SessionEvents):
         """The walk's ``resume``: a known user's first frame session follows their
         training history, so their stream starts from their stored user state and the
         session state initialised from it."""
         known = self._known_users(events)[events.users]
-        network, device = self.network_, self.device_
 
         def resume(positions: np.ndarray):
             k = known[events.session_of_event[positions]]
             has = k >= 0
             if not has.any():
                 return has, None
-            c = self._user_states()[torch.as_tensor(k[has], device=device)]
-            with torch.no_grad():
-                hidden = network.session_init(network.views(network.dense), c)
-            return has, (hidden, c, hidden)
+            return has, self._user_resume_rows(k[has])
 
         return resume
 

@@ -20,6 +20,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .._base import rows_per_block
 from .._batching import session_parallel_schedule
 from .._native import kernels as _kernels
+from .._topk import history_exclusions
 from .._training import parallel_epoch, parallel_sizes
 from .._validation import (
     NON_NEGATIVE_INT,
@@ -367,6 +368,22 @@ class SampledTrainingMixin(EpochTrainingMixin):
             yield from super()._iter_ranks(events, ties)
             return
         yield from self._fused_ranks(events, ties)
+
+    def _iter_top(self, events, score_after, k: int, exclude_seen: bool):
+        """On the CPU with the fused kernels, for a network whose scores are the product
+        of ``[top | 1]`` and its output table (GRU4Rec, HRNN), the ``k`` best items are
+        selected while the scores are computed (:func:`~sessionrec._native.kernels.
+        product_topk`: no score matrix, and scores that do not depend on how many rows
+        are scored together); elsewhere from the scores."""
+        if not (isinstance(self.network_, OutputTableScores)
+                and _kernels.fused_for(self.device_)):
+            yield from super()._iter_top(events, score_after, k, exclude_seen)
+            return
+        packed = _kernels.PackedScores(self.network_.scoring_matrix())
+        for positions, top in self._iter_scores(events, score_after, score_top=False):
+            exclude = history_exclusions(events, positions) if exclude_seen else None
+            idx, values = _kernels.product_topk(top, packed, k, exclude)
+            yield positions, idx, values
 
     def _fused_ranks(self, events, ties: str, context=None):
         network = self.network_

@@ -211,18 +211,23 @@ class GRU4RecNetwork(ItemTables, OutputTableScores, nn.Module):
         return x
 
     @torch.no_grad()
-    def item_gate_table(self, views: list[_LayerViews]) -> torch.Tensor:
+    def item_gate_table(self, views: list[_LayerViews], fused: bool = False) -> torch.Tensor:
         """The first layer's gate inputs ``x W_x + b`` of every item (n_items x 3 H_0).
 
         Without dropout the first layer's input contribution depends on the item alone,
         so an evaluation walk that feeds more events than there are items computes it
         once per item and gathers rows (as the one-hot input already does) instead of
-        multiplying at every step.
+        multiplying at every step. With the fused kernels (``fused``) the table is their
+        product, each row bit for bit what the step computes from the item alone: a
+        session's states then do not depend on whether its walk used the table (on how
+        many events a prediction call fed).
         """
         first = views[0]
         if self.input_mode == "onehot":
             return self.onehot + first.b
         items = self.out[:, :-1] if self.input_mode == "constrained" else self.embed
+        if fused:
+            return _kernels.linear(items, first.wx, first.b)
         return torch.addmm(first.b, items, first.wx)
 
     # -- the recurrent network interface (see _interface.py) ----------------------------
@@ -238,7 +243,7 @@ class GRU4RecNetwork(ItemTables, OutputTableScores, nn.Module):
         fused = _kernels.fused_for(self.out.device)
         if n_fed < self.n_items or self.n_items * 3 * self.layers[0] > GATE_TABLE_VALUES:
             return views, None, fused
-        return views, self.item_gate_table(views), fused
+        return views, self.item_gate_table(views, fused), fused
 
     def step(self, items: torch.Tensor, state: list[torch.Tensor], starts: torch.Tensor,
              context=None) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -35,6 +35,7 @@ EXPORT int sr_openmp(void) {
 #include "gemm.c"
 #include "gru.c"
 #include "ranking.c"
+#include "topk.c"
 #include "prefix_tree.c"
 #include "gru4rec_step.c"
 #include "bpr_max.c"
