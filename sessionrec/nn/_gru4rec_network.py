@@ -251,9 +251,10 @@ class GRU4RecNetwork(ItemTables, OutputTableScores, nn.Module):
         the state is updated in place and the top layer's is returned as ``top``."""
         views, gates, fused = (context if context is not None
                                else (self.views(self.dense), None, None))
-        keep = keep_rows(starts, self.out.device)
-        for h in state:
-            h.mul_(keep)
+        if starts.numpy().any():  # most steps of a walk (and live clicks) start nothing
+            keep = keep_rows(starts, self.out.device)
+            for h in state:
+                h.mul_(keep)
         return state, self.advance(items, state, views, gates, fused)
 
     # -- training -------------------------------------------------------------------------

@@ -91,6 +91,9 @@ class _Backend:
 
     def top(self, records, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best item codes and their scores (float64) of each record."""
+        if len(records) == 1 and records[0].items:  # one click: no assembly
+            idx, values = self._top_known(records, k, exclude_seen)
+            return idx.cpu().numpy(), values.double().cpu().numpy()
         items = np.zeros((len(records), k), dtype=np.int64)
         scores = np.zeros((len(records), k), dtype=np.float64)
         known = np.array([len(r.items) > 0 for r in records], dtype=bool)
@@ -198,17 +201,35 @@ class RecurrentBackend(_Backend):
                 codes[i] = NEW_USER
         return codes
 
+    def _rows(self, records) -> tuple[object, list]:
+        """The records' state rows and how to write rows back: one record's are views of
+        the slab (no copy: a click is mostly such calls), several records' a gather."""
+        if len(records) == 1:
+            at = slice(records[0].slot, records[0].slot + 1)
+            return at, [tensor[at] for tensor in self.state]
+        at = torch.as_tensor([r.slot for r in records], device=self.device)
+        return at, [tensor.index_select(0, at) for tensor in self.state]
+
+    @staticmethod
+    def _write(tensor: torch.Tensor, at, rows: torch.Tensor) -> None:
+        if isinstance(at, slice):
+            if rows.data_ptr() != tensor[at].data_ptr():
+                tensor[at] = rows
+        else:
+            tensor.index_copy_(0, at, rows)
+
     def advance(self, records, codes: np.ndarray) -> None:
-        slots = torch.as_tensor([self._slot(r) for r in records], device=self.device)
-        rows = [tensor.index_select(0, slots) for tensor in self.state]
+        for record in records:
+            self._slot(record)
+        at, rows = self._rows(records)
         starts = torch.from_numpy(self._start_codes(records, rows))
         items = torch.as_tensor(codes, dtype=torch.int64, device=self.device)
         state, top = self.network.step(items, rows, starts, self.context)
         for tensor, new in zip(self.state, state, strict=True):
-            tensor.index_copy_(0, slots, new)
+            self._write(tensor, at, new)
         if self.top_rows is None:
             self.top_rows = top.new_zeros(self.state[0].shape[0], top.shape[1])
-        self.top_rows.index_copy_(0, slots, top)
+        self._write(self.top_rows, at, top)
         for record in records:
             if record.user is not None and len(record.items) == 1:
                 record.user.latest = record
@@ -218,8 +239,11 @@ class RecurrentBackend(_Backend):
         return [tensor[record.slot].clone() for tensor in self.state]
 
     def _top_known(self, records, k: int, exclude_seen: bool):
-        slots = torch.as_tensor([r.slot for r in records], device=self.device)
-        top = self.top_rows.index_select(0, slots)
+        if len(records) == 1:
+            top = self.top_rows[records[0].slot:records[0].slot + 1]
+        else:
+            top = self.top_rows.index_select(
+                0, torch.as_tensor([r.slot for r in records], device=self.device))
         exclude = exclusions_from_lists([r.items for r in records]) if exclude_seen else None
         if self.fused:
             return _kernels.product_topk(top, self.packed, k, exclude)

@@ -209,6 +209,7 @@ class LiveSessions:
         # pandas lookup costs tens (equal labels hash equal: 1 and 1.0, as in pandas).
         labels = model.item_index_.labels
         self._codes = dict(zip(labels.tolist(), range(len(labels))))
+        self._labels = labels.to_numpy()  # code -> label, by numpy indexing
         self._backend = backend_for(model, self._uses_users, self.max_sessions)
         self._sessions: OrderedDict = OrderedDict()
         self._users: OrderedDict = OrderedDict()
@@ -327,8 +328,7 @@ class LiveSessions:
                 top, scores = self._backend.top(records, k, exclude_seen)
                 out_items[chosen], out_scores[chosen] = top, scores
                 self._counts["clicks"] += len(chosen)
-        labels = self.model.item_index_.decode(out_items.ravel()).reshape(n, k)
-        return Recommendations(labels, out_scores)
+        return Recommendations(self._labels[out_items], out_scores)
 
     def end(self, session) -> bool:
         """Forget ``session`` (its user's state is kept for their next session). Returns
