@@ -13,7 +13,8 @@ import torch
 
 from ._events import SessionEvents, ragged_arange
 
-__all__ = ["Exclusions", "history_exclusions", "top_of_scores"]
+__all__ = ["Exclusions", "exclusions_from_lists", "history_exclusions",
+           "select_exclusions", "top_of_scores"]
 
 # (offsets, items): row r's excluded items are items[offsets[r]:offsets[r + 1]], sorted
 # and distinct, as int64 tensors on the CPU.
@@ -44,6 +45,17 @@ def history_exclusions(events: SessionEvents, positions: np.ndarray) -> Exclusio
     offsets = np.zeros(len(positions) + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=len(positions)), out=offsets[1:])
     return torch.from_numpy(offsets), torch.from_numpy(items)
+
+
+def select_exclusions(exclude: Exclusions, rows: torch.Tensor) -> Exclusions:
+    """The :data:`Exclusions` of the chosen ``rows`` only."""
+    offsets, items = exclude
+    lengths = offsets[1:] - offsets[:-1]
+    chosen = lengths[rows].numpy()
+    picked = items[torch.from_numpy(ragged_arange(offsets[:-1][rows].numpy(), chosen))]
+    new = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(chosen, out=new[1:])
+    return torch.from_numpy(new), picked
 
 
 def top_of_scores(scores: torch.Tensor, k: int, exclude: Exclusions | None = None

@@ -558,3 +558,107 @@ def test_the_c_structures_match_their_python_mirrors():
 
     for which, name in enumerate(names):
         assert name in _kernels._layout_mismatch(Shifted(which))
+
+
+# -- top-k selection (predictions and live sessions) --------------------------------------
+
+def _chain_scores(h: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Every item's score by the kernels' chain (product_ranks' target scores)."""
+    n_items = matrix.shape[1]
+    rows = torch.arange(len(h)).repeat_interleave(n_items)
+    targets = torch.arange(n_items).repeat(len(h))
+    return _kernels.product_ranks(h, matrix, targets, False, rows=rows)[2].view(len(h), -1)
+
+
+@needs_library
+@pytest.mark.parametrize("n_items,size", [(5, 3), (77, 5), (1000, 16), (4097, 100)])
+def test_product_topk_is_the_chains_best_in_a_fixed_order(n_items, size):
+    """The k best of the chain's scores (the scores counted by product_ranks), score
+    descending then item ascending, whatever the number of rows or threads."""
+    gen = torch.Generator().manual_seed(n_items)
+    matrix = torch.randn(size + 1, n_items, generator=gen)
+    matrix[:, n_items // 2:] = matrix[:, :1]  # many exact ties
+    h = torch.randn(9, size, generator=gen)
+    packed = _kernels.PackedScores(matrix)
+    k = min(n_items, 20)
+    items, scores = _kernels.product_topk(h, packed, k)
+    chain = _chain_scores(h, matrix)
+    for r in range(len(h)):
+        order = sorted(range(n_items), key=lambda i: (-chain[r, i].item(), i))[:k]
+        assert items[r].tolist() == order
+        assert torch.equal(scores[r], chain[r, order])
+    from sessionrec._threads import torch_threads_limited
+
+    with torch_threads_limited(1):  # one thread, fewer rows: the same lists and scores
+        for rows in (slice(0, 1), slice(2, 5)):
+            one = _kernels.product_topk(h[rows], packed, k)
+            assert torch.equal(one[0], items[rows]) and torch.equal(one[1], scores[rows])
+
+
+@needs_library
+def test_product_topk_exclusions_score_minus_infinity():
+    gen = torch.Generator().manual_seed(0)
+    matrix = torch.randn(4, 10, generator=gen)
+    packed = _kernels.PackedScores(matrix)
+    h = torch.randn(2, 3, generator=gen)
+    exclude = (torch.tensor([0, 9, 9]), torch.arange(9))  # row 0: all but item 9
+    items, scores = _kernels.product_topk(h, packed, 10, exclude)
+    assert items[0, 0] == 9 and torch.isinf(scores[0, 1:]).all()
+    assert items[0, 1:].tolist() == list(range(9))  # -inf ties: by item
+    assert torch.equal(items[1], _kernels.product_topk(h[1:], packed, 10)[0][0])
+    with pytest.raises(ValueError, match="k=11"):
+        _kernels.product_topk(h, packed, 11)
+
+
+needs_int8 = pytest.mark.skipif(not (_kernels.available() and _kernels.int8_topk_available()),
+                                reason="needs the kernels and a processor with AVX512-VNNI")
+
+
+@needs_int8
+@settings(max_examples=40, deadline=None)
+@given(n_items=st.sampled_from([1, 5, 63, 64, 65, 700, 5000]),
+       size=st.sampled_from([1, 3, 7, 100, 130]), n_rows=st.sampled_from([1, 2, 5, 9, 40]),
+       k=st.sampled_from([1, 3, 20, 100]), scale=st.sampled_from([1e-3, 0.1, 1.0, 30.0]),
+       ties=st.booleans(), excluded=st.integers(0, 30), seed=st.integers(0, 2**16))
+def test_int8_topk_equals_product_topk_bit_for_bit(n_items, size, n_rows, k, scale, ties,
+                                                   excluded, seed):
+    """The int8 pass only bounds the scores: the lists and scores are product_topk's."""
+    from sessionrec._topk import exclusions_from_lists
+
+    rng = np.random.default_rng(seed)
+    matrix = torch.from_numpy(rng.normal(0, scale, (size + 1, n_items)).astype(np.float32))
+    if ties:
+        matrix[:, n_items // 2:] = matrix[:, :1]
+    h = torch.from_numpy(rng.uniform(-1, 1, (n_rows, size)).astype(np.float32))
+    k = min(k, n_items)
+    exclude = None
+    if excluded:
+        exclude = exclusions_from_lists(
+            [rng.choice(n_items, size=min(n_items - 1, excluded), replace=False)
+             for _ in range(n_rows)])
+    packed = _kernels.PackedScores(matrix)
+    table = _kernels.Int8Scores(matrix, packed)
+    want = _kernels.product_topk(h, packed, k, exclude)
+    got = _kernels.int8_topk(h, table, k, exclude)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@needs_int8
+def test_int8_topk_hands_undecidable_rows_to_product_topk():
+    gen = torch.Generator().manual_seed(1)
+    matrix = torch.randn(11, 300, generator=gen)
+    packed = _kernels.PackedScores(matrix)
+    table = _kernels.Int8Scores(matrix, packed)
+    h = torch.randn(3, 10, generator=gen)
+    h[0, 2] = float("nan")
+    h[1] *= 1e36  # scores near float's range: no bound
+    for args in ((5,), (300,)):
+        want = _kernels.product_topk(h, packed, *args)
+        got = _kernels.int8_topk(h, table, *args)
+        assert torch.equal(got[0], want[0])
+        assert torch.equal(got[1].nan_to_num(), want[1].nan_to_num())
+    matrix[3, 7] = float("inf")  # a table without bounds: the float kernel throughout
+    table = _kernels.Int8Scores(matrix)
+    assert not table.usable
+    assert torch.equal(_kernels.int8_topk(h[2:], table, 5)[0],
+                       _kernels.product_topk(h[2:], table.exact, 5)[0])

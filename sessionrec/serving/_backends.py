@@ -93,7 +93,7 @@ class _Backend:
         """The ``k`` best item codes and their scores (float64) of each record."""
         if len(records) == 1 and records[0].items:  # one click: no assembly
             idx, values = self._top_known(records, k, exclude_seen)
-            return idx.cpu().numpy(), values.double().cpu().numpy()
+            return idx.cpu().numpy(), values.cpu().numpy().astype(np.float64)
         items = np.zeros((len(records), k), dtype=np.int64)
         scores = np.zeros((len(records), k), dtype=np.float64)
         known = np.array([len(r.items) > 0 for r in records], dtype=bool)
@@ -149,6 +149,12 @@ class RecurrentBackend(_Backend):
         matrix = network.scoring_matrix()
         self.packed = _kernels.PackedScores(matrix) if self.fused else None
         self.matrix = None if self.fused else matrix
+        # The int8 kernel gives the same lists from a quarter of the float table's memory
+        # traffic (a click's latency is the table's reading time) and int8 dot products
+        # (a batch's cost is its multiply-adds): about 2x faster for one click, 1.4x
+        # for a batch, on a processor with AVX512-VNNI (docs/serving.md).
+        self.int8 = (_kernels.Int8Scores(matrix, self.packed)
+                     if self.fused and _kernels.int8_topk_available() else None)
         self.state = network.zero_state(min(64, self.capacity))
         self.top_rows: torch.Tensor | None = None
         self.free: list[int] = list(range(self.state[0].shape[0] - 1, -1, -1))
@@ -223,7 +229,9 @@ class RecurrentBackend(_Backend):
             self._slot(record)
         at, rows = self._rows(records)
         starts = torch.from_numpy(self._start_codes(records, rows))
-        items = torch.as_tensor(codes, dtype=torch.int64, device=self.device)
+        items = torch.from_numpy(np.asarray(codes, dtype=np.int64))
+        if items.device != self.device:
+            items = items.to(self.device)
         state, top = self.network.step(items, rows, starts, self.context)
         for tensor, new in zip(self.state, state, strict=True):
             self._write(tensor, at, new)
@@ -245,6 +253,8 @@ class RecurrentBackend(_Backend):
             top = self.top_rows.index_select(
                 0, torch.as_tensor([r.slot for r in records], device=self.device))
         exclude = exclusions_from_lists([r.items for r in records]) if exclude_seen else None
+        if self.int8 is not None:
+            return _kernels.int8_topk(top, self.int8, k, exclude)
         if self.fused:
             return _kernels.product_topk(top, self.packed, k, exclude)
         return top_of_scores(self.network.score_top(top, self.matrix), k, exclude)

@@ -262,10 +262,20 @@ class LiveSessions:
         Recommendations
             ``items`` (labels) and ``scores``, each of shape ``(k,)``.
         """
-        result = self.clicks([session], [item], k, users=None if user is None else [user],
-                             times=None if time is None else [time],
-                             exclude_seen=exclude_seen)
-        return Recommendations(result.items[0], result.scores[0])
+        # clicks() of one click, without its batch's bookkeeping (a click is mostly this).
+        k = min(check_int("k", k, min_value=1), self.model.n_items_)
+        exclude_seen = check_bool("exclude_seen", exclude_seen)
+        code = self._encode_items([item])
+        seconds = self._seconds([time])
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            self._validate([session], [user], seconds, [time])
+            record = self._record(session, user, now)
+            self._feed([record], code, seconds, now)
+            top, scores = self._backend.top([record], k, exclude_seen)
+            self._counts["clicks"] += 1
+        return Recommendations(self._labels[top[0]], scores[0])
 
     def clicks(self, sessions, items, k: int = 20, *, users=None, times=None,
                exclude_seen: bool = False) -> Recommendations:
@@ -314,21 +324,26 @@ class LiveSessions:
             for step in range(int(order.max()) + 1 if n else 0):
                 chosen = np.flatnonzero(order == step)
                 records = [self._record(sessions[i], users[i], now) for i in chosen]
-                fed = []
-                for i, record in zip(chosen, records, strict=True):
-                    record.last_seen = now
-                    if codes[i] < 0:
-                        self._counts["unknown_items"] += 1
-                        continue
-                    record.items.append(int(codes[i]))
-                    record.seconds.append(seconds[i])
-                    fed.append(record)
-                if fed:
-                    self._backend.advance(fed, np.array([r.items[-1] for r in fed]))
+                self._feed(records, codes[chosen], [seconds[i] for i in chosen], now)
                 top, scores = self._backend.top(records, k, exclude_seen)
                 out_items[chosen], out_scores[chosen] = top, scores
                 self._counts["clicks"] += len(chosen)
         return Recommendations(self._labels[out_items], out_scores)
+
+    def _feed(self, records: list, codes: np.ndarray, seconds: list, now: float) -> None:
+        """One step: each record's click (its known item appended and fed to the
+        backend; an unknown item counted and dropped)."""
+        fed = []
+        for record, code, second in zip(records, codes, seconds, strict=True):
+            record.last_seen = now
+            if code < 0:
+                self._counts["unknown_items"] += 1
+                continue
+            record.items.append(int(code))
+            record.seconds.append(second)
+            fed.append(record)
+        if fed:
+            self._backend.advance(fed, np.array([r.items[-1] for r in fed]))
 
     def end(self, session) -> bool:
         """Forget ``session`` (its user's state is kept for their next session). Returns

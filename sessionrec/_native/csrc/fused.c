@@ -36,6 +36,7 @@ EXPORT int sr_openmp(void) {
 #include "gru.c"
 #include "ranking.c"
 #include "topk.c"
+#include "bounded_topk.c"
 #include "prefix_tree.c"
 #include "gru4rec_step.c"
 #include "bpr_max.c"
