@@ -174,14 +174,19 @@ class RecurrentBackend(_Backend):
             self.top_rows = top
         self.free.extend(range(new - 1, old - 1, -1))
 
-    def _slot(self, record) -> int:
-        if record.slot < 0:
-            if not self.free:
-                self._grow()
-            record.slot = self.free.pop()
+    def _slots(self, records) -> None:
+        """A state row for each record that has none, zeroed (one fill per tensor)."""
+        new = []
+        for record in records:
+            if record.slot < 0:
+                if not self.free:
+                    self._grow()
+                record.slot = self.free.pop()
+                new.append(record.slot)
+        if new:
+            rows = torch.as_tensor(new, device=self.device)
             for tensor in self.state:
-                tensor[record.slot] = 0.0
-        return record.slot
+                tensor.index_fill_(0, rows, 0.0)
 
     def _start_codes(self, records, rows: list) -> np.ndarray:
         """The start code of each record's step; for a session that starts, its first
@@ -225,8 +230,7 @@ class RecurrentBackend(_Backend):
             tensor.index_copy_(0, at, rows)
 
     def advance(self, records, codes: np.ndarray) -> None:
-        for record in records:
-            self._slot(record)
+        self._slots(records)
         at, rows = self._rows(records)
         starts = torch.from_numpy(self._start_codes(records, rows))
         items = torch.from_numpy(np.asarray(codes, dtype=np.int64))

@@ -430,8 +430,12 @@ class LiveSessions:
 
     def _encode_items(self, items: list) -> np.ndarray:
         codes = np.empty(len(items), dtype=np.int64)
+        get = self._codes.get
         for i, item in enumerate(items):
-            code = self._codes.get(item) if _hashable(item) else None
+            try:
+                code = get(item)
+            except TypeError:  # unhashable: not a label
+                code = None
             if code is None:
                 if _missing(item):
                     raise ValueError("item is missing (None/NaN): every click needs the "
@@ -451,7 +455,9 @@ class LiveSessions:
         now = None
         seconds = []
         for value in times:
-            if value is None:
+            if isinstance(value, float) and math.isfinite(value):  # the usual case
+                seconds.append(float(value))
+            elif value is None:
                 now = time.time() if now is None else now
                 seconds.append(now)
             elif isinstance(value, (datetime.datetime, np.datetime64, pd.Timestamp)):
@@ -535,18 +541,19 @@ class LiveSessions:
             del self._users[label]
 
 
+# Labels that say "missing" (pd.isna of a scalar), checked without calling pandas per click.
+_MISSING_TYPES = (float, np.floating, type(pd.NaT), type(pd.NA), np.datetime64,
+                  np.timedelta64)
+
+
 def _missing(value) -> bool:
     if value is None:
         return True
+    if not isinstance(value, _MISSING_TYPES):  # ints, strings: never missing
+        return False
     try:
         return bool(pd.isna(value))
-    except (TypeError, ValueError):  # array-likes: not a label
+    except (TypeError, ValueError):  # pragma: no cover - not a scalar
         return False
 
 
-def _hashable(value) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
