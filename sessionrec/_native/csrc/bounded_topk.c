@@ -381,6 +381,56 @@ EXPORT int64_t sr_int8_topk_scratch(int64_t M, int64_t N, int64_t K, int64_t k,
     return (n_threads > 1 ? n_threads : 1) * int8_thread_bytes(N, K, k, M) + 64;
 }
 
+#if HAVE_VNNI_BUILD
+/* One thread's part of the scratch (int8_thread_bytes), carved: the chunk's scores and
+ * block data, its quantised rows, and one row's selection buffers. */
+typedef struct {
+    float *approx, *blocks;
+    uint32_t *groups;
+    TopHeap lows;
+    int64_t *cand;
+    float *exact;
+    TopEntry *entries;
+} QScratch;
+
+static QScratch int8_carve(char *mine, int64_t N, int64_t n_blocks, int64_t chunk_rows,
+                           int64_t K4, int64_t k) {
+    QScratch q;
+    q.approx = (float *)mine;
+    q.blocks = q.approx + chunk_rows * (N + 16);
+    q.groups = (uint32_t *)(q.blocks + chunk_rows * 2 * (n_blocks + 16));
+    float *low_v = (float *)(q.groups + chunk_rows * (K4 + 4));
+    int64_t *low_i = (int64_t *)(low_v + 2 * k);
+    q.lows = (TopHeap){low_v, low_i, 0, k};
+    q.cand = low_i + k;
+    q.exact = (float *)(q.cand + BOUND_CAP);
+    q.entries = (TopEntry *)(q.exact + BOUND_CAP);
+    return q;
+}
+
+/* Row x of a chunk: its score buffers, and its quantised form from h. */
+static void int8_row(const QScratch *q, int64_t x, int64_t N, int64_t n_blocks, int64_t K,
+                     int64_t K4, const float *h, QRow *row, QuantRow *quant) {
+    *row = (QRow){q->approx + x * (N + 16), q->blocks + x * 2 * (n_blocks + 16),
+                  q->blocks + x * 2 * (n_blocks + 16) + (n_blocks + 16), 0};
+    quant->groups = q->groups + x * (K4 + 4);
+    quantise_row(h, K, K4, quant);
+}
+
+/* Row r's selection (int8_select) with the buffers of q; 1 where it must fall back. */
+static int64_t int8_row_falls_back(QScratch *q, const float *h, int64_t ldh, int64_t K,
+                                   const QRow *row, int64_t r, int64_t N,
+                                   const float *item_rows, int64_t k,
+                                   const int64_t *excl_offsets, const int64_t *excl_items,
+                                   int64_t *out_items, float *out_scores) {
+    const int64_t *excl = excl_offsets ? excl_items + excl_offsets[r] : NULL;
+    const int64_t n_excl = excl_offsets ? excl_offsets[r + 1] - excl_offsets[r] : 0;
+    return !int8_select(h + r * ldh, K, row, N, item_rows, k, excl, n_excl, &q->lows,
+                        q->cand, q->exact, q->entries, out_items + r * k,
+                        out_scores + r * k);
+}
+#endif
+
 /* The k best items of each of the M rows of h (K columns, row stride ldh) of the scores
  * [h | 1] W, as sr_product_topk_f32 gives them (same items, same float scores, same
  * order), from the int8 strips, the item-major float rows and the per-item data of
@@ -414,25 +464,12 @@ EXPORT int64_t sr_int8_topk_f32(const float *h, int64_t M, int64_t K, int64_t ld
     const int64_t per_thread = int8_thread_bytes(N, K, k, M);
     if (n_chunks == 1 && n_threads > 1 && n_blocks >= 64) {
         /* One chunk (a click, a few): its blocks shared between the threads, then each
-         * row's selection on one. */
-        char *mine = base;
-        float *approx = (float *)mine;
-        float *blocks = approx + chunk_rows * (N + 16);
-        uint32_t *groups = (uint32_t *)(blocks + chunk_rows * 2 * (n_blocks + 16));
-        float *low_v = (float *)(groups + chunk_rows * (K4 + 4));
-        int64_t *low_i = (int64_t *)(low_v + 2 * k);
-        int64_t *cand = low_i + k;
-        float *exact = (float *)(cand + BOUND_CAP);
-        TopEntry *entries = (TopEntry *)(exact + BOUND_CAP);
+         * row's selection on one, with that thread's buffers. */
+        QScratch first = int8_carve(base, N, n_blocks, chunk_rows, K4, k);
         QRow rows[QCHUNK];
         QuantRow q[QCHUNK];
-        TopHeap lows = {low_v, low_i, 0, k};
-        for (int64_t x = 0; x < M; ++x) {
-            rows[x] = (QRow){approx + x * (N + 16), blocks + x * 2 * (n_blocks + 16),
-                             blocks + x * 2 * (n_blocks + 16) + (n_blocks + 16), 0};
-            q[x].groups = groups + x * (K4 + 4);
-            quantise_row(h + x * ldh, K, K4, q + x);
-        }
+        for (int64_t x = 0; x < M; ++x)
+            int8_row(&first, x, N, n_blocks, K, K4, h + x * ldh, rows + x, q + x);
         const int use = (int)n_threads;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(use)
@@ -443,36 +480,20 @@ EXPORT int64_t sr_int8_topk_f32(const float *h, int64_t M, int64_t K, int64_t ld
             int8_scores((const int8_t *)strips, K, N, meta, q, M, rows, c_g, rel, tiny, lo,
                         hi);
         }
-#else
-        (void)use;
-        int8_scores((const int8_t *)strips, K, N, meta, q, M, rows, c_g, rel, tiny, 0,
-                    n_blocks);
-#endif
-        (void)lows; (void)cand; (void)exact; (void)entries;
-        /* Each row's selection on one thread, with that thread's buffers (at the same
-         * offsets of its own part of the scratch). */
-        const ptrdiff_t sel = (char *)low_v - mine;
-#ifdef _OPENMP
 #pragma omp parallel for num_threads(use) schedule(static) if (M > 1)
 #endif
         for (int64_t r = 0; r < M; ++r) {
 #ifdef _OPENMP
-            char *own = base + omp_get_thread_num() * per_thread + sel;
+            QScratch own = int8_carve(base + omp_get_thread_num() * per_thread, N, n_blocks,
+                                      chunk_rows, K4, k);
 #else
-            char *own = base + sel;
+            QScratch own = int8_carve(base, N, n_blocks, chunk_rows, K4, k);
 #endif
-            float *t_low_v = (float *)own;
-            int64_t *t_low_i = (int64_t *)(t_low_v + 2 * k);
-            int64_t *t_cand = t_low_i + k;
-            float *t_exact = (float *)(t_cand + BOUND_CAP);
-            TopEntry *t_entries = (TopEntry *)(t_exact + BOUND_CAP);
-            TopHeap t_lows = {t_low_v, t_low_i, 0, k};
-            const int64_t *excl = excl_offsets ? excl_items + excl_offsets[r] : NULL;
-            const int64_t n_excl = excl_offsets ? excl_offsets[r + 1] - excl_offsets[r] : 0;
-            fallback[r] = !int8_select(h + r * ldh, K, rows + r, N, item_rows, k, excl,
-                                       n_excl, &t_lows, t_cand, t_exact, t_entries,
-                                       out_items + r * k, out_scores + r * k);
+            fallback[r] = int8_row_falls_back(&own, h, ldh, K, rows + r, r, N, item_rows, k,
+                                              excl_offsets, excl_items, out_items,
+                                              out_scores);
         }
+        (void)use;
         return 0;
     }
 #ifdef _OPENMP
@@ -484,41 +505,22 @@ EXPORT int64_t sr_int8_topk_f32(const float *h, int64_t M, int64_t K, int64_t ld
 #else
         const int64_t t = 0;
 #endif
-        char *mine = base + t * per_thread;
-        float *approx = (float *)mine;
-        float *blocks = approx + chunk_rows * (N + 16);
-        uint32_t *groups = (uint32_t *)(blocks + chunk_rows * 2 * (n_blocks + 16));
-        float *low_v = (float *)(groups + QROWS * (K4 + 4));
-        int64_t *low_i = (int64_t *)(low_v + 2 * k);
-        int64_t *cand = low_i + k;
-        float *exact = (float *)(cand + BOUND_CAP);
-        TopEntry *entries = (TopEntry *)(exact + BOUND_CAP);
+        QScratch mine = int8_carve(base + t * per_thread, N, n_blocks, chunk_rows, K4, k);
         QRow rows[QCHUNK];
         QuantRow q[QCHUNK];
-        TopHeap lows = {low_v, low_i, 0, k};
         int64_t lo, hi;
         share(n_chunks, t, T, 1, &lo, &hi);
         for (int64_t chunk = lo; chunk < hi; ++chunk) {
             const int64_t r0 = chunk * chunk_rows;
             const int64_t n_rows = M - r0 < chunk_rows ? M - r0 : chunk_rows;
-            for (int64_t x = 0; x < n_rows; ++x) {
-                rows[x] = (QRow){approx + x * (N + 16),
-                                 blocks + x * 2 * (n_blocks + 16),
-                                 blocks + x * 2 * (n_blocks + 16) + (n_blocks + 16), 0};
-                q[x].groups = groups + x * (K4 + 4);
-                quantise_row(h + (r0 + x) * ldh, K, K4, q + x);
-            }
+            for (int64_t x = 0; x < n_rows; ++x)
+                int8_row(&mine, x, N, n_blocks, K, K4, h + (r0 + x) * ldh, rows + x, q + x);
             int8_scores((const int8_t *)strips, K, N, meta, q, n_rows, rows, c_g, rel, tiny,
                         0, n_blocks);
-            for (int64_t x = 0; x < n_rows; ++x) {
-                const int64_t r = r0 + x;
-                const int64_t *excl = excl_offsets ? excl_items + excl_offsets[r] : NULL;
-                const int64_t n_excl = excl_offsets ? excl_offsets[r + 1] - excl_offsets[r]
-                                                    : 0;
-                fallback[r] = !int8_select(h + r * ldh, K, rows + x, N, item_rows, k, excl,
-                                           n_excl, &lows, cand, exact, entries,
-                                           out_items + r * k, out_scores + r * k);
-            }
+            for (int64_t x = 0; x < n_rows; ++x)
+                fallback[r0 + x] = int8_row_falls_back(&mine, h, ldh, K, rows + x, r0 + x, N,
+                                                       item_rows, k, excl_offsets,
+                                                       excl_items, out_items, out_scores);
         }
     }
     return 0;
