@@ -4,9 +4,10 @@ For each data set and model: fit, then replay the test sessions click by click t
 :class:`sessionrec.serving.LiveSessions` and print, per way of clicking,
 
 * ``single``: one ``click()`` per click, its latency's p50 and p99 and the clicks/s;
-* ``batched``: ``clicks()`` with one click of each of ``--batch`` concurrent sessions
-  (their 1st clicks, then their 2nd, ..., batches shrinking as sessions end); p50 and
-  p99 of a full batch, clicks/s over all of them;
+* ``batched``: ``clicks()`` with one click of each of ``--batch`` concurrent sessions, a
+  session that ends replaced by the next test session (as a server that batches the
+  clicks of its concurrent visitors sees them); p50 and p99 of a full batch, clicks/s
+  over all batches;
 * ``2nd`` / ``100th``: the p50 latency of a session's 2nd and 100th click (sessions of
   100 random known items): whether a click's cost grows with the session's length;
 * ``http single`` / ``http batched``: the same through the HTTP service (uvicorn on
@@ -109,23 +110,37 @@ def single(live: LiveSessions, clicks: pd.DataFrame, k: int) -> dict:
 
 def batched(live: LiveSessions, test: pd.DataFrame, k: int, batch: int,
             n_clicks: int) -> dict:
-    """``batch`` concurrent sessions at a time, each batch one click of each: the j-th
-    clicks of a group of sessions, then their (j + 1)-th (fewer, as sessions end)."""
-    groups = [g for _, g in test.groupby("SessionId", sort=False)]
-    times, sizes, done = [], [], 0
-    for start in range(0, len(groups), batch):
-        group = groups[start:start + batch]
-        for j in range(max(len(g) for g in group)):
-            rows = [g.iloc[j] for g in group if len(g) > j]
-            sessions = [r["SessionId"] for r in rows]
-            begin = time.perf_counter()
-            live.clicks(sessions, [r["ItemId"] for r in rows], k,
-                        times=[r["Time"] for r in rows])
-            times.append(time.perf_counter() - begin)
-            sizes.append(len(rows))
-            done += len(rows)
-        if done >= n_clicks:
-            break
+    """``batch`` concurrent sessions, each batch one click of each; a session that ends
+    is replaced by the next test session (so batches stay full), as a server batching
+    the clicks of its concurrent visitors would see them."""
+    sessions = [g[["SessionId", "ItemId", "Time"]].to_numpy(dtype=object)
+                for _, g in test.groupby("SessionId", sort=False)]
+    # The test sessions again under new labels until there are clicks enough: the pool
+    # of concurrent sessions stays full to the end.
+    waiting, copy = [], 0
+    while sum(len(e) for e in waiting) < n_clicks + batch * 50:
+        for events in sessions:
+            renamed = events.copy()
+            renamed[:, 0] = [(copy, label) for label in events[:, 0]]
+            waiting.append(renamed)
+        copy += 1
+    waiting.reverse()
+    active = [[waiting.pop(), 0] for _ in range(min(batch, len(waiting)))]
+    times, sizes = [], []
+    while active and sum(sizes) < n_clicks:
+        rows = [events[at] for events, at in active]
+        begin = time.perf_counter()
+        live.clicks([r[0] for r in rows], [r[1] for r in rows], k,
+                    times=[float(r[2]) for r in rows])
+        times.append(time.perf_counter() - begin)
+        sizes.append(len(rows))
+        still = []
+        for events, at in active:
+            if at + 1 < len(events):
+                still.append([events, at + 1])
+            elif waiting:
+                still.append([waiting.pop(), 0])
+        active = still
     full = [t for t, n in zip(times, sizes) if n == batch]
     return {"p50 ms": float(np.median(full)) * 1e3 if full else float("nan"),
             "p99 ms": float(np.percentile(full, 99)) * 1e3 if full else float("nan"),
@@ -258,7 +273,7 @@ def main() -> None:
             rows["single"] = single(LiveSessions(model), clicks, args.k)
             live = LiveSessions(model)
             rows["batched"] = batched(live, test, args.k, args.batch,
-                                      max(args.clicks, 4 * args.batch))
+                                      max(args.clicks, 16 * args.batch))
             second, hundredth = by_position(LiveSessions(model),
                                             model.item_index_.labels.to_numpy(), args.k)
             rows["2nd click"] = {"p50 ms": second, "p99 ms": float("nan"),

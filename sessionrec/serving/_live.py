@@ -323,8 +323,9 @@ class LiveSessions:
             order = self._validate(sessions, users, seconds, times)
             for step in range(int(order.max()) + 1 if n else 0):
                 chosen = np.flatnonzero(order == step)
-                records = [self._record(sessions[i], users[i], now) for i in chosen]
-                self._feed(records, codes[chosen], [seconds[i] for i in chosen], now)
+                picked = chosen.tolist()  # Python ints index the lists fastest
+                records = [self._record(sessions[i], users[i], now) for i in picked]
+                self._feed(records, codes[chosen], [seconds[i] for i in picked], now)
                 top, scores = self._backend.top(records, k, exclude_seen)
                 out_items[chosen], out_scores[chosen] = top, scores
                 self._counts["clicks"] += len(chosen)

@@ -349,8 +349,11 @@ static VNNI_KERNEL int int8_select(const float *h, int64_t K, const QRow *row, i
         }
     }
     exact_scores(h, item_rows, K, cand, n, exact);
-    for (int64_t e = 0; e < n; ++e) entries[e] = (TopEntry){exact[e], cand[e]};
-    qsort(entries, (size_t)n, sizeof(TopEntry), topk_entry_order);
+    /* The k best of the candidates: a heap (product_topk's order), then its k sorted. */
+    lows->n = 0;
+    for (int64_t e = 0; e < n; ++e) topk_offer(lows, exact[e], cand[e]);
+    for (int64_t e = 0; e < k; ++e) entries[e] = (TopEntry){lows->v[e], lows->i[e]};
+    qsort(entries, (size_t)k, sizeof(TopEntry), topk_entry_order);
     for (int64_t e = 0; e < k; ++e) {
         out_items[e] = entries[e].i;
         out_scores[e] = entries[e].v;
