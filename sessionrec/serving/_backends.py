@@ -84,8 +84,9 @@ class _Backend:
             histories = [r.items for r in records]
         return session_frame(histories, [r.seconds for r in records], user_labels, earlier)
 
-    def _cold(self, records, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lists of sessions without a known event: the model's no-history scores."""
+    def _cold(self, records, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lists of sessions without a known event: the model's no-history scores (with
+        nothing seen, nothing to exclude)."""
         events, sessions = self._frame(records, [[] for _ in records])
         return top_of_scores(self.model._cold_scores(events, sessions), k)
 
@@ -98,7 +99,7 @@ class _Backend:
         scores = np.zeros((len(records), k), dtype=np.float64)
         known = np.array([len(r.items) > 0 for r in records], dtype=bool)
         for rows, select in ((np.flatnonzero(known), self._top_known),
-                             (np.flatnonzero(~known), lambda rs, k, _: self._cold(rs, k))):
+                             (np.flatnonzero(~known), self._cold)):
             if len(rows):
                 idx, values = select([records[i] for i in rows], k, exclude_seen)
                 items[rows] = idx.cpu().numpy()
