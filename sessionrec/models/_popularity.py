@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from .._base import SessionRecommender, plain_labels
 from .._events import SessionEvents, ragged_arange, user_codes
+from .._user_history import UserHistory, training_counts, user_item_counts
 from .._validation import USER_COLUMN
 from ._item_matrix import csr_from_state, csr_state
 
@@ -295,10 +295,7 @@ class PersonalPopularityRecommender(SessionRecommender):
                                   device=self.device_)
         self.tie_break_ = support / (support.max() + 1.0)
         self.user_labels_ = events.user_labels
-        self.user_items_ = sp.csr_matrix(
-            (np.ones(events.n_events), (events.users[events.session_of_event], events.items)),
-            shape=(len(events.user_labels), self.n_items_))
-        self.user_items_.sum_duplicates()
+        self.user_items_ = user_item_counts(events, self.n_items_)
         self._log("Personal POP fitted on %d events, %d users, %d items", events.n_events,
                   len(self.user_labels_), self.n_items_)
 
@@ -312,68 +309,28 @@ class PersonalPopularityRecommender(SessionRecommender):
         Counts stay whole numbers (exact in float64) until the tie-break is added last,
         so equal counts of equally popular items give exactly equal scores.
         """
-        scores = torch.zeros(len(users), self.n_items_, dtype=torch.float64,
-                             device=self.device_)
-        known = np.flatnonzero(users >= 0)
-        rows = self.user_items_[users[known]].tocoo()
-        scores.index_put_(
-            (torch.as_tensor(known[rows.row], device=self.device_),
-             torch.as_tensor(rows.col.astype(np.int64), device=self.device_)),
-            torch.as_tensor(rows.data, dtype=torch.float64, device=self.device_),
-            accumulate=True)
-        return scores
-
-    @staticmethod
-    def _user_order(events: SessionEvents) -> tuple[np.ndarray, np.ndarray]:
-        """The frame's events grouped by user, in time order, and their sort keys.
-
-        Sessions are ordered by start time, so a stable sort by user keeps (session,
-        position) order within each user. ``keys`` is ``user * n_sessions + session`` of
-        the events in that order (ascending), for locating a user's history by search.
-        """
-        user_of_event = events.users[events.session_of_event]
-        by_user = np.argsort(user_of_event, kind="stable")
-        keys = user_of_event[by_user] * events.n_sessions + events.session_of_event[by_user]
-        return by_user, keys
-
-    def _add_history(self, scores: torch.Tensor, by_user, starts, lengths, items) -> None:
-        """Add one count per history event: row r gets ``by_user[starts[r]:+lengths[r]]``."""
-        rows = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
-        seen = by_user[ragged_arange(starts, lengths)]
-        scores.index_put_(
-            (torch.as_tensor(rows, device=self.device_),
-             items[torch.as_tensor(seen, device=self.device_)]),
-            torch.ones(len(rows), dtype=torch.float64, device=self.device_), accumulate=True)
+        return training_counts(self.user_items_, users, self.n_items_,
+                               dtype=torch.float64, device=self.device_)
 
     def _iter_scores(self, events, score_after):
         positions = np.flatnonzero(score_after)
-        by_user, keys = self._user_order(events)
-        rank = np.empty(events.n_events, dtype=np.int64)
-        rank[by_user] = np.arange(events.n_events)
-        user_start = np.searchsorted(keys, events.users[events.session_of_event[positions]]
-                                     * events.n_sessions)
-        history = rank[positions] - user_start + 1  # the user's frame events up to here
+        history = UserHistory(events, self.device_)
+        user_start, n_history = history.through(positions)
         training_user = self._users_of(events)
-        items = torch.as_tensor(events.items, device=self.device_)
         offset = 0
-        for block in self._blocks(positions, extra_cost=history):
+        for block in self._blocks(positions, extra_cost=n_history):
             n = len(block)
             scores = self._training_counts(training_user[events.session_of_event[block]])
-            self._add_history(scores, by_user, user_start[offset:offset + n],
-                              history[offset:offset + n], items)
+            history.add(scores, user_start[offset:offset + n], n_history[offset:offset + n])
             offset += n
             yield block, scores.add_(self.tie_break_)
 
     def _empty_history_scores(self, events, sessions):
         # No known event in these sessions, but the user's training counts and the user's
         # earlier sessions in the frame still count.
-        by_user, keys = self._user_order(events)
-        user = events.users[sessions]
-        start = np.searchsorted(keys, user * events.n_sessions)
-        stop = np.searchsorted(keys, user * events.n_sessions + sessions)
+        history = UserHistory(events, self.device_)
         scores = self._training_counts(self._users_of(events)[sessions])
-        self._add_history(scores, by_user, start, stop - start,
-                          torch.as_tensor(events.items, device=self.device_))
+        history.add(scores, *history.before(sessions))
         return scores.add_(self.tie_break_)
 
     def _get_state(self):
