@@ -5,7 +5,8 @@
 2. Each user's last session to test (``LastSessionSplit``); only its next-item events
    are scored (Recall@5 and MRR@5 as in the paper, plus @20).
 3. Personal POP, Item-KNN, GRU4Rec (session-only RNN), RNN Concat (each user's sessions
-   concatenated), HRNN Init and HRNN All, with the same network settings for the RNNs.
+   concatenated), HRNN Init and HRNN All (repeat-aware, the default) and the paper's HRNN
+   Init (``repeat_aware=False``), with the same network settings for the RNNs.
 
 Run with ``python examples/hrnn_movielens.py [--epochs 10] [--seeds 0 1 2] [--smoke]``
 inside the virtualenv; data from ../shared/data/ml-latest-small (or
@@ -60,6 +61,9 @@ def models(seed: int, epochs: int) -> dict:
         "RNN Concat": make_pipeline(ConcatenateUserSessions(), GRU4RecRecommender(**gru)),
         "HRNN Init": HRNNRecommender(user_propagation="init", **hrnn),
         "HRNN All": HRNNRecommender(user_propagation="all", **hrnn),
+        # The paper's model: no repeat-aware scores of the user's own items.
+        "HRNN Init (paper)": HRNNRecommender(user_propagation="init", repeat_aware=False,
+                                             **hrnn),
     }
 
 

@@ -28,8 +28,9 @@ MODELS = {
     "GRU4Rec, two layers, one-hot": (GRU4RecRecommender,
                                      dict(layers=(12, 8), constrained_embedding=False)),
     "p-RNN": (ParallelRNNRecommender, {}),
-    "HRNN": (HRNNRecommender, {}),
-    "HRNN, all": (HRNNRecommender, dict(user_propagation="all")),
+    # The network's own scores: the repeat-aware bonus is the model's, added after them.
+    "HRNN": (HRNNRecommender, dict(repeat_aware=False)),
+    "HRNN, all": (HRNNRecommender, dict(user_propagation="all", repeat_aware=False)),
 }
 
 
@@ -161,7 +162,7 @@ def test_score_items_is_score_top_on_the_chosen_columns(name, train_test):
 
 
 @pytest.mark.parametrize("name", ["GRU4Rec", "GRU4Rec, two layers, one-hot", "p-RNN",
-                                  "HRNN"])
+                                  "HRNN", "HRNN, repeat-aware"])
 def test_the_backend_is_chosen_once_per_fit_and_per_walk(name, train_test, monkeypatch):
     """The fused-or-PyTorch decision is made once per training run and once per
     evaluation walk, never per step: the rule is consulted as often for a fit of three
@@ -173,7 +174,7 @@ def test_the_backend_is_chosen_once_per_fit_and_per_walk(name, train_test, monke
     rule = kernels.available
     monkeypatch.setattr(kernels, "available", lambda: calls.append(1) or rule())
     train, test = train_test
-    cls, params = MODELS[name]
+    cls, params = MODELS.get(name, (HRNNRecommender, {}))
     counts = []
     for n_epochs in (1, 3):
         calls.clear()

@@ -15,8 +15,8 @@ _EPOCH = 1_704_067_200.0  # 2024-01-01 00:00:00 UTC, in unix seconds
 def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0,
                   max_length=30, popularity_exponent=1.0, n_topics=10, n_successors=3,
                   transition_strength=0.7, user_strength=0.0, user_items=10,
-                  feature_noise=0.5, span_days=30.0, return_item_features=False,
-                  random_state=None):
+                  repeat_strength=0.0, feature_noise=0.5, span_days=30.0,
+                  return_item_features=False, random_state=None):
     """Generate session events with planted structure whose strength is controlled.
 
     The generating process, for each session:
@@ -38,7 +38,15 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
        decided by the item before the previous one. A model of the sequence can predict
        it exactly; a model of the last item only (Item-KNN, Markov) sees a mixture of
        ``n_successors`` candidates. Otherwise the next item is a free draw.
-    5. **Times.** Sessions start uniformly over ``span_days`` days from 2024-01-01 (unix
+    5. **Returning users** (``repeat_strength`` > 0, needs ``n_users``). A user's
+       sessions are generated in time order, and each free draw (the first item
+       included) is, with probability ``repeat_strength``, an item of the user's own
+       earlier sessions: one of their earlier events picked uniformly, so items they
+       came back to before are likelier to come back again. Users return to the very
+       items they saw, not only to a taste: Personal POP and a model that scores the
+       user's past items can use it, a session-only model cannot (it does not know
+       the user's earlier items).
+    6. **Times.** Sessions start uniformly over ``span_days`` days from 2024-01-01 (unix
        seconds); events are about a minute apart.
 
     Session lengths are ``2 + geometric`` with mean ``mean_length``, capped at
@@ -79,6 +87,9 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
         Share of sessions that follow their user (needs ``n_users``).
     user_items : int, default=10
         Favourite items per user.
+    repeat_strength : float in [0, 1], default=0.0
+        Share of free draws that revisit an item of the user's earlier sessions (needs
+        ``n_users``; a user's first session has nothing to revisit).
     feature_noise : float, default=0.5
     span_days : float, default=30.0
     return_item_features : bool, default=False
@@ -116,6 +127,11 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     if n_users is not None:
         n_users = check_int("n_users", n_users, min_value=1)
     user_items = check_int("user_items", user_items, min_value=1)
+    repeat_strength = check_real("repeat_strength", repeat_strength, min_value=0,
+                                 max_value=1)
+    if repeat_strength > 0 and n_users is None:
+        raise ValueError("repeat_strength > 0 needs n_users: only a user's sessions can "
+                         "revisit the user's earlier items.")
     rng = np.random.default_rng(random_state)
 
     weight = 1.0 / (rng.permutation(n_items) + 1.0) ** popularity_exponent
@@ -168,16 +184,28 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
         return np.where(follows[sessions], liked, drawn)
 
     items = np.full((n_sessions, int(lengths.max())), -1, dtype=np.int64)
-    items[:, 0] = free_draw(np.arange(n_sessions), first=True)
-    for t in range(1, items.shape[1]):  # one iteration per position, vectorised over sessions
-        active = np.flatnonzero(lengths > t)
-        prev = items[active, t - 1]
-        prev2 = items[active, t - 2] if t >= 2 else prev
-        follow = rng.random(len(active)) < transition_strength
-        chosen = successors[prev, (prev2 * 7919) % n_successors]
-        items[active, t] = np.where(follow, chosen, free_draw(active))
 
-    starts = _EPOCH + rng.random(n_sessions) * span_days * 86400.0
+    def fill(sessions: np.ndarray, revise=None) -> None:
+        """The items of ``sessions``: one iteration per position, vectorised. ``revise``
+        (returning users) may replace each position's draw."""
+        first = free_draw(sessions, first=True)
+        items[sessions, 0] = first if revise is None else revise(sessions, None, first)
+        for t in range(1, items.shape[1]):
+            active = sessions[lengths[sessions] > t]
+            prev = items[active, t - 1]
+            prev2 = items[active, t - 2] if t >= 2 else prev
+            follow = rng.random(len(active)) < transition_strength
+            chosen = successors[prev, (prev2 * 7919) % n_successors]
+            drawn = np.where(follow, chosen, free_draw(active))
+            items[active, t] = drawn if revise is None else revise(active, prev, drawn)
+
+    if repeat_strength == 0:
+        fill(np.arange(n_sessions))
+        starts = _EPOCH + rng.random(n_sessions) * span_days * 86400.0
+    else:
+        starts = _EPOCH + rng.random(n_sessions) * span_days * 86400.0
+        _fill_returning(fill, items, lengths, users, starts, n_users, n_items,
+                        repeat_strength, rng)
     mask = np.arange(items.shape[1])[None, :] < lengths[:, None]
     gaps = rng.exponential(60.0, size=items.shape) + 1.0
     gaps[:, 0] = 0.0
@@ -194,3 +222,58 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     item_features = pd.DataFrame(features, index=pd.Index(np.arange(n_items), name="ItemId"),
                                  columns=[f"f{j}" for j in range(n_topics)])
     return events, item_features
+
+
+def _fill_returning(fill, items, lengths, users, starts, n_users, n_items,
+                    repeat_strength, rng) -> None:
+    """Fill ``items`` session by session in each user's time order (round ``r`` holds
+    every user's ``r``-th session). With probability ``repeat_strength`` a position
+    revisits the user's history instead of its draw: after an item the user had before,
+    the item that followed it there (the user's own path, at its latest occurrence with
+    a follower); otherwise one of the user's earlier events picked uniformly."""
+    order = np.lexsort((starts, users))
+    first_of_user = np.searchsorted(users[order], np.arange(n_users))
+    rank = np.empty(len(users), dtype=np.int64)
+    rank[order] = np.arange(len(users)) - first_of_user[users[order]]
+    per_user = np.bincount(users, weights=lengths, minlength=n_users).astype(np.int64)
+    width = max(int(per_user.max()), 1)
+    history = np.zeros((n_users, width), dtype=np.int64)
+    follower = np.full((n_users, width), -1, dtype=np.int64)  # next item in its session
+    n_seen = np.zeros(n_users, dtype=np.int64)
+    # (user, item) keys of the history, sorted, with the follower of the latest occurrence
+    known_keys = np.zeros(0, dtype=np.int64)
+    known_next = np.zeros(0, dtype=np.int64)
+
+    def revisit(sessions: np.ndarray, prev: np.ndarray | None, drawn: np.ndarray):
+        u = users[sessions]
+        picked = history[u, (rng.random(len(sessions)) * n_seen[u]).astype(np.int64)]
+        ok = n_seen[u] > 0
+        if prev is not None:  # the user's own path first, where it goes on
+            key = u * n_items + prev
+            at = np.minimum(np.searchsorted(known_keys, key), max(len(known_keys) - 1, 0))
+            nxt = (np.where(known_keys[at] == key, known_next[at], -1) if len(known_keys)
+                   else np.full(len(sessions), -1))
+            picked = np.where(nxt >= 0, nxt, picked)
+        return np.where(ok & (rng.random(len(sessions)) < repeat_strength), picked, drawn)
+
+    for r in range(int(rank.max()) + 1):
+        sessions = np.flatnonzero(rank == r)  # at most one session per user
+        fill(sessions, revisit)
+        u, n = users[sessions], lengths[sessions]
+        positions = np.arange(items.shape[1])
+        mask = positions[None, :] < n[:, None]
+        rows = np.repeat(u, n)
+        cols = (n_seen[u][:, None] + positions[None, :])[mask]
+        block = items[sessions]
+        history[rows, cols] = block[mask]
+        nxt = np.full(block.shape, -1, dtype=np.int64)
+        nxt[:, :-1] = block[:, 1:]
+        follower[rows, cols] = nxt[mask]
+        n_seen[u] += n
+        # The lookup again: the latest occurrence of each (user, item) with a follower.
+        uu, jj = np.nonzero((np.arange(width)[None, :] < n_seen[:, None]) & (follower >= 0))
+        key = uu * n_items + history[uu, jj]
+        last = np.lexsort((jj, key))
+        key, nxt_all = key[last], follower[uu[last], jj[last]]
+        keep = np.r_[key[1:] != key[:-1], True]
+        known_keys, known_next = key[keep], nxt_all[keep]

@@ -12,10 +12,15 @@ from sklearn.utils._param_validation import StrOptions
 from .._base import SessionRecommender, plain_labels
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents, user_codes
+from .._native import kernels as _kernels
+from .._topk import top_of_scores
+from .._user_history import UserHistory, training_counts, user_item_counts
 from .._validation import DROPOUT, POSITIVE_INT, USER_COLUMN
 from ..nn._hrnn_network import HRNNNetwork
 from ..nn._losses import StepConfig
+from ..nn._repeats import UserHistories, add_repeat_bonus_
 from ._epochs import document_epochs, mrr_of_score_blocks
+from ._item_matrix import csr_from_state, csr_state
 from ._recurrent import (
     SampledTrainingMixin,
     TrainingRun,
@@ -52,6 +57,23 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     later ones (the paper's bootstrapping); unknown users start from zero, like a
     session-only RNN.
 
+    Repeat-aware scores (``repeat_aware=True``, the default; beyond the paper): users
+    come back to the very items of their earlier sessions, which a softmax over item
+    rows can only learn item by item, user by user, and which the paper's HRNN
+    therefore misses (it loses to Personal POP on such data). Every item the user had
+    gets, on top of its network score, a bonus from its counts among the user's events
+    of earlier sessions (``n_past``, training history included) and of the current
+    session so far (``n_now``): ``g_1 log(1 + n_past) + g_2 log(1 + n_now) + g_3
+    [n_past > 0] + g_4 [n_now > 0]``, with gates read from the session state (``g = h
+    W_rep + b_rep``, learned; the session state starts from the user state). In
+    training, each slot's target is ranked against every item of its
+    user's history besides the sampled negatives, so the gates learn how a target
+    compares with the rest of the user's history. ``repeat_aware=False`` is the paper's
+    model. Costs: a training step reads its slots' histories (the users' events so
+    far), a prediction adds the user's counts to the scores, and the fitted model keeps
+    the training users' item counts (``user_items_``). See
+    ``docs/personalisation.md`` for the measurements behind the default.
+
     Parameters
     ----------
     session_size : int, default=100
@@ -61,6 +83,9 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     user_propagation : {"init", "all"}, default="init"
         HRNN Init (the user state only initialises sessions) or HRNN All (also fed to
         the session GRU at every step).
+    repeat_aware : bool, default=True
+        Score the items of the user's own history through the gated bonus above;
+        False gives the paper's HRNN.
     loss : {"top1", "cross-entropy", "bpr-max", "top1-max", "bpr"}, default="top1"
         Training loss; the paper uses TOP1. Definitions as in :class:`GRU4RecRecommender`.
     batch_size : int, default=50
@@ -103,6 +128,9 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         Training users.
     user_states_ : torch.Tensor of shape (n_users, user_size)
         Each training user's state after their last training session.
+    user_items_ : scipy.sparse.csr_matrix of shape (n_users, n_items_) or None
+        With ``repeat_aware``, each training user's event counts per item (the history
+        the repeat bonus reads in prediction); None otherwise.
 
     Notes
     -----
@@ -122,6 +150,9 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     * A session with no known event, of a known user, is scored from the user's stored
       state (the recommendation at the start of a session); of an unknown user, by the
       output bias.
+    * With repeat-aware scores, the loss in ``history_`` (and the divergence check) is
+      the network's sampled loss, as without them, so that runs compare; the gradient
+      is that of the repeat-aware loss.
 
     References
     ----------
@@ -142,9 +173,9 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     """
 
     def __init__(self, *, session_size=100, user_size=100, user_propagation="init",
-                 loss="top1", batch_size=50, dropout_p_user=0.0, dropout_p_session=0.1,
-                 dropout_p_init=0.0, learning_rate=0.1, momentum=0.0, n_sample=0,
-                 sample_alpha=0.75, embedding=0, constrained_embedding=False, bpreg=1.0,
+                 repeat_aware=True, loss="top1", batch_size=50, dropout_p_user=0.0,
+                 dropout_p_session=0.1, dropout_p_init=0.0, learning_rate=0.1, momentum=0.0,
+                 n_sample=0, sample_alpha=0.75, embedding=0, constrained_embedding=False, bpreg=1.0,
                  elu_param=0.5, logq=0.0, final_activation="auto", n_epochs=10,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=None,
                  refit=True, callbacks=None, sample_store_size=10_000_000,
@@ -154,6 +185,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         self.session_size = session_size
         self.user_size = user_size
         self.user_propagation = user_propagation
+        self.repeat_aware = repeat_aware
         self.loss = loss
         self.batch_size = batch_size
         self.dropout_p_user = dropout_p_user
@@ -192,6 +224,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         "session_size": POSITIVE_INT,
         "user_size": POSITIVE_INT,
         "user_propagation": [StrOptions({"init", "all"})],
+        "repeat_aware": ["boolean"],
         "dropout_p_user": DROPOUT,
         "dropout_p_session": DROPOUT,
         "dropout_p_init": DROPOUT,
@@ -206,7 +239,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         return HRNNNetwork(self.n_items_, int(self.session_size), int(self.user_size),
                            embedding=int(self.embedding),
                            constrained_embedding=bool(self.constrained_embedding),
-                           user_propagation=self.user_propagation)
+                           user_propagation=self.user_propagation,
+                           repeats=bool(self.repeat_aware))
 
     # -- training -------------------------------------------------------------------------
 
@@ -214,6 +248,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         self._fit_in_epochs(events)
         del self._training_events_
         self.user_states_ = self._final_user_states(events)
+        self.user_items_ = (user_item_counts(events, self.n_items_) if self.repeat_aware
+                            else None)
 
     def _final_user_states(self, events: SessionEvents) -> torch.Tensor:
         """Every training user's state after their last session of ``events``: the user
@@ -262,9 +298,14 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         only the targets of held-out sessions."""
         held_out = np.zeros(events.n_events, dtype=bool)
         held_out[train.n_events:] = True
-        return mrr_of_score_blocks(
-            self._walk(events, held_out & ~events.is_last, self.network_), events,
-            self.device_)
+        score_after = held_out & ~events.is_last
+        if not self.repeat_aware:
+            return mrr_of_score_blocks(self._walk(events, score_after, self.network_),
+                                       events, self.device_)
+        # The users' histories: the walked events alone (no training counts).
+        return mrr_of_score_blocks(self._with_repeats(
+            events, self._walk(events, score_after, self.network_, score_top=False),
+            training=False), events, self.device_)
 
     def _step_config(self) -> StepConfig:
         return replace(super()._step_config(), dropout_p_user=float(self.dropout_p_user),
@@ -279,15 +320,31 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         # the network as trained so far (_user_states).
         self.network_ = network
         self.user_labels_, self._training_events_ = events.user_labels, events
+        vars(self).pop("user_items_", None)  # of the events this run trains on
 
         def fresh_state(width: int) -> list:
             vars(self).pop("user_states_", None)  # out of date once training goes on
             return network.zero_state(width)[:2]  # training carries no earlier state
 
         with TrainingRun(self, network, generator, events, schedule) as run:
+            if network.repeats:
+                run.training.histories = self._user_histories(events)
             run.run(trainer, n_epochs=n_epochs, name=name, extra=extra,
                     fresh_state=fresh_state)
         return generator.initial_seed()
+
+    def _user_histories(self, events: SessionEvents) -> UserHistories:
+        """Where each training event's user history lies (repeat-aware training)."""
+        device = self.device_
+        history = UserHistory(events, device)
+        positions = np.arange(events.n_events)
+        start, _ = history.through(positions)
+        session_start = history.rank[events.offsets[events.session_of_event]]
+        by_user = torch.as_tensor(history.by_user, device=device)
+        return UserHistories(torch.as_tensor(start, device=device),
+                             torch.as_tensor(history.rank, device=device),
+                             torch.as_tensor(session_start, device=device),
+                             history.items.index_select(0, by_user), self.n_items_)
 
     # -- inference ------------------------------------------------------------------------
 
@@ -327,9 +384,86 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     def _iter_scores(self, events: SessionEvents, score_after: np.ndarray, *,
                      score_top: bool = True, context=None):
         """The users' sessions walked in parallel (:meth:`_walk`), known users continuing
-        from their stored state."""
-        yield from self._walk(events, score_after, self.network_, context,
-                              score_top=score_top, resume=self._resume_known_users(events))
+        from their stored state; with repeat-aware scores, the bonus of each user's
+        history added (training events included)."""
+        repeats = self.repeat_aware and score_top
+        blocks = self._walk(events, score_after, self.network_, context,
+                            score_top=score_top and not repeats,
+                            resume=self._resume_known_users(events))
+        yield from self._with_repeats(events, blocks) if repeats else blocks
+
+    # -- repeat-aware scores --------------------------------------------------------------
+
+    @property
+    def _scores_read_history(self) -> bool:
+        """Whether a list depends on the user's history beyond the network state (live
+        sessions then score through :meth:`_top_of_states`)."""
+        return bool(self.repeat_aware)
+
+    def _product_scores(self) -> bool:
+        return not self.repeat_aware and super()._product_scores()
+
+    @staticmethod
+    def _rows_product(rows: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor,
+                      fused: bool) -> torch.Tensor:
+        """``rows weights + bias``; with the fused kernels (``fused``: the call's one
+        choice of backend) each row bit for bit the same whatever the rows computed
+        with it (a click alone or in a batch), as the product top-k of the plain
+        network."""
+        if fused:
+            return _kernels.linear(rows, weights, bias)
+        return torch.addmm(bias, rows, weights)
+
+    def _user_item_counts(self):
+        """``user_items_``; during a fit (a callback scoring the model between epochs)
+        computed from the fit's events."""
+        if "user_items_" not in vars(self):
+            self.user_items_ = user_item_counts(self._training_events_, self.n_items_)
+        return self.user_items_
+
+    def _repeat_scores(self, history: UserHistory, users: np.ndarray,
+                       positions: np.ndarray | None, top: torch.Tensor, fused: bool,
+                       sessions: np.ndarray | None = None) -> torch.Tensor:
+        """Every item's score after each position (or, with ``sessions``, before each
+        session's first event): the network's, plus the repeat bonus from the user's
+        training counts (``users``: training codes, -1 for none) and frame history."""
+        network, device = self.network_, self.device_
+        matrix = network.scoring_matrix()
+        w = network.views(network.dense)
+        with torch.no_grad():
+            scores = self._rows_product(top, matrix[:-1], matrix[-1], fused)
+            gates = self._rows_product(top, w["w_rep"], w["b_rep"], fused)
+        counts = self._user_item_counts() if (users >= 0).any() else None
+        total = training_counts(counts, users, self.n_items_, dtype=torch.float32,
+                                device=device)
+        now = torch.zeros_like(total)
+        if sessions is None:
+            history.add(total, *history.through(positions))
+            history.add_session(now, positions)
+        else:
+            history.add(total, *history.before(sessions))
+        return add_repeat_bonus_(scores, gates, total.sub_(now), now)
+
+    def _with_repeats(self, events: SessionEvents, blocks, *, training: bool = True):
+        """``(positions, scores)`` blocks from the walk's ``(positions, top)`` blocks,
+        the user's history from the frame and (``training``) the training counts."""
+        history = UserHistory(events, self.device_)
+        users = (self._known_users(events)[events.users] if training
+                 else np.full(events.n_sessions, -1))
+        fused = _kernels.fused_for(self.device_)  # the walk's one choice of backend
+        for positions, top in blocks:
+            yield positions, self._repeat_scores(
+                history, users[events.session_of_event[positions]], positions, top, fused)
+
+    def _top_of_states(self, events: SessionEvents, positions: np.ndarray,
+                       top: torch.Tensor, k: int, exclude=None):
+        """The ``k`` best items after ``positions`` of ``events`` given the walk's top
+        states there (a live session's click), as :meth:`predict_next` selects them."""
+        scores = self._repeat_scores(UserHistory(events, self.device_),
+                                     self._known_users(events)[
+                                         events.users[events.session_of_event[positions]]],
+                                     positions, top, _kernels.fused_for(self.device_))
+        return top_of_scores(scores, k, exclude)
 
     def _empty_history_scores(self, events, sessions) -> torch.Tensor:
         network = self.network_
@@ -341,6 +475,10 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                 c = self._user_states()[torch.as_tensor(known[has], device=self.device_)]
                 hidden[torch.as_tensor(has, device=self.device_)] = network.session_init(
                     network.views(network.dense), c)
+            if self.repeat_aware:
+                return self._repeat_scores(UserHistory(events, self.device_), known, None,
+                                           hidden, _kernels.fused_for(self.device_),
+                                           sessions=sessions)
             scores = network.score_all(hidden)
         # Unknown users: the output bias alone (a zero state), as GRU4Rec.
         return scores
@@ -349,9 +487,12 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
 
     def _get_state(self) -> dict:
         labels = plain_labels(self.user_labels_, "user")
-        return {"network": dict(self.network_.state_dict()), "history": self.history_,
-                "user_states": self.user_states_, "user_labels": labels,
-                "selection": self._selection_state()}
+        state = {"network": dict(self.network_.state_dict()), "history": self.history_,
+                 "user_states": self.user_states_, "user_labels": labels,
+                 "selection": self._selection_state()}
+        if self.user_items_ is not None:
+            state.update(csr_state(self.user_items_, "user_"))
+        return state
 
     def _set_state(self, state: dict) -> None:
         self._set_selection_state(state)
@@ -361,3 +502,5 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         self.history_ = state["history"]
         self.user_states_ = state["user_states"]
         self.user_labels_ = pd.Index(state["user_labels"])
+        self.user_items_ = (csr_from_state(state, self.n_items_, "user_")
+                            if self.repeat_aware else None)

@@ -164,7 +164,7 @@ class TrainingRun:
         device = model.device_
         self.network, self.schedule, self.device = network, schedule, device
         items = torch.as_tensor(events.items, device=device)
-        positions = torch.as_tensor(schedule.positions, device=device)
+        self.positions = positions = torch.as_tensor(schedule.positions, device=device)
         self.inputs, self.targets = items[positions], items[positions + 1]
         self.starts = start_codes(schedule.session_start, schedule.user_start)
         self.keep = keep_rows(self.starts, device)
@@ -179,7 +179,7 @@ class TrainingRun:
         targets = self.targets[start:stop]
         return TrainBatch(self.inputs[start:stop], targets, samples,
                           self.score_shift(targets, samples), self.starts[start:stop],
-                          self.keep[start:stop])
+                          self.keep[start:stop], self.positions[start:stop])
 
     def step(self, start: int, stop: int, state: list) -> torch.Tensor:
         """One training step on entries ``start:stop``; returns the summed loss."""
@@ -358,25 +358,29 @@ class SampledTrainingMixin(EpochTrainingMixin):
             yield (schedule.positions[start:stop][selected],
                    network.score_top(top, matrix) if score_top else top)
 
+    def _product_scores(self) -> bool:
+        """Whether ranks and top lists come straight from the product of the top states
+        and the output table, without a score matrix: on the CPU with the fused kernels
+        (the evaluation's backend), for a network whose scores are that product
+        (:class:`OutputTableScores`: GRU4Rec, HRNN without repeat-aware scores)."""
+        return (isinstance(self.network_, OutputTableScores)
+                and _kernels.fused_for(self.device_))
+
     def _iter_ranks(self, events, ties: str):
-        """On the CPU with the fused kernels, for a network whose scores are the product
-        of ``[top | 1]`` and its output table (:class:`OutputTableScores`: GRU4Rec, HRNN),
-        the ranks are counted straight from that product (:func:`ranks_from_top_states`:
-        no score matrix); elsewhere from the scores."""
-        if not (isinstance(self.network_, OutputTableScores)
-                and _kernels.fused_for(self.device_)):  # the evaluation's backend
+        """Where :meth:`_product_scores`, the ranks are counted straight from the
+        product (:func:`ranks_from_top_states`: no score matrix); elsewhere from the
+        scores."""
+        if not self._product_scores():
             yield from super()._iter_ranks(events, ties)
             return
         yield from self._fused_ranks(events, ties)
 
     def _iter_top(self, events, score_after, k: int, exclude_seen: bool):
-        """On the CPU with the fused kernels, for a network whose scores are the product
-        of ``[top | 1]`` and its output table (GRU4Rec, HRNN), the ``k`` best items are
-        selected while the scores are computed (:func:`~sessionrec._native.kernels.
-        product_topk`: no score matrix, and scores that do not depend on how many rows
-        are scored together); elsewhere from the scores."""
-        if not (isinstance(self.network_, OutputTableScores)
-                and _kernels.fused_for(self.device_)):
+        """Where :meth:`_product_scores`, the ``k`` best items are selected while the
+        scores are computed (:func:`~sessionrec._native.kernels.product_topk`: no score
+        matrix, and scores that do not depend on how many rows are scored together);
+        elsewhere from the scores."""
+        if not self._product_scores():
             yield from super()._iter_top(events, score_after, k, exclude_seen)
             return
         packed = _kernels.PackedScores(self.network_.scoring_matrix())

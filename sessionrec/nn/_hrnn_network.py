@@ -10,7 +10,8 @@ state of the session GRU, user state) through the user update (for the slots who
 session starts here), the session initialisation, one session-GRU step and the sampled
 scores to the loss. So the user GRU and ``W_init`` learn at session starts, and with
 ``user_propagation="all"`` the user-input weights of the session GRU learn at every step.
-Item tables still get sparse row updates.
+Item tables still get sparse row updates. With ``repeats`` the scores of the items of
+the user's own history get the gated bonus of :mod:`._repeats`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from ._interface import (
 )
 from ._item_tables import ItemTables
 from ._layers import DropoutMasks, gru_forward, init_uniform_
-from ._losses import StepConfig, sampled_loss
+from ._losses import StepConfig, masked_loss_and_grad, sampled_loss
 from ._optim import AdagradMomentum
+from ._repeats import N_REPEAT_FEATURES, UserHistories, repeat_bonus
 
 __all__ = ["HRNNNetwork", "HRNNTraining"]
+
 
 
 @dataclass
@@ -49,6 +52,9 @@ class HRNNTraining:
     user_masks: DropoutMasks | None
     session_masks: DropoutMasks | None
     init_masks: DropoutMasks | None
+    # Repeat-aware networks: where each training event's user history lies (set by the
+    # model, which knows the events).
+    histories: UserHistories | None = None
 
     def finish(self) -> None:
         """Give the item tables their own storage again (drops the optimiser state)."""
@@ -66,16 +72,19 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
     other weight lives in the flat buffer ``dense``: the session GRU (``wx`` unless
     one-hot, ``wrz``, ``wh``, ``b``), the user GRU (``u_wx``, ``u_wrz``, ``u_wh``,
     ``u_b``), the initialisation (``w_init``, ``b_init``) and, for
-    ``user_propagation="all"``, ``w_user`` (user state to the reset and update gates).
+    ``user_propagation="all"``, ``w_user`` (user state to the reset and update gates),
+    and with ``repeats`` the gates of the repeat-aware scores (``w_rep``, ``b_rep``,
+    zero-initialised: training starts from the plain network's scores).
     """
 
     def __init__(self, n_items: int, session_size: int, user_size: int, *,
                  embedding: int = 0, constrained_embedding: bool = False,
-                 user_propagation: str = "init"):
+                 user_propagation: str = "init", repeats: bool = False):
         super().__init__()
         self.session_size = hs = int(session_size)
         self.user_size = hu = int(user_size)
         self.user_propagation = user_propagation
+        self.repeats = bool(repeats)
         n_input = self._make_item_tables(n_items, hs, hs, int(embedding),
                                          bool(constrained_embedding))
         # (name, rows, cols, gate blocks for the initialisation; 0 = zero-initialised bias)
@@ -87,6 +96,8 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
                    ("u_b", 1, 3 * hu, 0), ("w_init", hu, hs, 1), ("b_init", 1, hs, 0)]
         if user_propagation == "all":
             layout.append(("w_user", hu, 2 * hs, 2))
+        if self.repeats:
+            layout += [("w_rep", hs, N_REPEAT_FEATURES, 0), ("b_rep", 1, N_REPEAT_FEATURES, 0)]
         self._layout = layout
         self.dense = nn.Parameter(torch.zeros(sum(r * c for _, r, c, _ in layout)),
                                   requires_grad=False)
@@ -130,6 +141,11 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
         gi = torch.addmm(w["u_b"], last_session, w["u_wx"])
         return gru_forward(gi, user, w["u_wrz"], w["u_wh"], need_cache=False,
                            fused=fused)[0]
+
+    @staticmethod
+    def repeat_gates(w: dict, hidden: torch.Tensor) -> torch.Tensor:
+        """``[g_past, g_now] = h W_rep + b_rep`` of the repeat-aware scores (rows x 2)."""
+        return torch.addmm(w["b_rep"], hidden, w["w_rep"])
 
     @staticmethod
     def session_init(w: dict, user: torch.Tensor) -> torch.Tensor:
@@ -226,7 +242,8 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
             the user state is updated from the carried session state, and the session
             state re-initialised from it.
         state : [session state (B, H_s), user state (B, H_u)]
-            Replaced by the new states.
+            Replaced by the new states. A repeat-aware network reads the slots' user
+            histories at ``batch.positions`` (``training.histories``).
 
         Returns
         -------
@@ -244,7 +261,15 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
         size = self.session_size
         columns = targets if samples is None else torch.cat([targets, samples])
         constrained = self.input_mode == "constrained"
-        rows = self.step_rows(training.tables, items, columns)
+        history = None
+        if self.repeats:
+            # Each slot's own history items are scored too (their rows trained as well).
+            history = training.histories.step(batch.positions)
+            padded = history.padded()
+            rows = self.step_rows(training.tables, items,
+                                  torch.cat([columns, padded[0][padded[3]]]))
+        else:
+            rows = self.step_rows(training.tables, items, columns)
         out_rows = rows.out.param.detach().requires_grad_(True)
         in_leaf = None if constrained else rows.inputs.param.detach().requires_grad_(True)
         # One leaf per weight (views of the flat buffer): a leaf that is the whole buffer
@@ -278,9 +303,16 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
             h = self.session_step(w, x, onehot_rows, hidden, user, fused=False)
             if training.session_masks is not None:
                 h = h * training.session_masks.next(n)
+            # The scores of the distinct items (with repeats, the slots' histories too: one
+            # product, faster than gathering each history entry's row for its slot).
             scores = torch.addmm(out_rows[:, size], h, out_rows[:, :size].t())
-            loss, d_scores, d_target = sampled_loss(scores, columns, rows.column_of, n,
-                                                  config, score_shift)
+            if self.repeats:
+                loss, d_scores, d_target = self._repeat_loss(
+                    config, batch, self.repeat_gates(w, h), scores, columns,
+                    rows.column_of, history, padded, score_shift)
+            else:
+                loss, d_scores, d_target = sampled_loss(scores, columns, rows.column_of, n,
+                                                      config, score_shift)
             torch.autograd.backward(d_target, d_scores)
 
         grads = self.views(training.grad_flat)
@@ -294,3 +326,44 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
                               None if in_leaf is None else in_leaf.grad)
         state[0], state[1] = h.detach(), user.detach()
         return loss
+
+    @staticmethod
+    def _repeat_loss(config: StepConfig, batch: TrainBatch, gates: torch.Tensor,
+                     scores: torch.Tensor, columns: torch.Tensor, column_of: torch.Tensor,
+                     history, padded: tuple, score_shift: torch.Tensor | None):
+        """The loss of a repeat-aware step (see :mod:`._repeats`): each slot's target
+        against the sampled ``columns`` that are not in its user's history and against
+        every item of that history (``history``, a :class:`~._repeats.StepHistory`, and
+        its :meth:`~._repeats.StepHistory.padded` form), each with its repeat bonus; the
+        history columns without the losses' score regulariser. ``scores``: of the
+        distinct items; ``column_of`` maps the columns, then the history entries, to
+        them. Returns ``(loss, grad, output)`` as :func:`~._losses.sampled_loss`."""
+        n, n_columns = len(batch.targets), len(columns)
+        items, past, now, valid = padded
+        col_scores = scores.index_select(1, column_of[:n_columns])
+        if score_shift is not None:
+            col_scores = col_scores + score_shift
+        # A sampled column that is an item of the slot's history counts there instead.
+        col_past, col_now = history.lookup(columns)
+        excluded = (col_past + col_now) > 0
+        excluded[:, :n].diagonal().fill_(False)
+        col_scores = col_scores + repeat_bonus(gates, col_past, col_now)
+        lookup = torch.zeros(items.shape, dtype=torch.int64, device=items.device)
+        lookup[valid] = column_of[n_columns:]
+        in_history = scores.gather(1, lookup) + repeat_bonus(gates, past, now)
+        full = torch.cat([col_scores, in_history], dim=1)
+        excluded_history = ~valid | (items == batch.targets.unsqueeze(1))
+        unregularised = torch.zeros_like(full, dtype=torch.bool)
+        unregularised[:, n_columns:] = True
+        loss, grad = masked_loss_and_grad(
+            full.detach(), torch.cat([excluded, excluded_history], dim=1), config.loss,
+            bpreg=config.bpreg, activation=config.activation, elu_param=config.elu_param,
+            unregularised=unregularised)
+        # The loss reported (history_, the divergence check) is the network's sampled
+        # loss, as without repeats: comparable between the two, and it grows when the
+        # scores blow up (the history columns, without a regulariser, would hide it). A
+        # NaN anywhere still shows.
+        with torch.no_grad():
+            reported = sampled_loss(scores.detach(), columns, column_of[:n_columns], n,
+                                    config, score_shift)[0]
+        return reported + 0.0 * loss, grad, full

@@ -87,6 +87,9 @@ class TrainBatch:
         :func:`keep_rows` of ``starts``: 0.0 where the slot starts from a zero state,
         else 1.0 (the session networks' reset). Made once per schedule, not per step: on
         a GPU a per-step copy from the host costs more than the reset.
+    positions : LongTensor (B,) or None
+        The events of the slots' inputs (indices into the fit's events), on the device,
+        for a network that looks up more than the items (HRNN's repeat-aware counts).
     """
 
     items: torch.Tensor
@@ -95,6 +98,7 @@ class TrainBatch:
     score_shift: torch.Tensor | None
     starts: torch.Tensor | None
     keep: torch.Tensor
+    positions: torch.Tensor | None = None
 
 
 def start_codes(session_start, user_start=None) -> torch.Tensor:

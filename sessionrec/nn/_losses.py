@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["StepConfig", "LOSSES", "LOSS_FLOORS", "FINAL_ACTIVATIONS", "loss_and_grad",
-           "bpr_max_closed_form", "cross_entropy_distinct", "sampled_loss"]
+           "bpr_max_closed_form", "cross_entropy_distinct", "masked_loss_and_grad",
+           "sampled_loss"]
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,93 @@ def loss_and_grad(scores: torch.Tensor, loss: str, *, bpreg: float = 1.0,
         total = per_row.sum()
         (grad,) = torch.autograd.grad(total, leaf)
     return total.detach(), grad.mul_(1.0 / n_rows)
+
+
+def masked_loss_and_grad(scores: torch.Tensor, excluded: torch.Tensor, loss: str, *,
+                         bpreg: float = 1.0, activation: str = "linear",
+                         elu_param: float = 0.5, unregularised: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`loss_and_grad` where each row ranks its target (column ``i`` of row ``i``)
+    against its own set of negatives: the columns where ``excluded`` (bool, B x N) is
+    False. Each loss keeps its definition over the row's negatives (TOP1: the mean of
+    its terms with the target's own column; BPR: the mean; the ``-max`` losses: the
+    softmax over them). ``unregularised`` (bool, B x N, optional): negatives left out
+    of the score regulariser (TOP1's ``sigmoid(r_j^2)``, bpr-max's ``bpreg r_j^2``).
+    ``scores`` is not modified. TOP1 with a linear activation (HRNN's default) has its
+    gradient in closed form; the others are differentiated by autograd."""
+    if loss == "top1" and activation == "linear":
+        return _masked_top1(scores, excluded, unregularised)
+    return _masked_autograd(scores, excluded, loss, bpreg, activation, elu_param,
+                            unregularised)
+
+
+def _masked_autograd(scores, excluded, loss, bpreg, activation, elu_param, unregularised):
+    """:func:`masked_loss_and_grad` differentiated by autograd (any loss)."""
+    n_rows = scores.shape[0]
+    leaf = scores.detach().requires_grad_(True)
+    with torch.enable_grad():
+        s = leaf
+        if activation == "tanh":
+            s = torch.tanh(s)
+        elif activation == "elu":
+            s = torch.nn.functional.elu(s, elu_param)
+        target = s.diagonal().unsqueeze(1)
+        negative = ~excluded
+        negative.diagonal().fill_(False)
+        n_negative = negative.sum(dim=1)
+        regularised = negative if unregularised is None else negative & ~unregularised
+        if loss == "cross-entropy":
+            per_row = (torch.logsumexp(s.masked_fill(excluded, float("-inf")), dim=1)
+                       - target.squeeze(1))
+        elif loss == "top1":
+            terms = (torch.sigmoid(s - target) * negative
+                     + torch.sigmoid(s * s) * regularised)
+            per_row = (terms.sum(dim=1) + 0.5) / (n_negative + 1)
+        elif loss == "bpr":
+            log_sig = torch.nn.functional.logsigmoid(target - s) * negative
+            per_row = -log_sig.sum(dim=1) / n_negative.clamp(min=1)
+        else:
+            weights = s.masked_fill(~negative, float("-inf")).softmax(dim=1)
+            weights = torch.nan_to_num(weights)  # a row without negatives
+            if loss == "top1-max":
+                terms = torch.sigmoid(s - target) + torch.sigmoid(s * s) * regularised
+                per_row = (weights * terms).sum(dim=1)
+            else:  # bpr-max
+                ranked = (weights * torch.sigmoid(target - s)).sum(dim=1)
+                per_row = (-torch.log(ranked + 1e-24)
+                           + bpreg * (weights * s * s * regularised).sum(dim=1))
+        per_row = per_row * (n_negative > 0)  # no negative: no ranking signal
+        total = per_row.sum()
+        (grad,) = torch.autograd.grad(total, leaf)
+    return total.detach(), grad.mul_(1.0 / n_rows)
+
+
+def _masked_top1(scores: torch.Tensor, excluded: torch.Tensor,
+                 unregularised: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`masked_loss_and_grad` of TOP1 with a linear activation, in closed form.
+
+    Row ``i``: ``(sum_j n_ij a_ij + sum_j g_ij b_ij + 1/2) / (N_i + 1)`` with
+    ``a = sigmoid(s - s_ii)``, ``b = sigmoid(s^2)``, ``n`` the negatives, ``g`` those
+    regularised and ``N_i`` their number; so ``dL/ds_ij = (n_ij a (1 - a) + g_ij b (1 - b)
+    2 s_ij) / (N_i + 1)`` and ``dL/ds_ii = -sum_j n_ij a_ij (1 - a_ij) / (N_i + 1)``.
+    """
+    n_rows = scores.shape[0]
+    s = scores.detach()
+    negative = ~excluded
+    negative.diagonal().fill_(False)
+    regularised = negative if unregularised is None else negative & ~unregularised
+    negative, regularised = negative.to(s.dtype), regularised.to(s.dtype)
+    n_negative = negative.sum(dim=1, keepdim=True)
+    scale = 1.0 / (n_negative + 1.0)
+    a = torch.sigmoid(s - s.diagonal().unsqueeze(1))
+    b = torch.sigmoid(s * s)
+    per_row = ((negative * a).sum(dim=1, keepdim=True)
+               + (regularised * b).sum(dim=1, keepdim=True) + 0.5) * scale
+    da = negative * a * (1.0 - a)
+    grad = (da + regularised * b * (1.0 - b) * 2.0 * s) * scale
+    grad.diagonal().copy_(-(da.sum(dim=1, keepdim=True) * scale).squeeze(1))
+    has = (n_negative > 0).to(s.dtype)  # no negative: no ranking signal
+    return (per_row * has).sum(), grad.mul_(has / n_rows)
 
 
 def sampled_loss(scores, columns, column_of, n, config, score_shift):

@@ -29,7 +29,7 @@ import torch
 from .._events import SessionEvents
 from .._native import kernels as _kernels
 from .._topk import exclusions_from_lists, top_of_scores
-from ..nn._interface import CONTINUE, NEW_SESSION, NEW_USER, OutputTableScores
+from ..nn._interface import CONTINUE, NEW_SESSION, NEW_USER
 
 __all__ = ["HistoryBackend", "RecurrentBackend", "backend_for", "session_frame"]
 
@@ -145,8 +145,8 @@ class RecurrentBackend(_Backend):
         # No per-item gate table: a walk of n_fed=0 events never builds one (GRU4Rec's
         # table is bit for bit its step's product anyway with the fused kernels).
         self.context = network.walk_context(0, feeds_last=True)
-        self.fused = (isinstance(network, OutputTableScores)
-                      and _kernels.fused_for(self.device))
+        self.fused = model._product_scores()
+        self.history_scores = getattr(model, "_scores_read_history", False)
         matrix = network.scoring_matrix()
         self.packed = _kernels.PackedScores(matrix) if self.fused else None
         self.matrix = None if self.fused else matrix
@@ -258,6 +258,10 @@ class RecurrentBackend(_Backend):
             top = self.top_rows.index_select(
                 0, torch.as_tensor([r.slot for r in records], device=self.device))
         exclude = exclusions_from_lists([r.items for r in records]) if exclude_seen else None
+        if self.history_scores:  # scores that read the user's history (HRNN's repeats)
+            events, sessions = self._frame(records)
+            return self.model._top_of_states(events, events.offsets[sessions + 1] - 1, top,
+                                             k, exclude)
         if self.int8 is not None:
             return _kernels.int8_topk(top, self.int8, k, exclude)
         if self.fused:
