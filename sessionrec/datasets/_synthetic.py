@@ -39,13 +39,15 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
        it exactly; a model of the last item only (Item-KNN, Markov) sees a mixture of
        ``n_successors`` candidates. Otherwise the next item is a free draw.
     5. **Returning users** (``repeat_strength`` > 0, needs ``n_users``). A user's
-       sessions are generated in time order, and each free draw (the first item
-       included) is, with probability ``repeat_strength``, an item of the user's own
-       earlier sessions: one of their earlier events picked uniformly, so items they
-       came back to before are likelier to come back again. Users return to the very
-       items they saw, not only to a taste: Personal POP and a model that scores the
-       user's past items can use it, a session-only model cannot (it does not know
-       the user's earlier items).
+       sessions are generated in time order, and each position (the first included)
+       revisits the user's earlier sessions with probability ``repeat_strength``
+       instead of the draw above: after an item the user had before, the item that
+       followed it there (the user's own path, at its latest occurrence); otherwise
+       one of the user's earlier events picked uniformly, so items they came back to
+       before are likelier to come back again. Users return to the very items they
+       saw, not only to a taste: Personal POP and a model that scores the user's past
+       items can use it, a session-only model cannot (it does not know the user's
+       earlier items).
     6. **Times.** Sessions start uniformly over ``span_days`` days from 2024-01-01 (unix
        seconds); events are about a minute apart.
 
@@ -88,8 +90,8 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     user_items : int, default=10
         Favourite items per user.
     repeat_strength : float in [0, 1], default=0.0
-        Share of free draws that revisit an item of the user's earlier sessions (needs
-        ``n_users``; a user's first session has nothing to revisit).
+        Share of positions that revisit the user's earlier sessions (needs ``n_users``;
+        a user's first session has nothing to revisit).
     feature_noise : float, default=0.5
     span_days : float, default=30.0
     return_item_features : bool, default=False
