@@ -245,3 +245,26 @@ def test_masked_top1_in_closed_form_is_the_autograd_gradient(seed, rows, extra):
                                  unregularised)
     torch.testing.assert_close(closed[0], reference[0])
     torch.testing.assert_close(closed[1], reference[1])
+
+
+def test_prediction_follows_the_fitted_network_and_old_models_load(repeat_fitted, tmp_path):
+    import pickle
+
+    model, train, test = repeat_fitted
+    plain = HRNNRecommender(session_size=8, user_size=4, n_epochs=1, repeat_aware=False,
+                            device="cpu", random_state=0).fit(train)
+    expected = plain.predict_next(test, k=5)
+    # A parameter changed after fit does not change what the fitted network scores.
+    changed = pickle.loads(pickle.dumps(plain)).set_params(repeat_aware=True)
+    pd.testing.assert_frame_equal(changed.predict_next(test, k=5), expected)
+    # A model pickled before repeat-aware scores existed (no such parameter, no counts)
+    # loads as the paper's model.
+    state = plain.__getstate__()
+    del state["repeat_aware"], state["user_items_"]
+    old = HRNNRecommender.__new__(HRNNRecommender)
+    old.__setstate__(state)
+    assert old.repeat_aware is False
+    pd.testing.assert_frame_equal(old.predict_next(test, k=5), expected)
+    model.save(tmp_path / "hrnn.pt")
+    loaded = HRNNRecommender.load(tmp_path / "hrnn.pt")
+    pd.testing.assert_frame_equal(loaded.predict_next(test, k=5), model.predict_next(test, k=5))

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from sklearn.utils._param_validation import StrOptions
 
-from .._base import SessionRecommender, plain_labels
+from .._base import SessionRecommender, plain_labels, rows_per_block
 from .._batching import user_parallel_schedule
 from .._events import SessionEvents, user_codes
 from .._native import kernels as _kernels
@@ -231,7 +231,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         "user_key": USER_COLUMN,
     }
 
-    _LEGACY_PARAMS = dict(SampledTrainingMixin._epoch_legacy)
+    # Models saved before repeat-aware scores existed load as the paper's model.
+    _LEGACY_PARAMS = {**SampledTrainingMixin._epoch_legacy, "repeat_aware": False}
 
     _trainer_name = "HRNN"
 
@@ -299,7 +300,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         held_out = np.zeros(events.n_events, dtype=bool)
         held_out[train.n_events:] = True
         score_after = held_out & ~events.is_last
-        if not self.repeat_aware:
+        if not self._fitted_repeats:
             return mrr_of_score_blocks(self._walk(events, score_after, self.network_),
                                        events, self.device_)
         # The users' histories: the walked events alone (no training counts).
@@ -386,7 +387,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         """The users' sessions walked in parallel (:meth:`_walk`), known users continuing
         from their stored state; with repeat-aware scores, the bonus of each user's
         history added (training events included)."""
-        repeats = self.repeat_aware and score_top
+        repeats = self._fitted_repeats and score_top
         blocks = self._walk(events, score_after, self.network_, context,
                             score_top=score_top and not repeats,
                             resume=self._resume_known_users(events))
@@ -395,13 +396,19 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     # -- repeat-aware scores --------------------------------------------------------------
 
     @property
+    def _fitted_repeats(self) -> bool:
+        """Whether the fitted network scores with the repeat bonus (what it was fitted
+        with, whatever ``repeat_aware`` says now; False for a model saved before)."""
+        return bool(getattr(self.network_, "repeats", False))
+
+    @property
     def _scores_read_history(self) -> bool:
         """Whether a list depends on the user's history beyond the network state (live
         sessions then score through :meth:`_top_of_states`)."""
-        return bool(self.repeat_aware)
+        return self._fitted_repeats
 
     def _product_scores(self) -> bool:
-        return not self.repeat_aware and super()._product_scores()
+        return not self._fitted_repeats and super()._product_scores()
 
     @staticmethod
     def _rows_product(rows: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor,
@@ -451,9 +458,15 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         users = (self._known_users(events)[events.users] if training
                  else np.full(events.n_sessions, -1))
         fused = _kernels.fused_for(self.device_)  # the walk's one choice of backend
+        # A chunk holds three score-sized buffers (scores, counts of the history and of
+        # the session): a third of the rows of the walk's blocks keeps to its memory.
+        step = max(1, rows_per_block(self.n_items_, self.device_) // 3)
         for positions, top in blocks:
-            yield positions, self._repeat_scores(
-                history, users[events.session_of_event[positions]], positions, top, fused)
+            for at in range(0, len(positions), step):
+                chunk = positions[at:at + step]
+                yield chunk, self._repeat_scores(
+                    history, users[events.session_of_event[chunk]], chunk,
+                    top[at:at + step], fused)
 
     def _top_of_states(self, events: SessionEvents, positions: np.ndarray,
                        top: torch.Tensor, k: int, exclude=None):
@@ -475,7 +488,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                 c = self._user_states()[torch.as_tensor(known[has], device=self.device_)]
                 hidden[torch.as_tensor(has, device=self.device_)] = network.session_init(
                     network.views(network.dense), c)
-            if self.repeat_aware:
+            if self._fitted_repeats:
                 return self._repeat_scores(UserHistory(events, self.device_), known, None,
                                            hidden, _kernels.fused_for(self.device_),
                                            sessions=sessions)
@@ -490,7 +503,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         state = {"network": dict(self.network_.state_dict()), "history": self.history_,
                  "user_states": self.user_states_, "user_labels": labels,
                  "selection": self._selection_state()}
-        if self.user_items_ is not None:
+        if getattr(self, "user_items_", None) is not None:
             state.update(csr_state(self.user_items_, "user_"))
         return state
 
@@ -503,4 +516,4 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         self.user_states_ = state["user_states"]
         self.user_labels_ = pd.Index(state["user_labels"])
         self.user_items_ = (csr_from_state(state, self.n_items_, "user_")
-                            if self.repeat_aware else None)
+                            if network.repeats else None)

@@ -40,7 +40,6 @@ from ._repeats import N_REPEAT_FEATURES, UserHistories, repeat_bonus
 __all__ = ["HRNNNetwork", "HRNNTraining"]
 
 
-
 @dataclass
 class HRNNTraining:
     """What a training run keeps between steps (see :meth:`HRNNNetwork.start_training`)."""
@@ -144,7 +143,7 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
 
     @staticmethod
     def repeat_gates(w: dict, hidden: torch.Tensor) -> torch.Tensor:
-        """``[g_past, g_now] = h W_rep + b_rep`` of the repeat-aware scores (rows x 2)."""
+        """The gates ``h W_rep + b_rep`` of the repeat-aware scores (rows x 4)."""
         return torch.addmm(w["b_rep"], hidden, w["w_rep"])
 
     @staticmethod

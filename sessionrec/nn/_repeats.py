@@ -21,8 +21,10 @@ always right. Each training step therefore ranks a slot's target against *every*
 of the slot's user's history (:class:`StepHistory`) besides the sampled negatives: the
 history part of the ranking is exact, only the rest of the catalogue is sampled. A
 sampled column that is an item of the slot's history is masked for that slot (the item
-counts once). The network scores of the history columns are read without gradient:
-they train the gates; the item tables learn from the sampled columns as always.
+counts once). The history columns are trained like the sampled ones (the gates, the
+session state and the items' output rows get their gradients), but without the losses'
+score regulariser (TOP1's ``sigmoid(r^2)``): with it, the gates could not learn a large
+negative weight where the history never comes back.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ def repeat_bonus(gates: torch.Tensor, n_past: torch.Tensor, n_now: torch.Tensor
     zero."""
     return (gates[:, 0:1] * torch.log1p(n_past) + gates[:, 1:2] * torch.log1p(n_now)
             + gates[:, 2:3] * (n_past > 0) + gates[:, 3:4] * (n_now > 0))
-
 
 
 @torch.no_grad()
@@ -82,8 +83,8 @@ class StepHistory:
         query = (torch.arange(n_rows, device=columns.device).unsqueeze(1) * self.n_items
                  + columns.unsqueeze(0))
         if not len(self.keys):
-            zeros = torch.zeros(query.shape, device=columns.device)
-            return zeros, zeros
+            return (torch.zeros(query.shape, device=columns.device),
+                    torch.zeros(query.shape, device=columns.device))
         at = torch.searchsorted(self.keys, query).clamp_(max=len(self.keys) - 1)
         found = self.keys[at] == query
         return (torch.where(found, self.n_past[at], 0.0),
