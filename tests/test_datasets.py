@@ -180,3 +180,24 @@ def test_read_movielens_dat_format(tmp_path):
     assert ratings.to_numpy().tolist() == [[1, 1193, 5.0, 978300760], [1, 661, 3.0, 978302109]]
     movies = read_movielens_movies(tmp_path / "movies.dat")
     assert movies.loc[1, "title"] == "Caf\xe9 (1995)" and movies.loc[1, "year"] == 1995
+
+
+@pytest.mark.parametrize("topic_strength", [1.0, 0.6, 0.0])
+def test_topic_strength_sets_how_often_a_session_stays_in_its_topic(topic_strength):
+    events, features = make_sessions(n_sessions=3000, n_items=2000, n_topics=50,
+                                     transition_strength=0.0, topic_strength=topic_strength,
+                                     feature_noise=0.0, return_item_features=True,
+                                     random_state=0)
+    topic = features.to_numpy().argmax(axis=1)[events["ItemId"].to_numpy()]
+    first = topic[events.groupby("SessionId").cumcount().to_numpy() == 0]
+    session_topic = np.repeat(first, events.groupby("SessionId").size().to_numpy())
+    later = events.groupby("SessionId").cumcount().to_numpy() > 0
+    stay = (topic[later] == session_topic[later]).mean()
+    # A wandering draw lands in the session's topic by chance once in 50.
+    expected = topic_strength + (1 - topic_strength) / 50
+    assert abs(stay - expected) < 0.02, stay
+
+
+def test_topic_strength_is_a_probability():
+    with pytest.raises(ValueError, match="topic_strength"):
+        make_sessions(n_sessions=10, topic_strength=-0.1)

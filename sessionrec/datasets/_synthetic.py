@@ -14,8 +14,8 @@ _EPOCH = 1_704_067_200.0  # 2024-01-01 00:00:00 UTC, in unix seconds
 
 def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0,
                   max_length=30, popularity_exponent=1.0, n_topics=10, n_successors=3,
-                  transition_strength=0.7, user_strength=0.0, user_items=10,
-                  repeat_strength=0.0, feature_noise=0.5, span_days=30.0,
+                  transition_strength=0.7, topic_strength=1.0, user_strength=0.0,
+                  user_items=10, repeat_strength=0.0, feature_noise=0.5, span_days=30.0,
                   return_item_features=False, random_state=None):
     """Generate session events with planted structure whose strength is controlled.
 
@@ -37,7 +37,11 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
        the previous item's ``n_successors`` fixed successors, and *which* successor is
        decided by the item before the previous one. A model of the sequence can predict
        it exactly; a model of the last item only (Item-KNN, Markov) sees a mixture of
-       ``n_successors`` candidates. Otherwise the next item is a free draw.
+       ``n_successors`` candidates. Otherwise the next item is a free draw: from the
+       session's topic by popularity, or with probability ``1 - topic_strength`` from
+       a topic drawn at random (successors stay in their item's topic, so a click
+       stays in the topic with probability about ``transition_strength + (1 -
+       transition_strength) topic_strength``).
     5. **Returning users** (``repeat_strength`` > 0, needs ``n_users``). A user's
        sessions are generated in time order, and each position (the first included)
        revisits the user's earlier sessions with probability ``repeat_strength``
@@ -85,6 +89,8 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     n_topics : int, default=10
     n_successors : int, default=3
     transition_strength : float in [0, 1], default=0.7
+    topic_strength : float in [0, 1], default=1.0
+        Share of free draws (after the first item) that stay in the session's topic.
     user_strength : float in [0, 1], default=0.0
         Share of sessions that follow their user (needs ``n_users``).
     user_items : int, default=10
@@ -124,6 +130,7 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     transition_strength = check_real("transition_strength", transition_strength,
                                      min_value=0, max_value=1)
     user_strength = check_real("user_strength", user_strength, min_value=0, max_value=1)
+    topic_strength = check_real("topic_strength", topic_strength, min_value=0, max_value=1)
     feature_noise = check_real("feature_noise", feature_noise, min_value=0)
     span_days = check_real("span_days", span_days, min_value=0, min_inclusive=False)
     if n_users is not None:
@@ -179,7 +186,11 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     def free_draw(sessions: np.ndarray, first: bool = False) -> np.ndarray:
         if users is not None and first:
             return draw(entry_topic[sessions])
-        drawn = draw(session_topic[sessions])
+        topics = session_topic[sessions]
+        if topic_strength < 1 and not first:  # (no draw at 1: earlier outputs stay)
+            wander = rng.random(len(sessions)) >= topic_strength
+            topics = np.where(wander, rng.integers(n_topics, size=len(sessions)), topics)
+        drawn = draw(topics)
         if users is None:
             return drawn
         liked = favourite_items[users[sessions], rng.integers(user_items, size=len(sessions))]
