@@ -260,7 +260,7 @@ class HRNNNetwork(ItemTables, OutputTableScores, nn.Module):
         size = self.session_size
         columns = targets if samples is None else torch.cat([targets, samples])
         constrained = self.input_mode == "constrained"
-        history = None
+        history = padded = None  # the repeat-aware step's user histories
         if self.repeats:
             # Each slot's own history items are scored too (their rows trained as well).
             history = training.histories.step(batch.positions)
