@@ -16,6 +16,22 @@ Sections (``--section``):
   refit on all training sessions for the chosen epochs (the default) or not.
   The last columns split Recall@20 by the target item's and by the previous click's
   training support: below the median item support ("rare") or not.
+* ``noisy``: noisy dense features on a long tail (the regime of issue 25):
+  ``make_sessions(n_items=10_000, n_sessions=5000, n_topics=50, transition_strength=0,
+  topic_strength=0.6, feature_noise=r / sqrt(50))``: Zipf popularity inside each of
+  50 categories, about 22,000 training events, the next click in the current item's
+  category with probability 0.6, and features = one-hot category + Gaussian noise with
+  ``r`` times the signal's norm (r = 2 here). Last 3 days to test, 6 epochs, defaults
+  otherwise (``n_sample=128``, ``sample_alpha=0.5``); the paper's in-batch negatives
+  (``n_sample=0``) for comparison, clean and shuffled (uninformative) features, and the
+  MRR@20 on the last 800 training sessions, to show memorisation. Then a sweep over
+  the noise (none, 1x, 2x the signal) and the catalogue (2,000, 10,000 and 50,000
+  items, about 2 to 4 training events per item), ID-only against feature-only and the
+  parallel p-RNN.
+* ``cold``: the feature output (``feature_output=True``) on the noisy regime (1x noise,
+  4,000 items) with a random 5% of the items removed from the training events: their
+  Recall@20 as test targets (ranked among all items), and the MRR@20 of the targets
+  seen in training, with and without the feature output.
 * ``speed``: train events/s of the same ID-only network (one-hot input, TOP1, batch 50)
   in ``GRU4RecRecommender`` (hand-written backward pass) and ``ParallelRNNRecommender``
   (autograd), and of the parallel p-RNN with a dense and with a sparse feature set, on
@@ -23,7 +39,8 @@ Sections (``--section``):
 * ``memory``: one 100,000-column sparse feature set (10 non-zeros per item) over 50,000
   items, one epoch of the parallel p-RNN; prints train events/s and the peak RSS.
 
-Usage: ``python benchmarks/bench_prnn.py [--section planted,speed,memory] [--seeds 3]``
+Usage: ``python benchmarks/bench_prnn.py [--section planted,noisy,cold,speed,memory]
+[--seeds 3]``
 """
 
 from __future__ import annotations
@@ -101,6 +118,127 @@ def planted(seeds: int) -> None:
     print(table.round(4).to_string())
 
 
+N_TOPICS = 50
+
+
+def _noisy_data(seed: int, noise_ratio: float, n_items: int = 10_000,
+                n_sessions: int = 5000, kind: str = "noisy"):
+    events, features = make_sessions(
+        n_sessions=n_sessions, n_items=n_items, n_topics=N_TOPICS, transition_strength=0.0,
+        topic_strength=0.6, feature_noise=(0.0 if kind == "clean" else noise_ratio)
+        / np.sqrt(N_TOPICS), return_item_features=True, random_state=seed)
+    if kind == "shuffled":
+        features = features.set_axis(np.random.default_rng(100 + seed).permutation(
+            features.index))
+    train, test = train_test_split(events, splitter=TimeSplit(3))
+    return train, test, features
+
+
+def _mrr(model, events) -> float:
+    ranks = model.rank_next_items(events)
+    return mrr_at_k(ranks[ranks.notna()].to_numpy(), 20)
+
+
+def noisy(seeds: int) -> None:
+    paper = dict(n_sample=0, sample_alpha=0.75)
+    runs = [("ID only", dict(architecture="id"), "noisy"),
+            ("ID only, in-batch negatives (paper)", dict(architecture="id", **paper),
+             "noisy"),
+            ("feature only", dict(architecture="feature"), "noisy"),
+            ("feature only, in-batch negatives (paper)",
+             dict(architecture="feature", **paper), "noisy"),
+            ("feature only, clean one-hot features", dict(architecture="feature"),
+             "clean"),
+            ("feature only, shuffled features", dict(architecture="feature"), "shuffled")]
+    for training in ("simultaneous", "residual", "interleaving"):
+        runs.append((f"parallel, {training}", dict(training=training), "noisy"))
+    runs += [("parallel, interleaving, in-batch negatives (paper)",
+              dict(training="interleaving", **paper), "noisy"),
+             ("parallel, residual, early stopping", dict(training="residual",
+                                                         early_stopping=True), "noisy"),
+             ("parallel, residual, shuffled features", dict(training="residual"),
+              "shuffled"),
+             ("parallel, interleaving, shuffled features", dict(training="interleaving"),
+              "shuffled"),
+             ("parallel, residual, early stopping, shuffled features",
+              dict(training="residual", early_stopping=True), "shuffled")]
+    rows = {name: [] for name, _, _ in runs}
+    for seed in range(seeds):
+        for name, params, kind in runs:
+            train, test, features = _noisy_data(seed, 2.0, kind=kind)
+            model = ParallelRNNRecommender(n_epochs=6, random_state=seed, device="cpu",
+                                           **params)
+            start = time.perf_counter()
+            model.fit(train, item_features=None if params.get("architecture") == "id"
+                      else {"topic": features})
+            last = train[train["SessionId"].isin(train["SessionId"].unique()[-800:])]
+            rows[name].append({"MRR@20": _mrr(model, test),
+                               "MRR@20 train sessions": _mrr(model, last),
+                               "fit s": time.perf_counter() - start})
+    table = pd.DataFrame({name: pd.DataFrame(r).mean() for name, r in rows.items()}).T
+    base = table.loc["ID only", "MRR@20"]
+    table["MRR@20 vs ID only"] = (table["MRR@20"] / base - 1.0).map("{:+.1%}".format)
+    print(f"\n## noisy dense features, noise 2x the signal (mean of {seeds} seeds)\n")
+    print(table.round(4).to_string())
+    sweep = []
+    for n_items, n_sessions in ((2000, 2000), (10_000, 5000), (50_000, 25_000)):
+        for ratio in (0.0, 1.0, 2.0):
+            found = {}
+            for name, params in (("ID only", dict(architecture="id")),
+                                 ("feature only", dict(architecture="feature")),
+                                 ("parallel, interleaving", dict(training="interleaving")),
+                                 ("parallel, residual", dict(training="residual"))):
+                values = []
+                for seed in range(min(seeds, 2)):
+                    train, test, features = _noisy_data(seed, ratio, n_items, n_sessions)
+                    model = ParallelRNNRecommender(n_epochs=6, random_state=seed,
+                                                   device="cpu", **params)
+                    model.fit(train, item_features=None if name == "ID only"
+                              else {"topic": features})
+                    values.append(_mrr(model, test))
+                found[name] = np.mean(values)
+            sweep.append({"items": n_items, "train events": len(train),
+                          "noise / signal": ratio, **found})
+    print(f"\n## sweep: MRR@20 by catalogue and noise (mean of {min(seeds, 2)} seeds)\n")
+    print(pd.DataFrame(sweep).round(4).to_string(index=False))
+
+
+def cold(seeds: int) -> None:
+    rows = []
+    for architecture, training in (("feature", "residual"), ("parallel", "interleaving"),
+                                   ("parallel", "residual")):
+        found = {"cold R@20": [], "cold MRR@20": [], "seen MRR@20": [],
+                 "seen MRR@20 without": []}
+        for seed in range(seeds):
+            train, test, features = _noisy_data(seed, 1.0, n_items=4000, n_sessions=4000)
+            held = np.random.default_rng(seed + 7).choice(
+                features.index.to_numpy(), size=len(features) // 20, replace=False)
+            train = train[~train["ItemId"].isin(held)]
+            train = train[train.groupby("SessionId")["ItemId"].transform("size") >= 2]
+            for output in (True, False):
+                model = ParallelRNNRecommender(
+                    architecture=architecture, training=training, feature_output=output,
+                    n_epochs=6, random_state=seed, device="cpu")
+                model.fit(train, item_features={"topic": features})
+                ranks = model.rank_next_items(test)
+                targets = test.loc[ranks.index, "ItemId"]
+                seen = (targets.isin(train["ItemId"]) & ranks.notna()).to_numpy()
+                values = ranks.to_numpy()
+                if output:
+                    is_cold = targets.isin(held).to_numpy()
+                    found["cold R@20"].append(recall_at_k(values[is_cold], 20))
+                    found["cold MRR@20"].append(mrr_at_k(values[is_cold], 20))
+                    found["seen MRR@20"].append(mrr_at_k(values[seen], 20))
+                else:
+                    found["seen MRR@20 without"].append(mrr_at_k(values[seen], 20))
+        rows.append({"architecture": architecture, "training": training,
+                     **{k: np.mean(v) for k, v in found.items()}})
+    print(f"\n## cold-start items: 5% of 4,000 items without training events, "
+          f"feature_output=True (mean of {seeds} seeds; a random ranking has Recall@20 "
+          f"0.005)\n")
+    print(pd.DataFrame(rows).round(4).to_string(index=False))
+
+
 def speed(epochs: int = 2) -> None:
     """Training throughput of the same ID-only network in GRU4RecRecommender (hand-written
     backward pass) and in ParallelRNNRecommender (autograd), and of p-RNNs with features."""
@@ -159,12 +297,16 @@ def memory(n_items=50_000, n_columns=100_000, nnz=10) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", default="planted,speed,memory")
+    parser.add_argument("--section", default="planted,noisy,cold,speed,memory")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     sections = args.section.split(",")
     if "planted" in sections:
         planted(args.seeds)
+    if "noisy" in sections:
+        noisy(args.seeds)
+    if "cold" in sections:
+        cold(args.seeds)
     if "speed" in sections:
         speed()
     if "memory" in sections:

@@ -183,19 +183,25 @@ def test_read_movielens_dat_format(tmp_path):
 
 
 @pytest.mark.parametrize("topic_strength", [1.0, 0.6, 0.0])
-def test_topic_strength_sets_how_often_a_session_stays_in_its_topic(topic_strength):
+def test_topic_strength_sets_how_often_a_click_stays_in_the_current_topic(topic_strength):
     events, features = make_sessions(n_sessions=3000, n_items=2000, n_topics=50,
                                      transition_strength=0.0, topic_strength=topic_strength,
                                      feature_noise=0.0, return_item_features=True,
                                      random_state=0)
     topic = features.to_numpy().argmax(axis=1)[events["ItemId"].to_numpy()]
-    first = topic[events.groupby("SessionId").cumcount().to_numpy() == 0]
-    session_topic = np.repeat(first, events.groupby("SessionId").size().to_numpy())
     later = events.groupby("SessionId").cumcount().to_numpy() > 0
-    stay = (topic[later] == session_topic[later]).mean()
-    # A wandering draw lands in the session's topic by chance once in 50.
+    previous = np.r_[-1, topic[:-1]]
+    stay = (topic[later] == previous[later]).mean()
+    # A wandering draw lands in the current topic by chance once in 50.
     expected = topic_strength + (1 - topic_strength) / 50
     assert abs(stay - expected) < 0.02, stay
+    # The session moves with its clicks: after a wandering click, the next one stays in
+    # the new topic, not the session's first.
+    first = topic[events.groupby("SessionId").cumcount().to_numpy() == 0]
+    session_first = np.repeat(first, events.groupby("SessionId").size().to_numpy())
+    in_first = (topic[later] == session_first[later]).mean()
+    if 0 < topic_strength < 1:
+        assert in_first < stay - 0.05, (in_first, stay)
 
 
 def test_topic_strength_is_a_probability():

@@ -472,10 +472,16 @@ def _after_rare_click_recall(model, test) -> float:
 
 
 
+# The paper's negatives (in-batch only), the defaults before sampled negatives.
+PAPER_SAMPLING = dict(n_sample=0, sample_alpha=0.75)
+
+
 @functools.cache
-def _planted_seed(seed: int):
+def _planted_seed(seed: int, paper_sampling: bool = False):
     """Train/test split, features and uninformative features of one planted data set,
-    with the ID-only baselines' MRR@20 (5 and 10 epochs) and Recall@20 after rare clicks."""
+    with the ID-only baselines' MRR@20 (5 and 10 epochs) and Recall@20 after rare clicks
+    (with ``paper_sampling``, all with :data:`PAPER_SAMPLING`)."""
+    sampling = PAPER_SAMPLING if paper_sampling else {}
     events, features = make_sessions(random_state=seed, return_item_features=True,
                                      **PLANTED)
     shuffled = features.set_axis(np.random.default_rng(100 + seed).permutation(
@@ -484,7 +490,8 @@ def _planted_seed(seed: int):
     baseline = {}
     for epochs in (5, 10):
         model = ParallelRNNRecommender(architecture="id", n_epochs=epochs, hidden_size=50,
-                                       device="cpu", random_state=seed).fit(train)
+                                       device="cpu", random_state=seed,
+                                       **sampling).fit(train)
         baseline[f"id{epochs}"] = evaluate(model, test)["mrr@20"]
         if epochs == 10:
             baseline["id_rare"] = _after_rare_click_recall(model, test)
@@ -493,8 +500,9 @@ def _planted_seed(seed: int):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", [
-    # 5 ID epochs, then 1 epoch for the feature subnet.
-    dict(n_epochs=5, subnet_epochs={"topic": 1}),
+    # 5 ID epochs, then 1 epoch for the feature subnet, with the paper's in-batch
+    # negatives (with the default sampled negatives the ID subnet needs more epochs).
+    dict(n_epochs=5, subnet_epochs={"topic": 1}, **PAPER_SAMPLING),
     # The default 10 epochs per subnet, each subnet keeping its best epoch on held-out
     # sessions (and left out if none helps).
     dict(n_epochs=10, early_stopping=True),
@@ -508,7 +516,8 @@ def test_planted_feature_signal_helps_and_noise_does_not_hurt(setting):
     results = {key: [] for key in ("id5", "id10", "informative", "uninformative",
                                    "id_rare", "prnn_rare")}
     for seed in range(3):
-        train, test, features, shuffled, baseline = _planted_seed(seed)
+        train, test, features, shuffled, baseline = _planted_seed(
+            seed, paper_sampling=setting.get("n_sample") == 0)
         for key, value in baseline.items():
             results[key].append(value)
         for kind, given in (("informative", features), ("uninformative", shuffled)):
@@ -554,3 +563,33 @@ def test_divergence_is_judged_over_the_whole_fit():
             events, item_features={"topic": topics})
     assert any(issubclass(w.category, TrainingDivergenceWarning)
                and "learning_rate (now 1e+30)" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("setting", [
+    dict(architecture="id"),
+    dict(training="simultaneous", loss="cross-entropy"),
+    dict(training="interleaving", dropout_p_hidden=0.3),
+    dict(training="residual", subnet_epochs=1, loss="bpr-max"),
+    dict(architecture="concat"),
+    dict(training="alternating", feature_output=True),
+], ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_hand_written_backward_equals_autograd(setting, monkeypatch):
+    """The "sum" head trains with a hand-written backward pass (and the fused GRU step);
+    autograd over PyTorch's GRU gives the same training up to rounding."""
+    events, features = make_sessions(n_sessions=300, n_items=120, random_state=0,
+                                     return_item_features=True)
+    sparse = ItemFeatures(features.index,
+                          sp.csr_matrix(np.maximum(features.to_numpy(), 0.0)))
+    given = None if setting.get("architecture") == "id" else {"d": features, "s": sparse}
+    found = []
+    for autograd in (True, False):
+        monkeypatch.setattr(ParallelNetwork, "autograd_steps", autograd)
+        model = ParallelRNNRecommender(hidden_size=12, n_epochs=2, device="cpu",
+                                       random_state=0, **setting)
+        found.append(model.fit(events, item_features=given))
+    (a, b) = (m.network_.state_dict() for m in found)
+    for name in a:
+        np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=1e-5,
+                                   err_msg=name)
+    np.testing.assert_allclose([h["loss"] for h in found[0].history_],
+                               [h["loss"] for h in found[1].history_], rtol=1e-5)

@@ -39,9 +39,10 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
        it exactly; a model of the last item only (Item-KNN, Markov) sees a mixture of
        ``n_successors`` candidates. Otherwise the next item is a free draw: from the
        session's topic by popularity, or with probability ``1 - topic_strength`` from
-       a topic drawn at random (successors stay in their item's topic, so a click
-       stays in the topic with probability about ``transition_strength + (1 -
-       transition_strength) topic_strength``).
+       a topic drawn at random, which becomes the session's topic (successors stay in
+       their item's topic, so a click stays in the previous item's topic with
+       probability about ``transition_strength + (1 - transition_strength)
+       topic_strength``).
     5. **Returning users** (``repeat_strength`` > 0, needs ``n_users``). A user's
        sessions are generated in time order, and each position (the first included)
        revisits the user's earlier sessions with probability ``repeat_strength``
@@ -90,7 +91,8 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     n_successors : int, default=3
     transition_strength : float in [0, 1], default=0.7
     topic_strength : float in [0, 1], default=1.0
-        Share of free draws (after the first item) that stay in the session's topic.
+        Share of free draws (after the first item) that stay in the session's current
+        topic; the others move the session to a random topic.
     user_strength : float in [0, 1], default=0.0
         Share of sessions that follow their user (needs ``n_users``).
     user_items : int, default=10
@@ -186,10 +188,13 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     def free_draw(sessions: np.ndarray, first: bool = False) -> np.ndarray:
         if users is not None and first:
             return draw(entry_topic[sessions])
-        topics = session_topic[sessions]
         if topic_strength < 1 and not first:  # (no draw at 1: earlier outputs stay)
+            # A wandering draw moves the session to a random topic, which later draws
+            # follow: the next click stays in the current item's topic.
             wander = rng.random(len(sessions)) >= topic_strength
-            topics = np.where(wander, rng.integers(n_topics, size=len(sessions)), topics)
+            moved = rng.integers(n_topics, size=len(sessions))
+            session_topic[sessions[wander]] = moved[wander]
+        topics = session_topic[sessions]
         drawn = draw(topics)
         if users is None:
             return drawn

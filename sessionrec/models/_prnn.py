@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._base import SessionRecommender
 from .._batching import session_parallel_schedule
-from .._events import SessionEvents
+from .._events import ItemIndex, SessionEvents
 from .._training import Trainer, hold_out_last_sessions
 from .._validation import DROPOUT, Satisfies
 from ..callbacks import Callback
@@ -168,6 +168,26 @@ default="residual"
         dict from subnet name to epochs (subnets left out get ``n_epochs``); None means
         ``n_epochs``. Fewer epochs for a feature subnet limit how far it fits the
         residual of a small data set.
+    feature_output : bool, default=False
+        Beyond the paper: score items through their features as well as their ID rows.
+        In each subnet that reads features, item ``j``'s output row and bias become its
+        ID row plus ``sum_f x_fj Q_f`` (one learned matrix per feature set; sparse sets
+        update only the rows at the scored items' non-zero columns). Items that have
+        features but **no training event** join the catalogue (``item_index_``, support
+        0, after the training items): their ID rows are zero, so they are scored,
+        recommended and ranked through their features alone, and a session that clicks
+        one is understood through its features. The ID output rows of these subnets
+        start at zero (the shared feature part learns what items have in common first).
+        Applies to ``"feature"``, ``"concat"``, ``"parallel"`` and ``"interaction"``
+        (in the last two, to the feature subnets; the ID subnet keeps its own rows);
+        not to ``"id"`` (no features) or ``"shared_w"`` (one output table for all
+        subnets).
+    output_id_dropout : float in [0, 1), default=0.5
+        With ``feature_output``: in each training step, this share of the scored items
+        lose their ID rows in every subnet, as if they had no training events, so that
+        the feature part learns to score an item on its own and cold-start items are
+        scored on the scale of the others (the idea of DropoutNet, Volkovs et al.,
+        NeurIPS 2017). 0 trains the two parts together only.
     loss : {"top1", "cross-entropy", "bpr-max", "top1-max", "bpr"}, default="top1"
         Training loss (the paper: TOP1). Definitions as in :class:`GRU4RecRecommender`.
     batch_size : int, default=50
@@ -177,9 +197,17 @@ default="residual"
     learning_rate : float, default=0.05
         Adagrad learning rate.
     momentum : float in [0, 1), default=0.0
-    n_sample : int, default=0
-        Extra negatives per mini-batch; 0 = in-batch negatives only (the paper).
-    sample_alpha : float in [0, 1], default=0.75
+    n_sample : int, default=128
+        Extra negatives per mini-batch, drawn by support^``sample_alpha``; 0 gives
+        in-batch negatives only, the paper's setting. Not the paper's default, because
+        of what it costs with noisy features: with in-batch negatives a rare item is a
+        negative almost never, so its output row is only ever pulled towards the
+        states of the clicks before it, and a feature subnet, whose input carries every
+        item's own noise, learns those noise vectors as keys of the training
+        transitions (on the noisy-feature regime of ``benchmarks/bench_prnn.py``,
+        feature-only p-RNN: MRR@20 0.43 on training sessions, 0.08 on test ones).
+        Sampled negatives push those rows back (test MRR@20 0.18, above ID-only).
+    sample_alpha : float in [0, 1], default=0.5
     bpreg, elu_param, logq, final_activation
         As in :class:`GRU4RecRecommender`.
     n_epochs : int, default=10
@@ -203,7 +231,8 @@ default="residual"
         sessions for the epochs chosen (per subnet in residual training; a subnet left
         out stays out), as one does after tuning epochs by hand. The held-out sessions
         are the most recent ones, so leaving them out costs accuracy on what comes next
-        (on the planted benchmark of ``benchmarks/bench_prnn.py``, ID-only early stopping
+        (on the planted benchmark of ``benchmarks/bench_prnn.py``, with the paper's in-batch
+        negatives, ID-only early stopping
         reaches MRR@20 0.0802 with the refit and 0.0768 without, mean of 3 seeds). Costs
         a second training run. ``refit=False`` keeps the parameters of the best epochs,
         trained without the held-out sessions.
@@ -292,9 +321,10 @@ default="residual"
     """
 
     def __init__(self, *, architecture="parallel", training="residual", hidden_size=100,
-                 subnet_weights=None, subnet_epochs=None, loss="top1", batch_size=50,
-                 dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0, n_sample=0,
-                 sample_alpha=0.75, bpreg=1.0, elu_param=0.5, logq=0.0,
+                 subnet_weights=None, subnet_epochs=None, feature_output=False,
+                 output_id_dropout=0.5, loss="top1", batch_size=50,
+                 dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0, n_sample=128,
+                 sample_alpha=0.5, bpreg=1.0, elu_param=0.5, logq=0.0,
                  final_activation="auto", n_epochs=10, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=None, refit=True,
                  callbacks=None, sample_store_size=10_000_000,
@@ -305,6 +335,8 @@ default="residual"
         self.hidden_size = hidden_size
         self.subnet_weights = subnet_weights
         self.subnet_epochs = subnet_epochs
+        self.feature_output = feature_output
+        self.output_id_dropout = output_id_dropout
         self.loss = loss
         self.batch_size = batch_size
         self.dropout_p_hidden = dropout_p_hidden
@@ -348,9 +380,12 @@ default="residual"
                           Satisfies(lambda v: _mapping_of(v, _positive_int),
                                     "a dict from subnet name to an int >= 1")],
         "dropout_p_hidden": DROPOUT,
+        "feature_output": ["boolean"],
+        "output_id_dropout": DROPOUT,
     }
 
-    _LEGACY_PARAMS = {"n_iter_no_change": None, "callbacks": None}
+    _LEGACY_PARAMS = {"n_iter_no_change": None, "callbacks": None, "feature_output": False,
+                      "output_id_dropout": 0.5}
 
     _trainer_name = "p-RNN"
 
@@ -390,7 +425,9 @@ default="residual"
         if head != "sum" and len({s.hidden for s in specs}) > 1:
             raise ValueError(f"architecture={self.architecture!r} needs equal hidden sizes "
                              f"for all subnets; got hidden_size={self.hidden_size!r}.")
-        return ParallelNetwork(self.n_items_, specs, head, features, weights)
+        return ParallelNetwork(self.n_items_, specs, head, features, weights,
+                               feature_output=bool(self.feature_output),
+                               n_known=int((self.item_index_.support > 0).sum()))
 
     def _phases(self, names: list[str]) -> list[tuple[int, list]]:
         """(epochs, updates of every step) for each call of the training loop."""
@@ -453,6 +490,14 @@ or None
                              "fit(X, item_features=...).")
         if self.architecture == "id":
             sets = {}
+        if self.feature_output and self.architecture in ("id", "shared_w"):
+            raise ValueError(
+                f"feature_output=True does not apply to architecture={self.architecture!r}: "
+                "it adds a feature part to the output rows of the subnets that read "
+                "features, each with its own output table ('feature', 'concat', "
+                "'parallel', 'interaction').")
+        if self.feature_output:
+            self._add_cold_items(sets)
         labels = self.item_index_.labels
         features, coverage = [], {}
         for name, item_set in sets.items():
@@ -503,8 +548,27 @@ or None
         self.feature_names_ = feature_names
         self.feature_coverage_ = coverage
 
+    def _add_cold_items(self, sets: dict[str, ItemFeatures]) -> None:
+        """Append the items that have features but no training event to the item index
+        (support 0, after the training items, whose codes do not change), so that they
+        are scored, recommended and ranked."""
+        index = self.item_index_
+        cold = []
+        for item_set in sets.values():
+            known = index.labels.append(pd.Index(cold)) if cold else index.labels
+            new = item_set.labels[known.get_indexer(item_set.labels) < 0]
+            cold.extend(new.tolist())
+        if not cold:
+            return
+        labels = index.labels.append(pd.Index(cold))
+        self.item_index_ = ItemIndex(labels, np.r_[index.support,
+                                                   np.zeros(len(cold), dtype=np.int64)])
+        self.n_items_ = self.item_index_.n_items
+
     def _step_config(self) -> StepConfig:
-        return replace(super()._step_config(), dropout_p_hidden=float(self.dropout_p_hidden))
+        return replace(super()._step_config(), dropout_p_hidden=float(self.dropout_p_hidden),
+                       output_id_dropout=float(self.output_id_dropout)
+                       if self.feature_output else 0.0)
 
     def _train(self, network: ParallelNetwork, generator: torch.Generator,
                events: SessionEvents, phases: list, trainer: Trainer,
@@ -573,6 +637,7 @@ or None
         return {"network": dict(network.state_dict()), "history": self.history_,
                 "subnets": specs, "head": network.head,
                 "subnet_weights": list(network.subnet_weights),
+                "feature_output": network.feature_output, "n_known": network.n_known,
                 "feature_dims": list(network.feature_dims),
                 "feature_sparse": list(network.feature_sparse),
                 "feature_names": list(self.feature_names_),
@@ -597,7 +662,9 @@ or None
         specs = [SubnetSpec(s["name"], int(s["hidden"]), bool(s["uses_id"]),
                             tuple(s["features"])) for s in state["subnets"]]
         network = ParallelNetwork(self.n_items_, specs, state["head"], features,
-                                  state["subnet_weights"])
+                                  state["subnet_weights"],
+                                  feature_output=state.get("feature_output", False),
+                                  n_known=state.get("n_known"))
         network.load_state_dict(weights)
         network.active = list(state.get("subnet_active", [True] * len(specs)))
         self.network_ = network

@@ -44,7 +44,8 @@ class StepConfig:
     ``dropout_p_hidden`` drops out the recurrent layers' outputs (GRU4Rec's layers,
     HRNN's session GRU, p-RNN's subnets); ``dropout_p_embed`` GRU4Rec's input
     embedding; ``dropout_p_user`` and ``dropout_p_init`` HRNN's user-GRU output and
-    session initialisation. A network reads the ones it has.
+    session initialisation; ``output_id_dropout`` p-RNN's dropout of the scored items'
+    ID rows under its feature output. A network reads the ones it has.
     """
 
     loss: str = "cross-entropy"
@@ -55,6 +56,7 @@ class StepConfig:
     dropout_p_hidden: float = 0.0
     dropout_p_user: float = 0.0
     dropout_p_init: float = 0.0
+    output_id_dropout: float = 0.0
 
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "top1", "bpr")

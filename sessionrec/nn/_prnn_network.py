@@ -37,7 +37,7 @@ from torch import nn
 
 from .._native import kernels as _kernels
 from ._interface import TrainBatch, keep_rows
-from ._layers import DropoutMasks, gru_forward, init_uniform_
+from ._layers import DropoutMasks, gru_backward, gru_forward, init_uniform_
 from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, unique_rows
 
@@ -72,6 +72,7 @@ class ParallelTraining:
     grad_flat: list
     masks: list
     updates: list
+    generator: torch.Generator | None = None
 
     def finish(self) -> None:
         """Give the tables their own storage again (drops the optimiser state)."""
@@ -105,6 +106,31 @@ class _Batch:
         return self._sparse[key]
 
 
+@dataclass
+class _StepData:
+    """What the passes of one training step share (see :meth:`ParallelNetwork.train_step`)."""
+
+    batch: _Batch
+    state: list
+    training: ParallelTraining
+    distinct: torch.Tensor
+    column_of: torch.Tensor
+    columns: torch.Tensor
+    score_shift: torch.Tensor | None
+    n: int
+    id_kept: torch.Tensor | None
+    sparse_of_columns: object
+    new_state: dict
+    fused: bool
+
+
+def _bag_ids(offsets: torch.Tensor, total: int) -> torch.Tensor:
+    """The bag of each of ``total`` non-zeros, from embedding_bag's ``offsets``."""
+    lengths = torch.diff(offsets, append=offsets.new_tensor([total]))
+    return torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device),
+                                   lengths, output_size=total)
+
+
 class ParallelNetwork(nn.Module):
     """Parameters of a p-RNN and the maths of its steps.
 
@@ -118,10 +144,26 @@ class ParallelNetwork(nn.Module):
         The feature sets, rows in item-code order.
     subnet_weights : sequence of float or None
         Weights of the subnets' states for the ``"shared"`` head (None: all 1).
+    feature_output : bool, default=False
+        Score items through their features as well as their ID rows: the output row (and
+        bias) of item ``j`` in a subnet that reads feature sets is its ID row plus
+        ``sum_f x_fj Q_f``, with one learned ``d_f x (H + 1)`` matrix ``Q_f`` per feature
+        set the subnet reads (dense sets: in the subnet's flat parameters; sparse sets: a
+        row-updated table ``s{i}_oq{f}``, only the rows at the targets' non-zero columns
+        are touched). Not for the ``"shared"`` head.
+    n_known : int or None, default=None
+        Items ``n_known ..`` have no training events (cold-start items, known by their
+        features only): their ID input and output rows start at zero and, as no step
+        reads them, stay there. None: every item is known.
     """
 
+    # Train every head through autograd (the "sum" head has a hand-written backward
+    # pass, the default; the tests compare the two).
+    autograd_steps = False
+
     def __init__(self, n_items: int, subnets: list[SubnetSpec], head: str, features: list,
-                 subnet_weights=None):
+                 subnet_weights=None, feature_output: bool = False,
+                 n_known: int | None = None):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}; got {head!r}.")
@@ -130,6 +172,11 @@ class ParallelNetwork(nn.Module):
         self.head = head
         self.feature_dims = [int(f.shape[1]) for f in features]
         self.feature_sparse = [bool(sp.issparse(f)) for f in features]
+        self.feature_output = bool(feature_output)
+        if self.feature_output and head == "shared":
+            raise ValueError("feature_output needs a head with an output table per subnet "
+                             "('sum' or 'interaction'); the 'shared' head has one for all.")
+        self.n_known = self.n_items if n_known is None else int(n_known)
         if head in ("interaction", "shared"):
             sizes = {s.hidden for s in self.subnets}
             if len(sizes) > 1:
@@ -157,6 +204,9 @@ class ParallelNetwork(nn.Module):
             h = spec.hidden
             layout = [(f"wx{j}", self.feature_dims[j], 3 * h, 3) for j in spec.features
                       if not self.feature_sparse[j]]
+            if self.feature_output:  # Q of the dense sets, zero at the start
+                layout += [(f"q{j}", self.feature_dims[j], h + 1, 0) for j in spec.features
+                           if not self.feature_sparse[j]]
             layout += [("wrz", h, 2 * h, 2), ("wh", h, h, 1), ("b", 1, 3 * h, 0)]
             self._layouts.append(layout)
             self.register_parameter(f"s{i}_dense", nn.Parameter(
@@ -168,6 +218,9 @@ class ParallelNetwork(nn.Module):
                 if self.feature_sparse[j]:
                     self.register_parameter(f"s{i}_sparse{j}", nn.Parameter(
                         torch.zeros(self.feature_dims[j], 3 * h), requires_grad=False))
+                    if self.feature_output:
+                        self.register_parameter(f"s{i}_oq{j}", nn.Parameter(
+                            torch.zeros(self.feature_dims[j], h + 1), requires_grad=False))
             if head != "shared":
                 self.register_parameter(f"s{i}_out", nn.Parameter(
                     torch.zeros(n_items, h + 1), requires_grad=False))
@@ -195,6 +248,8 @@ class ParallelNetwork(nn.Module):
         spec = self.subnets[i]
         names = [f"s{i}_onehot"] if spec.uses_id else []
         names += [f"s{i}_sparse{j}" for j in spec.features if self.feature_sparse[j]]
+        if self.feature_output:
+            names += [f"s{i}_oq{j}" for j in spec.features if self.feature_sparse[j]]
         if self.head != "shared":
             names.append(f"s{i}_out")
         return names
@@ -213,12 +268,24 @@ class ParallelNetwork(nn.Module):
                 table = getattr(self, name)
                 table.zero_()
                 if name.endswith("_out"):
-                    init_uniform_(table[:, :-1], generator=generator)
-                else:
+                    if not (self.feature_output and self.subnets[i].features):
+                        # (With the feature output, the ID rows start at zero: the
+                        # shared feature part learns what items have in common first,
+                        # the ID rows what is left.)
+                        init_uniform_(table[:, :-1], generator=generator)
+                elif "_oq" not in name:  # the feature output starts at zero
                     init_uniform_(table, n_blocks=3, generator=generator)
         if self.head == "shared":
             self.shared_out.zero_()
             init_uniform_(self.shared_out[:, :-1], generator=generator)
+        # Cold-start items: no random ID rows (nothing would train them away); their
+        # scores come from their features alone.
+        for i in range(len(self.subnets)):
+            for name in self.table_names(i):
+                if name.endswith(("_onehot", "_out")):
+                    getattr(self, name)[self.n_known:].zero_()
+        if self.head == "shared":
+            self.shared_out[self.n_known:].zero_()
 
     def zero_state(self, batch_size: int) -> list[torch.Tensor]:
         """Zero hidden states of every subnet for ``batch_size`` slots."""
@@ -257,6 +324,35 @@ class ParallelNetwork(nn.Module):
             return weight.new_zeros(n, weight.shape[1])
         return F.embedding_bag(columns, weight, offsets, mode="sum",
                                per_sample_weights=values)
+
+    def feature_rows(self, i: int, w: dict, items: torch.Tensor, tables: dict | None = None,
+                     sparse: dict | None = None) -> torch.Tensor | None:
+        """The feature part ``sum_f x_f[items] Q_f`` of subnet ``i``'s output rows
+        (``len(items) x (H + 1)``), or None without ``feature_output`` or features.
+
+        ``tables`` maps a sparse ``Q`` table's name to its gathered rows (a training
+        step), in which case ``sparse[j]`` is :meth:`sparse_rows` of ``items`` with
+        ``distinct``; without them the full tables are read.
+        """
+        spec = self.subnets[i]
+        if not (self.feature_output and spec.features):
+            return None
+        found = None
+        for j in spec.features:
+            if self.feature_sparse[j]:
+                name = f"s{i}_oq{j}"
+                if tables is not None and name in tables:
+                    columns, values, offsets, _ = sparse[j]
+                    part = self._bag(tables[name], columns, values, offsets, len(items))
+                else:
+                    columns, values, offsets, _ = self.sparse_rows(j, items, False)
+                    part = self._bag(getattr(self, name), columns, values, offsets,
+                                     len(items))
+            else:
+                x = getattr(self, f"f{j}_dense").index_select(0, items)
+                part = torch.mm(x, w[f"q{j}"])
+            found = part if found is None else found + part
+        return found
 
     def gate_inputs(self, i: int, w: dict, batch: _Batch, tables: dict | None = None
                     ) -> torch.Tensor:
@@ -307,17 +403,19 @@ class ParallelNetwork(nn.Module):
         return [self.subnet_step(i, self.views(i), batch, h, fused=fused)
                 for i, h in enumerate(hidden)]
 
-    def _tops(self, hidden: list[torch.Tensor], included) -> list[tuple[str, torch.Tensor]]:
-        """(output table, vector) pairs whose scores sum to the merged scores."""
+    def _tops(self, hidden: list[torch.Tensor], included
+              ) -> list[tuple[int | None, str, torch.Tensor]]:
+        """(subnet, output table, vector) triples whose scores sum to the merged scores
+        (subnet None for the shared output)."""
         if self.head == "shared":
             top = sum(self.subnet_weights[i] * hidden[i] for i in included)
-            return [("shared_out", top)]
+            return [(None, "shared_out", top)]
         tops = []
         for i in included:
             top = hidden[i]
             if self.head == "interaction" and i > 0:
                 top = top * hidden[0]
-            tops.append((f"s{i}_out", top))
+            tops.append((i, f"s{i}_out", top))
         return tops
 
     def active_subnets(self) -> list[int]:
@@ -328,15 +426,23 @@ class ParallelNetwork(nn.Module):
     def scoring_matrix(self) -> torch.Tensor:
         """The output tables (weights and bias) of the active subnets, stacked and
         transposed, for :meth:`score_all`."""
-        names = (["shared_out"] if self.head == "shared"
-                 else [f"s{i}_out" for i in self.active_subnets()])
-        return torch.cat([getattr(self, n) for n in names], dim=1).t().contiguous()
+        if self.head == "shared":
+            return self.shared_out.t().contiguous()
+        tables, every = [], None
+        for i in self.active_subnets():
+            table = getattr(self, f"s{i}_out")
+            if self.feature_output and self.subnets[i].features:
+                if every is None:
+                    every = torch.arange(self.n_items, device=table.device)
+                table = table + self.feature_rows(i, self.views(i), every)
+            tables.append(table)
+        return torch.cat(tables, dim=1).t().contiguous()
 
     @torch.no_grad()
     def top_vector(self, hidden: list[torch.Tensor]) -> torch.Tensor:
         """Per slot, the row that :meth:`scoring_matrix` turns into the merged scores."""
         parts = []
-        for _, top in self._tops(hidden, self.active_subnets()):
+        for _, _, top in self._tops(hidden, self.active_subnets()):
             parts += [top, top.new_ones(len(top), 1)]
         return torch.cat(parts, dim=1)
 
@@ -395,7 +501,8 @@ class ParallelNetwork(nn.Module):
         grads = [torch.zeros_like(getattr(self, f"s{i}_dense"))
                  for i in range(len(self.subnets))]
         every = tuple(range(len(self.subnets)))
-        return ParallelTraining(optimizer, config, tables, grads, masks, [(every, every)])
+        return ParallelTraining(optimizer, config, tables, grads, masks, [(every, every)],
+                                generator)
 
     def train_step(self, batch: TrainBatch, state: list[torch.Tensor],
                    training: ParallelTraining) -> torch.Tensor:
@@ -429,6 +536,21 @@ class ParallelNetwork(nn.Module):
         fused = training.optimizer.fused  # the run's choice of backend
         distinct, column_of = unique_rows(columns, self.n_items, fused)
         batch = _Batch(self, items, fused)
+        # The non-zeros of the scored columns' sparse features (feature output), by set.
+        column_sparse: dict[int, tuple] = {}
+
+        def sparse_of_columns(j: int) -> tuple:
+            if j not in column_sparse:
+                column_sparse[j] = self.sparse_rows(j, distinct, True, fused)
+            return column_sparse[j]
+
+        # ID dropout of the feature output: the same scored columns lose their ID rows in
+        # every subnet, as if they were cold-start items.
+        id_kept = None
+        if self.feature_output and config.output_id_dropout > 0:
+            id_kept = (torch.rand(len(distinct), 1, device=distinct.device,
+                                  generator=training.generator)
+                       >= config.output_id_dropout).to(self.s0_dense.dtype)
         new_state: dict[int, torch.Tensor] = {}
         loss = None
         for trained, included in updates:
@@ -438,50 +560,26 @@ class ParallelNetwork(nn.Module):
                 weights[i] = {name: view.detach().requires_grad_(True)
                               for name, view in self.views(i).items()}
                 for name in self.table_names(i):
-                    rows = (batch.sparse(int(name.rsplit("sparse", 1)[1]), True)[3]
-                            if "_sparse" in name else
-                            batch.id_rows()[0] if name.endswith("_onehot") else distinct)
+                    if "_sparse" in name:
+                        rows = batch.sparse(int(name.rsplit("sparse", 1)[1]), True)[3]
+                    elif "_oq" in name:
+                        rows = sparse_of_columns(int(name.rsplit("_oq", 1)[1]))[3]
+                    elif name.endswith("_onehot"):
+                        rows = batch.id_rows()[0]
+                    else:
+                        rows = distinct
                     packed[name] = training.tables[name].rows(rows)
                     leaves[name] = packed[name].param.detach().requires_grad_(True)
             if self.head == "shared":
                 packed["shared_out"] = training.tables["shared_out"].rows(distinct)
                 leaves["shared_out"] = packed["shared_out"].param.detach().requires_grad_(True)
-            with torch.enable_grad():
-                hidden = {}
-                for i in included:
-                    if i in trained:
-                        tables = {}
-                        for name in self.table_names(i):
-                            if name.endswith("_onehot"):
-                                tables[name] = (leaves[name], batch.id_rows()[1])
-                            elif "_sparse" in name:
-                                tables[name] = (leaves[name], None)
-                        # Differentiated by autograd: PyTorch's GRU, not the kernel.
-                        h = self.subnet_step(i, weights[i], batch, state[i], tables,
-                                             fused=False)
-                        if training.masks[i] is not None:
-                            h = h * training.masks[i].next(n)
-                        hidden[i] = h
-                    else:
-                        if i not in new_state:
-                            with torch.no_grad():
-                                h = self.subnet_step(i, self.views(i), batch, state[i],
-                                                     fused=fused)
-                                if training.masks[i] is not None:
-                                    h = h * training.masks[i].next(n)
-                            new_state[i] = h
-                        hidden[i] = new_state[i]
-                scores = None
-                for name, top in self._tops(hidden, included):
-                    rows = (leaves[name] if name in leaves
-                            else getattr(self, name).index_select(0, distinct))
-                    size = rows.shape[1] - 1
-                    part = torch.addmm(rows[:, size], top, rows[:, :size].t())
-                    scores = part if scores is None else scores + part
-                loss, d_scores, d_output = sampled_loss(scores, columns, column_of, n,
-                                                        config, score_shift)
-                if d_output.requires_grad:
-                    torch.autograd.backward(d_output, d_scores)
+            step = _StepData(batch, state, training, distinct, column_of, columns,
+                             score_shift, n, id_kept, sparse_of_columns, new_state, fused)
+            if self.head == "sum" and not self.autograd_steps:
+                loss, hidden = self._manual_pass(step, trained, included, weights, leaves)
+            else:
+                loss, hidden = self._autograd_pass(step, trained, included, weights,
+                                                   leaves)
             for i in trained:
                 grads = self.views(i, training.grad_flat[i])
                 for name, leaf in weights[i].items():
@@ -498,3 +596,158 @@ class ParallelNetwork(nn.Module):
         for i, h in new_state.items():
             state[i] = h
         return loss
+
+    def _autograd_pass(self, step: _StepData, trained, included, weights: dict,
+                       leaves: dict):
+        """One update's loss and gradients by autograd (every head): the gradients are
+        left in the ``.grad`` of ``weights``' and ``leaves``' tensors. Returns the loss
+        and the subnets' new states."""
+        batch, state, training, n = step.batch, step.state, step.training, step.n
+        distinct, id_kept, new_state = step.distinct, step.id_kept, step.new_state
+        sparse_of_columns, fused = step.sparse_of_columns, step.fused
+        config = training.config
+        with torch.enable_grad():
+            hidden = {}
+            for i in included:
+                if i in trained:
+                    tables = {}
+                    for name in self.table_names(i):
+                        if name.endswith("_onehot"):
+                            tables[name] = (leaves[name], batch.id_rows()[1])
+                        elif "_sparse" in name:
+                            tables[name] = (leaves[name], None)
+                    # Differentiated by autograd: PyTorch's GRU, not the kernel.
+                    h = self.subnet_step(i, weights[i], batch, state[i], tables,
+                                         fused=False)
+                    if training.masks[i] is not None:
+                        h = h * training.masks[i].next(n)
+                    hidden[i] = h
+                else:
+                    if i not in new_state:
+                        with torch.no_grad():
+                            h = self.subnet_step(i, self.views(i), batch, state[i],
+                                                 fused=fused)
+                            if training.masks[i] is not None:
+                                h = h * training.masks[i].next(n)
+                        new_state[i] = h
+                    hidden[i] = new_state[i]
+            scores = None
+            for i, name, top in self._tops(hidden, included):
+                rows = (leaves[name] if name in leaves
+                        else getattr(self, name).index_select(0, distinct))
+                if id_kept is not None:
+                    rows = rows * id_kept
+                if i is not None and self.feature_output and self.subnets[i].features:
+                    if i in trained:
+                        sparse = {j: sparse_of_columns(j) for j in self.subnets[i].features
+                                  if self.feature_sparse[j]}
+                        rows = rows + self.feature_rows(i, weights[i], distinct, leaves,
+                                                        sparse)
+                    else:
+                        rows = rows + self.feature_rows(i, self.views(i), distinct)
+                size = rows.shape[1] - 1
+                part = torch.addmm(rows[:, size], top, rows[:, :size].t())
+                scores = part if scores is None else scores + part
+            loss, d_scores, d_output = sampled_loss(scores, step.columns, step.column_of,
+                                                    n, config, step.score_shift)
+            if d_output.requires_grad:
+                torch.autograd.backward(d_output, d_scores)
+        return loss, hidden
+
+    @torch.no_grad()
+    def _manual_pass(self, step: _StepData, trained, included, weights: dict,
+                     leaves: dict):
+        """:meth:`_autograd_pass` for the ``"sum"`` head with a hand-written backward
+        pass, as GRU4Rec's: the GRU steps of the trained subnets run in the run's backend
+        (the fused kernel on the CPU) and keep what their backward needs."""
+        batch, state, training, n = step.batch, step.state, step.training, step.n
+        distinct, id_kept, new_state = step.distinct, step.id_kept, step.new_state
+        hidden, caches, masks, tables_of = {}, {}, {}, {}
+        for i in included:
+            if i in trained:
+                w = weights[i]
+                tables = {}
+                for name in self.table_names(i):
+                    if name.endswith("_onehot"):
+                        tables[name] = (leaves[name], batch.id_rows()[1])
+                    elif "_sparse" in name:
+                        tables[name] = (leaves[name], None)
+                tables_of[i] = tables
+                gi = self.gate_inputs(i, w, batch, tables)
+                masks[i] = (training.masks[i].next(n) if training.masks[i] is not None
+                            else None)
+                hidden[i], caches[i] = gru_forward(gi, state[i], w["wrz"], w["wh"],
+                                                   mask=masks[i], fused=step.fused)
+            else:
+                if i not in new_state:
+                    h = self.subnet_step(i, self.views(i), batch, state[i], fused=step.fused)
+                    if training.masks[i] is not None:
+                        h = h * training.masks[i].next(n)
+                    new_state[i] = h
+                hidden[i] = new_state[i]
+        scores, rows_of, sparse_of = None, {}, {}
+        for i, name, top in self._tops(hidden, included):
+            rows = (leaves[name] if name in leaves
+                    else getattr(self, name).index_select(0, distinct))
+            if id_kept is not None:
+                rows = rows * id_kept
+            if self.feature_output and self.subnets[i].features:
+                if i in trained:
+                    sparse_of[i] = {j: step.sparse_of_columns(j)
+                                    for j in self.subnets[i].features
+                                    if self.feature_sparse[j]}
+                    rows = rows + self.feature_rows(i, weights[i], distinct, leaves,
+                                                    sparse_of[i])
+                else:
+                    rows = rows + self.feature_rows(i, self.views(i), distinct)
+            rows_of[i] = rows
+            size = rows.shape[1] - 1
+            part = torch.addmm(rows[:, size], top, rows[:, :size].t())
+            scores = part if scores is None else scores + part
+        loss, grad, output = sampled_loss(scores, step.columns, step.column_of, n,
+                                          training.config, step.score_shift)
+        if output is scores:
+            d_scores = grad
+        else:  # the gradient of the columns' scores, merged onto the distinct items
+            d_scores = torch.zeros_like(scores).index_add_(1, step.column_of, grad)
+        for i in trained:
+            if i not in included:
+                continue
+            w, top, rows = weights[i], hidden[i], rows_of[i]
+            size = rows.shape[1] - 1
+            # Output rows (weights and bias) of the distinct items: d^T [top, 1].
+            d_rows = torch.cat([torch.mm(d_scores.t(), top),
+                                d_scores.sum(0).unsqueeze(1)], dim=1)
+            name = f"s{i}_out"
+            if name in leaves:
+                leaves[name].grad = d_rows if id_kept is None else d_rows * id_kept
+            for j in (self.subnets[i].features if self.feature_output else ()):
+                if self.feature_sparse[j]:
+                    columns, values, offsets, found = sparse_of[i][j]
+                    bags = _bag_ids(offsets, len(columns))
+                    leaves[f"s{i}_oq{j}"].grad = torch.zeros(
+                        len(found), size + 1, device=rows.device).index_add_(
+                        0, columns, d_rows.index_select(0, bags) * values.unsqueeze(1))
+                else:
+                    x = getattr(self, f"f{j}_dense").index_select(0, distinct)
+                    w[f"q{j}"].grad = torch.mm(x.t(), d_rows)
+            d_top = torch.mm(d_scores, rows[:, :size])
+            d_wrz, d_wh = torch.empty_like(w["wrz"]), torch.empty_like(w["wh"])
+            dgi = gru_backward(d_top, caches[i], w["wh"], d_wrz, d_wh, mask=masks[i])
+            w["wrz"].grad, w["wh"].grad, w["b"].grad = d_wrz, d_wh, dgi.sum(0)
+            spec = self.subnets[i]
+            if spec.uses_id:
+                ids, inverse = batch.id_rows()
+                leaves[f"s{i}_onehot"].grad = torch.zeros(
+                    len(ids), dgi.shape[1], device=dgi.device).index_add_(0, inverse, dgi)
+            for j in spec.features:
+                if self.feature_sparse[j]:
+                    columns, values, offsets, found = batch.sparse(j, True)
+                    bags = _bag_ids(offsets, len(columns))
+                    leaves[f"s{i}_sparse{j}"].grad = torch.zeros(
+                        len(found), dgi.shape[1], device=dgi.device).index_add_(
+                        0, columns, dgi.index_select(0, bags) * values.unsqueeze(1))
+                else:
+                    x = getattr(self, f"f{j}_dense").index_select(0, batch.items)
+                    w[f"wx{j}"].grad = torch.mm(x.t(), dgi)
+        return loss, hidden

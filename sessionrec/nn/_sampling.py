@@ -40,7 +40,10 @@ class NegativeSampler:
 
     def __init__(self, support: np.ndarray, alpha: float, n_sample: int, store_size: int,
                  device: torch.device, generator: torch.Generator):
-        weights = np.asarray(support, dtype=np.float64) ** alpha
+        support = np.asarray(support, dtype=np.float64)
+        # Items without training events (p-RNN's cold-start items) are never drawn, even
+        # with alpha 0.
+        weights = np.where(support > 0, support ** alpha, 0.0)
         cdf = np.cumsum(weights)
         cdf /= cdf[-1]
         self.cdf = torch.as_tensor(cdf, dtype=torch.float64, device=device)
@@ -48,10 +51,13 @@ class NegativeSampler:
         # answer for any draw u in [k / n_buckets, (k + 1) / n_buckets) is guide[k] or a
         # later item. With 8 buckets per item, at most 1 draw in 8 needs the search.
         n_items = len(cdf)
+        # The last item that can be drawn: rounding at the top of the cdf must not land
+        # on trailing items of weight 0.
+        self.top = int(np.flatnonzero(weights > 0)[-1])
         self.n_buckets = max(n_items, min(8 * n_items, _MAX_BUCKETS))
         grid = torch.arange(self.n_buckets, dtype=torch.float64, device=device)
         grid /= self.n_buckets
-        self.guide = torch.searchsorted(self.cdf, grid, right=True).clamp_(max=n_items - 1)
+        self.guide = torch.searchsorted(self.cdf, grid, right=True).clamp_(max=self.top)
         self.n_sample = int(n_sample)
         self.n_rows = max(1, int(store_size) // self.n_sample)
         self.device = device
@@ -77,7 +83,6 @@ class NegativeSampler:
     def draw(self, u: torch.Tensor) -> torch.Tensor:
         """Items for uniform draws ``u`` in [0, 1): the inverse of the cumulative
         distribution, exactly what a binary search would give."""
-        n_items = len(self.cdf)
         bucket = (u * self.n_buckets).long().clamp_(max=self.n_buckets - 1)
         drawn = self.guide[bucket]
         # The guide's item is the answer unless u lies beyond its cumulative probability;
@@ -85,7 +90,7 @@ class NegativeSampler:
         unresolved = torch.nonzero(self.cdf[drawn] <= u).squeeze(1)
         if len(unresolved):
             drawn[unresolved] = torch.searchsorted(self.cdf, u[unresolved], right=True)
-        return drawn.clamp_(max=n_items - 1)  # u < 1 == cdf[-1]; guards rounding at the top
+        return drawn.clamp_(max=self.top)  # u < 1 == cdf[-1]; guards rounding at the top
 
     def next(self) -> torch.Tensor:
         """The samples of the next mini-batch (int64)."""
