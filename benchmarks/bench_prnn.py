@@ -27,14 +27,15 @@ Sections (``--section``):
   MRR@20 on the last 800 training sessions, to show memorisation. Then a sweep over
   the noise (none, 1x, 2x the signal) and the catalogue (2,000, 10,000 and 50,000
   items, about 2 to 4 training events per item), ID-only against feature-only and the
-  parallel p-RNN.
+  parallel p-RNN (interleaving), one seed.
 * ``cold``: the feature output (``feature_output=True``) on the noisy regime (1x noise,
   4,000 items) with a random 5% of the items removed from the training events: their
   Recall@20 as test targets (ranked among all items), and the MRR@20 of the targets
   seen in training, with and without the feature output.
 * ``speed``: train events/s of the same ID-only network (one-hot input, TOP1, batch 50)
-  in ``GRU4RecRecommender`` (hand-written backward pass) and ``ParallelRNNRecommender``
-  (autograd), and of the parallel p-RNN with a dense and with a sparse feature set, on
+  in ``GRU4RecRecommender`` and ``ParallelRNNRecommender`` (both hand-written backward
+  passes and the fused GRU step; p-RNN also with autograd, as it trained before), and
+  of the parallel p-RNN with a dense and with a sparse feature set, on
   ``make_sessions`` data (20,000 sessions, 3,000 items).
 * ``memory``: one 100,000-column sparse feature set (10 non-zeros per item) over 50,000
   items, one epoch of the parallel p-RNN; prints train events/s and the peak RSS.
@@ -57,6 +58,7 @@ from sessionrec import GRU4RecRecommender, ParallelRNNRecommender
 from sessionrec.datasets import make_sessions
 from sessionrec.metrics import mrr_at_k, recall_at_k
 from sessionrec.model_selection import TimeSplit, train_test_split
+from sessionrec.nn._prnn_network import ParallelNetwork
 from sessionrec.preprocessing import ItemFeatures
 
 PLANTED = dict(n_sessions=3000, n_items=3000, popularity_exponent=0.5,
@@ -139,7 +141,7 @@ def _mrr(model, events) -> float:
     return mrr_at_k(ranks[ranks.notna()].to_numpy(), 20)
 
 
-def noisy(seeds: int) -> None:
+def noisy(seeds: int, sweep_seeds: int = 1) -> None:
     paper = dict(n_sample=0, sample_alpha=0.75)
     runs = [("ID only", dict(architecture="id"), "noisy"),
             ("ID only, in-batch negatives (paper)", dict(architecture="id", **paper),
@@ -150,7 +152,7 @@ def noisy(seeds: int) -> None:
             ("feature only, clean one-hot features", dict(architecture="feature"),
              "clean"),
             ("feature only, shuffled features", dict(architecture="feature"), "shuffled")]
-    for training in ("simultaneous", "residual", "interleaving"):
+    for training in ("residual", "interleaving"):
         runs.append((f"parallel, {training}", dict(training=training), "noisy"))
     runs += [("parallel, interleaving, in-batch negatives (paper)",
               dict(training="interleaving", **paper), "noisy"),
@@ -161,10 +163,12 @@ def noisy(seeds: int) -> None:
              ("parallel, interleaving, shuffled features", dict(training="interleaving"),
               "shuffled"),
              ("parallel, residual, early stopping, shuffled features",
-              dict(training="residual", early_stopping=True), "shuffled")]
+              dict(training="residual", early_stopping=True), "shuffled"),
+             ("parallel, interleaving, early stopping, shuffled features",
+              dict(training="interleaving", early_stopping=True), "shuffled")]
     rows = {name: [] for name, _, _ in runs}
-    for seed in range(seeds):
-        for name, params, kind in runs:
+    for name, params, kind in runs:
+        for seed in range(seeds):
             train, test, features = _noisy_data(seed, 2.0, kind=kind)
             model = ParallelRNNRecommender(n_epochs=6, random_state=seed, device="cpu",
                                            **params)
@@ -175,21 +179,22 @@ def noisy(seeds: int) -> None:
             rows[name].append({"MRR@20": _mrr(model, test),
                                "MRR@20 train sessions": _mrr(model, last),
                                "fit s": time.perf_counter() - start})
+        print(f"  {name}: MRR@20 {np.mean([r['MRR@20'] for r in rows[name]]):.4f}",
+              flush=True)
     table = pd.DataFrame({name: pd.DataFrame(r).mean() for name, r in rows.items()}).T
     base = table.loc["ID only", "MRR@20"]
     table["MRR@20 vs ID only"] = (table["MRR@20"] / base - 1.0).map("{:+.1%}".format)
     print(f"\n## noisy dense features, noise 2x the signal (mean of {seeds} seeds)\n")
     print(table.round(4).to_string())
     sweep = []
-    for n_items, n_sessions in ((2000, 2000), (10_000, 5000), (50_000, 25_000)):
+    for n_items, n_sessions in ((2000, 2000), (10_000, 5000), (50_000, 20_000)):
         for ratio in (0.0, 1.0, 2.0):
             found = {}
             for name, params in (("ID only", dict(architecture="id")),
                                  ("feature only", dict(architecture="feature")),
-                                 ("parallel, interleaving", dict(training="interleaving")),
-                                 ("parallel, residual", dict(training="residual"))):
+                                 ("parallel, interleaving", dict(training="interleaving"))):
                 values = []
-                for seed in range(min(seeds, 2)):
+                for seed in range(sweep_seeds):
                     train, test, features = _noisy_data(seed, ratio, n_items, n_sessions)
                     model = ParallelRNNRecommender(n_epochs=6, random_state=seed,
                                                    device="cpu", **params)
@@ -199,7 +204,8 @@ def noisy(seeds: int) -> None:
                 found[name] = np.mean(values)
             sweep.append({"items": n_items, "train events": len(train),
                           "noise / signal": ratio, **found})
-    print(f"\n## sweep: MRR@20 by catalogue and noise (mean of {min(seeds, 2)} seeds)\n")
+            print(f"  {sweep[-1]}", flush=True)
+    print(f"\n## sweep: MRR@20 by catalogue and noise (mean of {sweep_seeds} seeds)\n")
     print(pd.DataFrame(sweep).round(4).to_string(index=False))
 
 
@@ -255,22 +261,32 @@ def speed(epochs: int = 2) -> None:
                 layers=(100,), constrained_embedding=False, embedding=0, **shared), None),
             ("p-RNN id", ParallelRNNRecommender(architecture="id", hidden_size=100,
                                                 **shared), None),
+            ("p-RNN id, autograd (before)", ParallelRNNRecommender(
+                architecture="id", hidden_size=100, **shared), "autograd"),
             ("p-RNN parallel, dense features", ParallelRNNRecommender(
                 training="simultaneous", hidden_size=100, **shared), {"topic": features}),
             ("p-RNN parallel, sparse features", ParallelRNNRecommender(
                 training="simultaneous", hidden_size=100, **shared), {"topic": sparse})]
     rows = []
     for name, model, given in runs:
-        if given is None:
-            model.fit(events)
-        else:
-            model.fit(events, item_features=given)
+        # The training step's backward pass: hand-written (the default), or autograd as
+        # before it was written, for comparison.
+        ParallelNetwork.autograd_steps = given == "autograd"
+        try:
+            if given is None or given == "autograd":
+                model.fit(events)
+            else:
+                model.fit(events, item_features=given)
+        finally:
+            ParallelNetwork.autograd_steps = False
         last = model.history_[-1]  # the first epoch includes one-off warm-up costs
         rows.append({"model": name, "train events/s": last["events_per_s"],
                      "mini-batches/s": last["batches_per_s"]})
     print(f"\n## training speed ({len(events):,} events, 3,000 items, 100 units per "
           f"subnet, TOP1, batch 50, in-batch negatives; epoch {epochs} of {epochs})\n")
-    print(pd.DataFrame(rows).round(0).to_string(index=False))
+    table = pd.DataFrame(rows)
+    table["vs GRU4Rec"] = table["train events/s"] / table["train events/s"].iloc[0]
+    print(table.round(2).to_string(index=False))
 
 
 def memory(n_items=50_000, n_columns=100_000, nnz=10) -> None:

@@ -6,7 +6,7 @@
 2. Item features: TF-IDF (unigrams + bigrams) of title + genres + tags, sparse
    (``TfidfItemFeatures``), and the dense, L2-normalised genre indicator vector
    (``DenseItemFeatures``).
-3. Fit Item-KNN, the ID-only GRU (GRU4Rec's session RNN), the feature-only and
+3. Fit Item-KNN, V-SKNN, the ID-only GRU (GRU4Rec's session RNN), the feature-only and
    concatenated-input GRUs, and every p-RNN architecture with every training strategy;
    print Recall@20 and MRR@20 (mean over seeds) for each.
 
@@ -35,7 +35,11 @@ from _data import (  # noqa: E402
     smoke_sessions,
 )
 
-from sessionrec import ItemKNNRecommender, ParallelRNNRecommender  # noqa: E402
+from sessionrec import (  # noqa: E402
+    ItemKNNRecommender,
+    ParallelRNNRecommender,
+    VSKNNRecommender,
+)
 from sessionrec.datasets import read_movielens_ratings  # noqa: E402
 from sessionrec.evaluation import evaluate  # noqa: E402
 from sessionrec.model_selection import LastSessionSplit, train_test_split  # noqa: E402
@@ -69,7 +73,8 @@ def main() -> None:
           f"{features['text'].n_features:,} sparse columns, genre: "
           f"{features['genre'].n_features} dense")
     common = dict(hidden_size=args.hidden, n_epochs=args.epochs, device="cpu")
-    runs = [("Item-KNN", None, None, {}), ("ID only (GRU4Rec RNN)", "id", "simultaneous", {}),
+    runs = [("Item-KNN", None, None, {}), ("V-SKNN", None, None, {}),
+            ("ID only (GRU4Rec RNN)", "id", "simultaneous", {}),
             ("feature only", "feature", "simultaneous", {}),
             ("concatenated input", "concat", "simultaneous", {})]
     runs += [(f"{a} ({t})", a, t, {}) for a in ARCHITECTURES for t in TRAININGS]
@@ -88,7 +93,8 @@ def main() -> None:
         rows, start = [], time.perf_counter()
         for seed in range(1 if architecture is None else args.seeds):
             if architecture is None:
-                model = ItemKNNRecommender().fit(train)
+                baseline = ItemKNNRecommender if name == "Item-KNN" else VSKNNRecommender
+                model = baseline().fit(train)
             else:
                 model = ParallelRNNRecommender(architecture=architecture, training=training,
                                                random_state=seed, **common, **extra)

@@ -207,3 +207,30 @@ def test_negative_sampler_never_draws_items_without_events(alpha):
     # Draws at the very top of the distribution stay on an item with events.
     assert sampler.draw(torch.tensor([0.0, 0.999999, 1 - 1e-12], dtype=torch.float64)
                         ).tolist()[1:] == [4, 4]
+
+
+def test_interleaving_early_stopping_leaves_out_a_subnet_that_does_not_help(monkeypatch):
+    """Interleaving trains subnet k on the merged scores of 0..k, so each prefix is a
+    model: early stopping scores every prefix after each epoch and keeps the best
+    (epoch, prefix). Here validation is rigged so that the ID subnet alone scores best
+    in epoch 2."""
+    events, features = make_sessions(n_sessions=200, n_items=60, random_state=0,
+                                     return_item_features=True)
+    calls = []
+
+    def rigged(self, network, validation):
+        alone = network.active == [True, False]
+        epoch = len(calls) // 2 + 1  # two prefixes scored per epoch
+        calls.append((epoch, alone))
+        return 0.5 + (0.2 if alone and epoch == 2 else 0.0) + 0.01 * epoch
+
+    monkeypatch.setattr(ParallelRNNRecommender, "_validation_mrr", rigged)
+    model = ParallelRNNRecommender(training="interleaving", early_stopping=True,
+                                   hidden_size=8, n_epochs=3, device="cpu", random_state=0)
+    model.fit(events, item_features={"topic": features})
+    assert calls[:6] == [(1, True), (1, False), (2, True), (2, False), (3, True),
+                         (3, False)]
+    assert model.subnet_active_ == {"id": True, "topic": False}
+    assert model.best_epoch_ == 2 and model.best_validation_score_ == pytest.approx(0.72)
+    # Scoring follows: the left-out subnet's output table is not in the scoring matrix.
+    assert model.network_.scoring_matrix().shape[0] == 8 + 1

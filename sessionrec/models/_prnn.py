@@ -218,8 +218,11 @@ default="residual"
         residual training this is done per subnet: a subnet keeps its best epoch, and a
         subnet whose training never beats the ensemble before it is left out of scoring
         (``subnet_active_``), so a feature set that carries no signal cannot make the
-        model worse than the ones before it. Not in the paper, which tuned the number of
-        epochs on a validation set by hand.
+        model worse than the ones before it. With interleaving training, where subnet
+        ``k`` learns on the merged scores of subnets ``0..k``, every epoch scores each
+        such prefix and keeps the best epoch and prefix: later subnets that do not help
+        are left out of scoring (``subnet_active_``). Not in the paper, which tuned the
+        number of epochs on a validation set by hand.
     validation_fraction : float in (0, 1), default=0.1
         Share of the sessions held out when ``early_stopping`` is on.
     n_iter_no_change : int or None, default=None
@@ -587,7 +590,8 @@ or None
         names = [s.name for s in network.subnets]
         residual = self.training == "residual" and len(names) > 1
         if stopper is not None:
-            stopper.start(phases, residual)
+            stopper.start(phases, residual,
+                          prefixes=self.training == "interleaving" and len(names) > 1)
             trainer.callbacks.insert(0, stopper)  # the others see validation_mrr
         self.network_ = network  # callbacks may score the model between epochs
         try:
@@ -700,9 +704,10 @@ class _BestEpochs(Callback):
         self.last = np.nan
         self.stalled = False
 
-    def start(self, phases: list, residual: bool) -> None:
-        self.phases, self.residual = phases, residual
+    def start(self, phases: list, residual: bool, prefixes: bool = False) -> None:
+        self.phases, self.residual, self.prefixes = phases, residual, prefixes
         self.kept = [0] * len(phases)
+        self.best_active = list(self.network.active)
         if residual:  # a subnet scores once training reaches it
             self.network.active = [k == 0 for k in range(len(phases))]
 
@@ -714,13 +719,26 @@ class _BestEpochs(Callback):
         elif phase == 0:
             self.since_best = 0
 
+    def _score_prefixes(self) -> float:
+        """Interleaving: subnet ``k`` is trained on the merged scores of ``0..k``, so
+        each prefix of the subnets is a model; score each, keep the best one active."""
+        n = len(self.network.subnets)
+        found = []
+        for k in range(n):
+            self.network.active = [i <= k for i in range(n)]
+            found.append(self.score())
+        k = int(np.argmax(found))  # the first of equal scores: fewer subnets
+        self.network.active = [i <= k for i in range(n)]
+        return found[k]
+
     def on_epoch_end(self, model, record):
         self.epoch += 1
-        self.last = self.score()
+        self.last = self._score_prefixes() if self.prefixes else self.score()
         record["validation_mrr"] = self.last
         improved = self.last > self.best
         if improved:
             self.best = self.last
+            self.best_active = list(self.network.active)
             for name, p in self.network.named_parameters():
                 self.saved[name].copy_(p.detach())
             if self.residual:
@@ -744,3 +762,5 @@ class _BestEpochs(Callback):
     def restore(self) -> None:
         for name, p in self.network.named_parameters():
             p.copy_(self.saved[name])
+        if self.prefixes:
+            self.network.active = list(self.best_active)

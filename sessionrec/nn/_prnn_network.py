@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._native import kernels as _kernels
-from ._interface import TrainBatch, keep_rows
+from ._interface import TrainBatch, keep_rows, with_bias_input
 from ._layers import DropoutMasks, gru_backward, gru_forward, init_uniform_
 from ._losses import StepConfig, sampled_loss
 from ._optim import AdagradMomentum, unique_rows
@@ -553,11 +553,13 @@ class ParallelNetwork(nn.Module):
                        >= config.output_id_dropout).to(self.s0_dense.dtype)
         new_state: dict[int, torch.Tensor] = {}
         loss = None
+        # The hand-written pass sets the gradients itself: no autograd leaves needed.
+        autograd = self.head != "sum" or self.autograd_steps
         for trained, included in updates:
             packed, leaves = {}, {}
             weights = {}
             for i in trained:
-                weights[i] = {name: view.detach().requires_grad_(True)
+                weights[i] = {name: view.detach().requires_grad_(autograd)
                               for name, view in self.views(i).items()}
                 for name in self.table_names(i):
                     if "_sparse" in name:
@@ -569,7 +571,7 @@ class ParallelNetwork(nn.Module):
                     else:
                         rows = distinct
                     packed[name] = training.tables[name].rows(rows)
-                    leaves[name] = packed[name].param.detach().requires_grad_(True)
+                    leaves[name] = packed[name].param.detach().requires_grad_(autograd)
             if self.head == "shared":
                 packed["shared_out"] = training.tables["shared_out"].rows(distinct)
                 leaves["shared_out"] = packed["shared_out"].param.detach().requires_grad_(True)
@@ -716,8 +718,7 @@ class ParallelNetwork(nn.Module):
             w, top, rows = weights[i], hidden[i], rows_of[i]
             size = rows.shape[1] - 1
             # Output rows (weights and bias) of the distinct items: d^T [top, 1].
-            d_rows = torch.cat([torch.mm(d_scores.t(), top),
-                                d_scores.sum(0).unsqueeze(1)], dim=1)
+            d_rows = torch.mm(d_scores.t(), with_bias_input(top))
             name = f"s{i}_out"
             if name in leaves:
                 leaves[name].grad = d_rows if id_kept is None else d_rows * id_kept
