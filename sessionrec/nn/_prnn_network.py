@@ -599,54 +599,69 @@ class ParallelNetwork(nn.Module):
             state[i] = h
         return loss
 
+    def _input_tables(self, i: int, leaves: dict, batch: _Batch) -> dict:
+        """The gathered input-table rows of trained subnet ``i``, for
+        :meth:`gate_inputs`."""
+        tables = {}
+        for name in self.table_names(i):
+            if name.endswith("_onehot"):
+                tables[name] = (leaves[name], batch.id_rows()[1])
+            elif "_sparse" in name:
+                tables[name] = (leaves[name], None)
+        return tables
+
+    @torch.no_grad()
+    def _frozen_state(self, i: int, step: _StepData) -> torch.Tensor:
+        """The new state of subnet ``i``, in the forward pass but not trained; computed
+        once per step (by the first update that includes it)."""
+        if i not in step.new_state:
+            h = self.subnet_step(i, self.views(i), step.batch, step.state[i],
+                                 fused=step.fused)
+            mask = step.training.masks[i]
+            step.new_state[i] = h if mask is None else h * mask.next(step.n)
+        return step.new_state[i]
+
+    def _score_rows(self, i, name: str, step: _StepData, trained, weights: dict,
+                    leaves: dict) -> torch.Tensor:
+        """The output rows (weights and bias) of the step's distinct items in table
+        ``name`` of subnet ``i`` (None: the shared table): ID rows, under ID dropout,
+        plus the feature part."""
+        rows = (leaves[name] if name in leaves
+                else getattr(self, name).index_select(0, step.distinct))
+        if step.id_kept is not None:
+            rows = rows * step.id_kept
+        if i is not None and self.feature_output and self.subnets[i].features:
+            if i in trained:
+                sparse = {j: step.sparse_of_columns(j) for j in self.subnets[i].features
+                          if self.feature_sparse[j]}
+                rows = rows + self.feature_rows(i, weights[i], step.distinct, leaves,
+                                                sparse)
+            else:
+                rows = rows + self.feature_rows(i, self.views(i), step.distinct)
+        return rows
+
     def _autograd_pass(self, step: _StepData, trained, included, weights: dict,
                        leaves: dict):
         """One update's loss and gradients by autograd (every head): the gradients are
         left in the ``.grad`` of ``weights``' and ``leaves``' tensors. Returns the loss
         and the subnets' new states."""
         batch, state, training, n = step.batch, step.state, step.training, step.n
-        distinct, id_kept, new_state = step.distinct, step.id_kept, step.new_state
-        sparse_of_columns, fused = step.sparse_of_columns, step.fused
         config = training.config
         with torch.enable_grad():
             hidden = {}
             for i in included:
                 if i in trained:
-                    tables = {}
-                    for name in self.table_names(i):
-                        if name.endswith("_onehot"):
-                            tables[name] = (leaves[name], batch.id_rows()[1])
-                        elif "_sparse" in name:
-                            tables[name] = (leaves[name], None)
                     # Differentiated by autograd: PyTorch's GRU, not the kernel.
-                    h = self.subnet_step(i, weights[i], batch, state[i], tables,
-                                         fused=False)
+                    h = self.subnet_step(i, weights[i], batch, state[i],
+                                         self._input_tables(i, leaves, batch), fused=False)
                     if training.masks[i] is not None:
                         h = h * training.masks[i].next(n)
                     hidden[i] = h
                 else:
-                    if i not in new_state:
-                        with torch.no_grad():
-                            h = self.subnet_step(i, self.views(i), batch, state[i],
-                                                 fused=fused)
-                            if training.masks[i] is not None:
-                                h = h * training.masks[i].next(n)
-                        new_state[i] = h
-                    hidden[i] = new_state[i]
+                    hidden[i] = self._frozen_state(i, step)
             scores = None
             for i, name, top in self._tops(hidden, included):
-                rows = (leaves[name] if name in leaves
-                        else getattr(self, name).index_select(0, distinct))
-                if id_kept is not None:
-                    rows = rows * id_kept
-                if i is not None and self.feature_output and self.subnets[i].features:
-                    if i in trained:
-                        sparse = {j: sparse_of_columns(j) for j in self.subnets[i].features
-                                  if self.feature_sparse[j]}
-                        rows = rows + self.feature_rows(i, weights[i], distinct, leaves,
-                                                        sparse)
-                    else:
-                        rows = rows + self.feature_rows(i, self.views(i), distinct)
+                rows = self._score_rows(i, name, step, trained, weights, leaves)
                 size = rows.shape[1] - 1
                 part = torch.addmm(rows[:, size], top, rows[:, :size].t())
                 scores = part if scores is None else scores + part
@@ -663,46 +678,20 @@ class ParallelNetwork(nn.Module):
         pass, as GRU4Rec's: the GRU steps of the trained subnets run in the run's backend
         (the fused kernel on the CPU) and keep what their backward needs."""
         batch, state, training, n = step.batch, step.state, step.training, step.n
-        distinct, id_kept, new_state = step.distinct, step.id_kept, step.new_state
-        hidden, caches, masks, tables_of = {}, {}, {}, {}
+        hidden, caches, masks = {}, {}, {}
         for i in included:
             if i in trained:
                 w = weights[i]
-                tables = {}
-                for name in self.table_names(i):
-                    if name.endswith("_onehot"):
-                        tables[name] = (leaves[name], batch.id_rows()[1])
-                    elif "_sparse" in name:
-                        tables[name] = (leaves[name], None)
-                tables_of[i] = tables
-                gi = self.gate_inputs(i, w, batch, tables)
+                gi = self.gate_inputs(i, w, batch, self._input_tables(i, leaves, batch))
                 masks[i] = (training.masks[i].next(n) if training.masks[i] is not None
                             else None)
                 hidden[i], caches[i] = gru_forward(gi, state[i], w["wrz"], w["wh"],
                                                    mask=masks[i], fused=step.fused)
             else:
-                if i not in new_state:
-                    h = self.subnet_step(i, self.views(i), batch, state[i], fused=step.fused)
-                    if training.masks[i] is not None:
-                        h = h * training.masks[i].next(n)
-                    new_state[i] = h
-                hidden[i] = new_state[i]
-        scores, rows_of, sparse_of = None, {}, {}
+                hidden[i] = self._frozen_state(i, step)
+        scores, rows_of = None, {}
         for i, name, top in self._tops(hidden, included):
-            rows = (leaves[name] if name in leaves
-                    else getattr(self, name).index_select(0, distinct))
-            if id_kept is not None:
-                rows = rows * id_kept
-            if self.feature_output and self.subnets[i].features:
-                if i in trained:
-                    sparse_of[i] = {j: step.sparse_of_columns(j)
-                                    for j in self.subnets[i].features
-                                    if self.feature_sparse[j]}
-                    rows = rows + self.feature_rows(i, weights[i], distinct, leaves,
-                                                    sparse_of[i])
-                else:
-                    rows = rows + self.feature_rows(i, self.views(i), distinct)
-            rows_of[i] = rows
+            rows = rows_of[i] = self._score_rows(i, name, step, trained, weights, leaves)
             size = rows.shape[1] - 1
             part = torch.addmm(rows[:, size], top, rows[:, :size].t())
             scores = part if scores is None else scores + part
@@ -721,16 +710,17 @@ class ParallelNetwork(nn.Module):
             d_rows = torch.mm(d_scores.t(), with_bias_input(top))
             name = f"s{i}_out"
             if name in leaves:
-                leaves[name].grad = d_rows if id_kept is None else d_rows * id_kept
+                leaves[name].grad = (d_rows if step.id_kept is None
+                                     else d_rows * step.id_kept)
             for j in (self.subnets[i].features if self.feature_output else ()):
                 if self.feature_sparse[j]:
-                    columns, values, offsets, found = sparse_of[i][j]
+                    columns, values, offsets, found = step.sparse_of_columns(j)
                     bags = _bag_ids(offsets, len(columns))
                     leaves[f"s{i}_oq{j}"].grad = torch.zeros(
                         len(found), size + 1, device=rows.device).index_add_(
                         0, columns, d_rows.index_select(0, bags) * values.unsqueeze(1))
                 else:
-                    x = getattr(self, f"f{j}_dense").index_select(0, distinct)
+                    x = getattr(self, f"f{j}_dense").index_select(0, step.distinct)
                     w[f"q{j}"].grad = torch.mm(x.t(), d_rows)
             d_top = torch.mm(d_scores, rows[:, :size])
             d_wrz, d_wh = torch.empty_like(w["wrz"]), torch.empty_like(w["wh"])
