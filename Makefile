@@ -35,7 +35,7 @@ test-pytorch: $(VENV)/.installed  ## the shared suite with SESSIONREC_FUSED=0
 	SESSIONREC_FUSED=0 $(PY) -m pytest -m "not slow" tests/test_common.py \
 	  tests/test_training.py tests/test_gru4rec.py tests/test_hrnn.py tests/test_hrnn_repeats.py \
 	  tests/test_prnn.py tests/test_prnn_features.py \
-	  tests/test_bprmf.py tests/test_persistence.py tests/test_serving.py
+	  tests/test_bprmf.py tests/test_persistence.py tests/test_serving.py tests/test_distributed.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sessionrec tests examples benchmarks

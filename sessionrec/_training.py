@@ -128,10 +128,12 @@ class Trainer:
         self.verbose = verbose
         self.history: list[dict] = []
         self.stopped = False
+        self._reduce = None  # the running run's sum over data-parallel ranks
 
     def run(self, epoch: Callable[[], Iterable], *, n_epochs: int, n_pairs: int,
             n_batches: int, first_pairs: int, name: str | None = None,
-            extra: dict | None = None) -> list[dict]:
+            extra: dict | None = None, reduce: Callable[[float], float] | None = None
+            ) -> list[dict]:
         """Run up to ``n_epochs`` epochs; return their records (also added to ``history``).
 
         Parameters
@@ -152,6 +154,10 @@ class Trainer:
             the trainer's.
         extra : dict or None
             Entries added to every record of this run.
+        reduce : callable or None
+            A data-parallel run's sum over the ranks of a float: the running loss is
+            summed at every check (so every rank stops together on a NaN) and the
+            epoch's loss is the mean over all ranks' ``n_pairs``.
 
         Raises
         ------
@@ -166,6 +172,7 @@ class Trainer:
             if _overrides(callback, "on_train_begin"):
                 callback.on_train_begin(self.model, name=name, n_epochs=n_epochs)
         records = []
+        self._reduce = reduce
         try:
             for e in range(n_epochs):
                 number = len(self.history) + 1
@@ -228,6 +235,8 @@ class Trainer:
 
     def _check_finite(self, total: torch.Tensor, host_total: float, epoch: int) -> float:
         value = float(total) + host_total
+        if self._reduce is not None:
+            value = self._reduce(value)
         if not math.isfinite(value):
             raise TrainingDivergedError(
                 f"{self.name}: the training loss became {value} in epoch {epoch}. "

@@ -39,7 +39,8 @@ def table_rows(output: str) -> dict[str, list[float]]:
 
 
 def test_every_example_is_tested():
-    assert {p.name for p in EXAMPLES} == {"quickstart.py", "gru4rec_rsc15.py"} | NEEDS_MOVIELENS
+    assert {p.name for p in EXAMPLES} == ({"quickstart.py", "gru4rec_rsc15.py", "ddp_gru4rec.py"}
+                                          | NEEDS_MOVIELENS)
 
 
 @pytest.mark.slow

@@ -52,6 +52,16 @@ verbose : bool or int, default=False
         of each epoch's mini-batches. The lines also go to the ``sessionrec._training``
         logger at DEBUG level, whatever ``verbose`` is."""
 
+_DISTRIBUTED_DOCS = """\
+distributed : bool, default=False
+        Train data-parallel across the processes of a ``torch.distributed`` process
+        group, which the script initialises before ``fit`` (launched with ``torchrun``;
+        backend ``gloo`` on CPUs, ``nccl`` on GPUs). Every rank passes the same events
+        and parameters; each trains its share of the ``batch_size`` slots (so
+        ``batch_size`` is the global batch), gradients are summed over the ranks before
+        each step and the sparse rows of the item tables merged, so the ranks stay
+        equal. See docs/scaling.md."""
+
 _ATTRIBUTE_DOCS = """\
 history_ : list of dict
         Per epoch: ``epoch``, ``loss`` (mean per training pair), ``start_loss`` (that of
@@ -81,9 +91,11 @@ def mrr_of_score_blocks(blocks, events, device) -> float:
 
 def document_epochs(cls: type) -> type:
     """Put the shared entries into ``cls``'s docstring, where it says
-    ``{epoch_parameters}``, ``{epoch_verbose}`` and ``{epoch_attributes}``."""
+    ``{epoch_parameters}``, ``{epoch_verbose}``, ``{distributed}`` and
+    ``{epoch_attributes}``."""
     cls.__doc__ = (cls.__doc__.replace("{epoch_parameters}", _PARAMETER_DOCS)
                    .replace("{epoch_verbose}", _VERBOSE_DOCS)
+                   .replace("{distributed}", _DISTRIBUTED_DOCS)
                    .replace("{epoch_attributes}", _ATTRIBUTE_DOCS))
     return cls
 

@@ -121,6 +121,7 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         Column of event times.
     device : str, default="auto"
         ``"auto"`` trains on CUDA when available, else on the CPU; or ``"cpu"``, ``"cuda"``.
+    {distributed}
     random_state : int or None, default=None
         Seed of the initialisation, sampling and dropout; with an int, training on the CPU
         is repeatable bit for bit.
@@ -188,7 +189,8 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
 
     # Pickles and saved files from before ``reset_after`` existed were trained with the
     # paper's GRU; they load with that value (see SessionRecommender._LEGACY_PARAMS).
-    _LEGACY_PARAMS = {"reset_after": False, **SampledTrainingMixin._epoch_legacy}
+    _LEGACY_PARAMS = {"distributed": False, "reset_after": False,
+                      **SampledTrainingMixin._epoch_legacy}
 
     def __init__(self, *, layers=(100,), loss="cross-entropy", batch_size=64,
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.05, momentum=0.0,
@@ -198,7 +200,7 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
                  validation_fraction=0.1, n_iter_no_change=None, refit=True,
                  callbacks=None, sample_store_size=10_000_000,
                  session_key="SessionId", item_key="ItemId", time_key="Time",
-                 device="auto", random_state=None, verbose=False):
+                 device="auto", distributed=False, random_state=None, verbose=False):
         self.layers = layers
         self.loss = loss
         self.batch_size = batch_size
@@ -226,6 +228,7 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         self.item_key = item_key
         self.time_key = time_key
         self.device = device
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -258,11 +261,15 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
         network, generator = self._initialised(self._build_network(), seed)
         schedule = session_parallel_schedule(events, int(self.batch_size))
         with TrainingRun(self, network, generator, events, schedule) as run:
-            replay = _static_step(network, run, schedule)
+            # A data-parallel run merges gradients between the backward pass and the
+            # update, which the replayed graph and the one-call step hold together.
+            whole_steps = run.reducer is None
+            replay = _static_step(network, run, schedule) if whole_steps else None
             fused = None
-            if (replay is None and schedule.n_steps > 0
+            if (whole_steps and replay is None and schedule.n_steps > 0
                     and FusedGRU4RecStep.applies(network, run.training, run.config)):
-                fused = FusedGRU4RecStep(network, run.training, int(schedule.widths().max()),
+                fused = FusedGRU4RecStep(network, run.training,
+                                         int(run.schedule.widths().max()),
                                          run.sampler, run.score_shift.batch,
                                          run.score_shift.sample, run.inputs, run.targets,
                                          run.keep)

@@ -116,6 +116,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     session_key, item_key, time_key : str
         Column names.
     device : str, default="auto"
+        ``"auto"`` trains on CUDA when available, else on the CPU; or ``"cpu"``, ``"cuda"``.
+    {distributed}
     random_state : int or None, default=None
         Seed; with an int, CPU training is repeatable bit for bit.
     {epoch_verbose}
@@ -180,7 +182,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=None,
                  refit=True, callbacks=None, sample_store_size=10_000_000,
                  user_key="UserId", session_key="SessionId",
-                 item_key="ItemId", time_key="Time", device="auto", random_state=None,
+                 item_key="ItemId", time_key="Time", device="auto", distributed=False,
+                 random_state=None,
                  verbose=False):
         self.session_size = session_size
         self.user_size = user_size
@@ -213,6 +216,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         self.item_key = item_key
         self.time_key = time_key
         self.device = device
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -232,7 +236,8 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
     }
 
     # Models saved before repeat-aware scores existed load as the paper's model.
-    _LEGACY_PARAMS = {**SampledTrainingMixin._epoch_legacy, "repeat_aware": False}
+    _LEGACY_PARAMS = {"distributed": False, **SampledTrainingMixin._epoch_legacy,
+                      "repeat_aware": False}
 
     _trainer_name = "HRNN"
 

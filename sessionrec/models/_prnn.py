@@ -247,6 +247,8 @@ default="residual"
     session_key, item_key, time_key : str
         Column names.
     device : str, default="auto"
+        ``"auto"`` trains on CUDA when available, else on the CPU; or ``"cpu"``, ``"cuda"``.
+    {distributed}
     random_state : int or None, default=None
         Seed; with an int, CPU training is repeatable bit for bit.
     {epoch_verbose}
@@ -332,7 +334,7 @@ default="residual"
                  validation_fraction=0.1, n_iter_no_change=None, refit=True,
                  callbacks=None, sample_store_size=10_000_000,
                  session_key="SessionId", item_key="ItemId", time_key="Time",
-                 device="auto", random_state=None, verbose=False):
+                 device="auto", distributed=False, random_state=None, verbose=False):
         self.architecture = architecture
         self.training = training
         self.hidden_size = hidden_size
@@ -362,6 +364,7 @@ default="residual"
         self.item_key = item_key
         self.time_key = time_key
         self.device = device
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -387,7 +390,8 @@ default="residual"
         "output_id_dropout": DROPOUT,
     }
 
-    _LEGACY_PARAMS = {"n_iter_no_change": None, "callbacks": None, "feature_output": False,
+    _LEGACY_PARAMS = {"distributed": False, "n_iter_no_change": None, "callbacks": None,
+                      "feature_output": False,
                       "output_id_dropout": 0.5}
 
     _trainer_name = "p-RNN"

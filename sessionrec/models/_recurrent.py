@@ -32,6 +32,7 @@ from .._validation import (
     torch_generator,
 )
 from ..evaluation import ranks_from_counts
+from ..nn._distributed import RankReducer, broadcast_seed, rank_share
 from ..nn._interface import (
     CONTINUE,
     NEW_USER,
@@ -158,10 +159,28 @@ class TrainingRun:
     events : SessionEvents
     schedule : ParallelSchedule
         A session-parallel or (with ``user_start``) user-parallel schedule of ``events``.
+
+    Notes
+    -----
+    With the model's ``distributed=True`` the run is this rank's part of a data-parallel
+    run (:mod:`sessionrec.nn._distributed`): it trains its share of the schedule's slots
+    (:func:`~sessionrec.nn._distributed.rank_share`), draws the same negative samples as
+    the other ranks (the model's generator, seeded alike everywhere) and its own dropout
+    masks (a generator of its own), and its optimiser merges every gradient over the
+    ranks before stepping. The epoch's records count the pairs of all ranks.
     """
 
     def __init__(self, model, network, generator: torch.Generator, events, schedule):
         device = model.device_
+        self.reducer = model._rank_reducer()
+        self.sizes = parallel_sizes(schedule)
+        masks_generator = generator
+        if self.reducer is not None:
+            schedule = rank_share(schedule, self.reducer.rank, self.reducer.world_size)
+            # Each rank's own first mini-batch, for the loss per pair at the start.
+            self.sizes["first_pairs"] = parallel_sizes(schedule)["first_pairs"]
+            masks_generator = torch.Generator(device=generator.device).manual_seed(
+                generator.initial_seed() + 1 + self.reducer.rank)
         self.network, self.schedule, self.device = network, schedule, device
         items = torch.as_tensor(events.items, device=device)
         self.positions = positions = torch.as_tensor(schedule.positions, device=device)
@@ -170,8 +189,10 @@ class TrainingRun:
         self.keep = keep_rows(self.starts, device)
         self.sampler, self.score_shift = model._negatives(generator)
         self.config = model._step_config()
-        self.training = network.start_training(model._optimizer(), self.config,
-                                               int(model.batch_size), generator)
+        optimizer = model._optimizer()
+        optimizer.reducer = self.reducer
+        self.training = network.start_training(optimizer, self.config,
+                                               int(model.batch_size), masks_generator)
 
     def batch(self, start: int, stop: int) -> TrainBatch:
         """The mini-batch of schedule entries ``start:stop``, with fresh samples."""
@@ -185,15 +206,44 @@ class TrainingRun:
         """One training step on entries ``start:stop``; returns the summed loss."""
         return self.network.train_step(self.batch(start, stop), state, self.training)
 
+    def idle_step(self, fresh_state) -> torch.Tensor:
+        """A data-parallel rank's step when none of its slots is left (the end of an
+        epoch): it meets the other ranks' collectives with nothing to add, and draws the
+        step's samples as they do. A one-slot batch runs through the network (so every
+        collective comes in the same order) while the reducer drops what it gives;
+        ``fresh_state(1)`` is its state."""
+        device = self.device
+        item = torch.zeros(1, dtype=torch.long, device=device)
+        samples = self.sampler.next() if self.sampler is not None else None
+        batch = TrainBatch(item, item, samples, self.score_shift(item, samples),
+                           start_codes(np.ones(1, bool), np.ones(1, bool)),
+                           torch.zeros(1, 1, device=device), item)
+        self.reducer.active = False
+        try:
+            self.network.train_step(batch, fresh_state(1), self.training)
+        finally:
+            self.reducer.active = True
+        return torch.zeros((), device=device)
+
     def run(self, trainer, *, n_epochs: int, name: str | None = None,
             extra: dict | None = None, step=None, fresh_state=None) -> None:
         """Train ``n_epochs`` epochs (``trainer.run``). ``step(start, stop, state)``
         replaces :meth:`step` (a faster path for some mini-batches), ``fresh_state(width)``
         the network's ``zero_state`` at the start of each epoch."""
-        epoch = parallel_epoch(step or self.step, self.schedule,
-                               fresh_state or self.network.zero_state, self.device)
+        step = step or self.step
+        fresh_state = fresh_state or self.network.zero_state
+        if self.reducer is not None:
+            one_step = step
+
+            def step(start: int, stop: int, state: list):
+                if stop > start:
+                    return one_step(start, stop, state)
+                return self.idle_step(fresh_state)
+
+        epoch = parallel_epoch(step, self.schedule, fresh_state, self.device)
         trainer.run(epoch, n_epochs=n_epochs, name=name, extra=extra,
-                    **parallel_sizes(self.schedule))
+                    reduce=None if self.reducer is None else self.reducer.sum_float,
+                    **self.sizes)
 
     def close(self) -> None:
         self.training.finish()
@@ -236,8 +286,13 @@ class SampledTrainingMixin(EpochTrainingMixin):
         "n_epochs": POSITIVE_INT,
         "sample_store_size": POSITIVE_INT,
         "random_state": RANDOM_STATE,
+        "distributed": ["boolean"],
         **EpochTrainingMixin._epoch_constraints,
     }
+
+    def _rank_reducer(self) -> RankReducer | None:
+        """The gradient merger of a data-parallel fit (``distributed``), else None."""
+        return RankReducer(self.device_) if getattr(self, "distributed", False) else None
 
     def _loss_floor(self) -> float:
         return LOSS_FLOORS.get(self.loss, 0.0)
@@ -266,6 +321,8 @@ class SampledTrainingMixin(EpochTrainingMixin):
         """
         _, generator = torch_generator(self.random_state if seed is None else seed,
                                        self.device_)
+        if getattr(self, "distributed", False):  # every rank starts from rank 0's seed
+            generator.manual_seed(broadcast_seed(generator.initial_seed(), self.device_))
         network.reset_parameters(init_generator(generator))
         network.to(self.device_)
         return network, generator

@@ -82,20 +82,27 @@ class AdagradMomentum:
         Whether the run's tables and steps use the fused CPU kernels: the fit's one
         decision (``_kernels.fused_for(device)``), which :meth:`table` and the
         training steps read from here. None applies that rule to each parameter.
+    reducer : RankReducer or None, default=None
+        Data-parallel training (:mod:`._distributed`): every gradient is merged over the
+        ranks before the step that reads it, dense gradients summed, a table's rows
+        gathered and summed per row, so that each rank takes the same step.
     """
 
     def __init__(self, lr: float, momentum: float, eps: float = 1e-6, *,
-                 fused: bool | None = None):
+                 fused: bool | None = None, reducer=None):
         self.lr = float(lr)
         self.momentum = float(momentum)
         self.eps = float(eps)
         self.fused = fused
+        self.reducer = reducer
         self._dense_state: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @torch.no_grad()
     def dense_step(self, param: torch.Tensor, grad: torch.Tensor) -> None:
         """Update every element of ``param`` (e.g. the flat buffer of all GRU weights)."""
         acc, mom, fused = self.dense_state(param)
+        if self.reducer is not None:
+            self.reducer.sum_(grad)
         if fused:
             _kernels.dense_adagrad_(param, grad, acc, mom, self.lr, self.momentum)
             return
@@ -208,6 +215,12 @@ class PackedTable:
         otherwise momentum would still move an untouched element.
         """
         gathered = rows._planes
+        reducer = self.optimizer.reducer
+        if reducer is not None:
+            index, grad, keep_last_column = reducer.rows(rows.index, grad, self.n_rows,
+                                                         keep_last_column)
+            rows = TableRows(self, index, self.buffer.index_select(1, index))
+            gathered = rows._planes
         kept = None
         if keep_last_column is not None and self.optimizer.momentum > 0:
             kept = gathered[:, :, -1].clone()
@@ -233,5 +246,9 @@ class FusedPackedTable(PackedTable):
 
     def step(self, rows: TableRows, grad: torch.Tensor,
              keep_last_column: torch.Tensor | None = None) -> None:
-        _kernels.sparse_adagrad_(self.buffer, rows.index, grad, keep_last_column,
+        index, reducer = rows.index, self.optimizer.reducer
+        if reducer is not None:
+            index, grad, keep_last_column = reducer.rows(index, grad, self.n_rows,
+                                                         keep_last_column)
+        _kernels.sparse_adagrad_(self.buffer, index, grad, keep_last_column,
                                  self.optimizer.lr, self.optimizer.momentum)
