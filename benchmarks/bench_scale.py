@@ -9,11 +9,14 @@ Each measurement runs in a child process of its own, so that its peak memory is 
 3. fit one epoch, read the peak RSS and the fit's time; evaluate (all training items
    ranked, conservative ties: the evaluation engine) and time it.
 
-Columns: events (training), items, fit seconds, training events/s (from ``history_``
-for the recurrent models: the epoch alone; the whole ``fit`` for V-SKNN), peak RSS of the
-fit, bytes per training event (the fit's peak above the RSS before it, over the training
-events: what the model and its training add to the data the caller already holds), the
-caller's frame in bytes per event, evaluation targets/s, Recall@20 and MRR@20.
+Columns: events (training), items, seconds of the epoch, training events/s (from
+``history_`` for the recurrent models: the epoch alone; the whole ``fit`` for V-SKNN),
+peak RSS of the fit, bytes per training event at the peak (the fit's peak above the RSS
+before it, over the training events: what the model and its training add to the data the
+caller already holds) and kept after the fit (the fitted model), the caller's frame in
+bytes per event, evaluation targets/s, Recall@20 and MRR@20. The last lines give, per
+model, how events/s and targets/s grew from the smallest shape to the largest, and the
+memory each added event costs (the fixed part, item tables and buffers, drops out).
 
 Usage::
 
@@ -114,6 +117,8 @@ def measure(model: str, n_events: int, n_items: int, test_events: int, device: s
     estimator.fit(train)
     fit_s = time.perf_counter() - start
     peak_kib = _rss_kib("VmHWM")
+    gc.collect()
+    after_kib = _rss_kib("VmRSS")  # what the fitted model keeps
     history = getattr(estimator, "history_", None)
     events_per_s = history[-1]["events_per_s"] if history else len(train) / fit_s
     epoch_s = history[-1]["seconds"] if history else fit_s
@@ -126,6 +131,7 @@ def measure(model: str, n_events: int, n_items: int, test_events: int, device: s
                 events_per_s=events_per_s, peak_rss_mb=peak_kib / 1024,
                 before_rss_mb=before_kib / 1024, peak_reset=peak_reset,
                 bytes_per_event=(peak_kib - before_kib) * 1024 / len(train),
+                kept_bytes_per_event=(after_kib - before_kib) * 1024 / len(train),
                 frame_bytes_per_event=frame_bytes / len(train),
                 eval_targets=n_targets, targets_per_s=n_targets / eval_s,
                 recall=float(result["recall@20"]), mrr=float(result["mrr@20"]),
@@ -144,7 +150,8 @@ def run_child(model, n_events, n_items, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'model':<15} {'events':>10} {'items':>8} {'epoch s':>8} {'events/s':>9} "
-            f"{'peak RSS MB':>11} {'B/event':>8} {'frame B/ev':>10} {'targets/s':>9} "
+            f"{'peak RSS MB':>11} {'B/event':>8} {'kept B/ev':>9} {'frame B/ev':>10} "
+            f"{'targets/s':>9} "
             f"{'R@20':>6} {'MRR@20':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -155,7 +162,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{r['model']:<15} {r['events']:>10,} {r['items']:>8,} {r['epoch_s']:>8.1f} "
             f"{r['events_per_s']:>9,.0f} {r['peak_rss_mb']:>11,.0f} "
-            f"{r['bytes_per_event']:>8.1f} {r['frame_bytes_per_event']:>10.1f} "
+            f"{r['bytes_per_event']:>8.1f} {r.get('kept_bytes_per_event', float('nan')):>9.1f} "
+            f"{r['frame_bytes_per_event']:>10.1f} "
             f"{r['targets_per_s']:>9,.0f} {r['recall']:>6.3f} {r['mrr']:>6.3f}")
     return "\n".join(lines)
 
@@ -168,12 +176,18 @@ def growth(rows: list[dict]) -> str:
         if len(done) < 2:
             continue
         small, large = done[0], done[-1]
-        lines.append(
-            f"{model}: from {small['events']:,} events x {small['items']:,} items to "
-            f"{large['events']:,} x {large['items']:,}: training events/s x"
-            f"{large['events_per_s'] / small['events_per_s']:.2f}, bytes per event x"
-            f"{large['bytes_per_event'] / max(small['bytes_per_event'], 1e-9):.2f}, "
-            f"targets/s x{large['targets_per_s'] / small['targets_per_s']:.2f}")
+        line = (f"{model}: from {small['events']:,} events x {small['items']:,} items to "
+                f"{large['events']:,} x {large['items']:,}: training events/s x"
+                f"{large['events_per_s'] / small['events_per_s']:.2f}, targets/s x"
+                f"{large['targets_per_s'] / small['targets_per_s']:.2f}")
+        if large["items"] == small["items"] and large["events"] > small["events"]:
+            # What one more event costs: the growth of the fit's memory over the growth
+            # of the events (the fixed part, item tables and buffers, drops out).
+            added = (large["bytes_per_event"] * large["events"]
+                     - small["bytes_per_event"] * small["events"])
+            line += (f", memory per added event "
+                     f"{added / (large['events'] - small['events']):.1f} bytes")
+        lines.append(line)
     return "\n".join(lines)
 
 
