@@ -189,9 +189,7 @@ class TrainingRun:
         self.keep = keep_rows(self.starts, device)
         self.sampler, self.score_shift = model._negatives(generator)
         self.config = model._step_config()
-        optimizer = model._optimizer()
-        optimizer.reducer = self.reducer
-        self.training = network.start_training(optimizer, self.config,
+        self.training = network.start_training(model._optimizer(self.reducer), self.config,
                                                int(model.batch_size), masks_generator)
 
     def batch(self, start: int, stop: int) -> TrainBatch:
@@ -332,10 +330,11 @@ class SampledTrainingMixin(EpochTrainingMixin):
         return StepConfig(loss=self.loss, activation=self._activation(),
                           bpreg=float(self.bpreg), elu_param=float(self.elu_param))
 
-    def _optimizer(self) -> AdagradMomentum:
-        # The fit's one choice of backend: every table and step of the run reads it here.
+    def _optimizer(self, reducer: RankReducer | None = None) -> AdagradMomentum:
+        # The fit's one choice of backend: every table and step of the run reads it here;
+        # ``reducer`` merges the gradients of a data-parallel run.
         return AdagradMomentum(float(self.learning_rate), float(self.momentum),
-                               fused=_kernels.fused_for(self.device_))
+                               fused=_kernels.fused_for(self.device_), reducer=reducer)
 
     def _negatives(self, generator: torch.Generator):
         """The negative sampler (None for in-batch only) and the logQ shift function.
