@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,10 @@ def init_seeds(monkeypatch):
         return seeds
 
     return record
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for test servers and clusters)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,7 +7,6 @@ pickled into every task: the test watches what the client sends.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from sessionrec.metrics import NextItemScorer
 from sessionrec.model_selection import SessionKFold
 from sessionrec.preprocessing import ConsecutiveDuplicateFilter
 
-from .conftest import REPO
+from .conftest import REPO, free_port
 from .test_docs import python_blocks
 
 distributed = pytest.importorskip("distributed")
@@ -125,7 +124,7 @@ def test_the_guides_cluster_recipe(tmp_path):
     namespace = {"__name__": "scaling_guide"}  # defines the search, does not run it
     exec(compile(python_blocks(REPO / "docs" / "scaling.md")[0], "scaling.md", "exec"),
          namespace)
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port",
                                   str(port), "--no-dashboard"], cwd=tmp_path,
@@ -151,8 +150,3 @@ def test_the_guides_cluster_recipe(tmp_path):
             except subprocess.TimeoutExpired:
                 process.kill()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
