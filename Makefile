@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 say = @echo "[setup] $(1)"
 
-.PHONY: demo test test-pytorch lint bench clean
+.PHONY: demo test test-pytorch docs docs-fast docs-screenshots lint bench clean
 
 $(VENV)/.installed: Makefile pyproject.toml setup.py $(wildcard sessionrec/_native/csrc/*)
 	$(call say,virtual environment $(VENV) (Python: $(shell $(PYTHON) --version 2>&1)))
@@ -37,8 +37,28 @@ test-pytorch: $(VENV)/.installed  ## the shared suite with SESSIONREC_FUSED=0
 	  tests/test_prnn.py tests/test_prnn_features.py \
 	  tests/test_bprmf.py tests/test_persistence.py tests/test_serving.py tests/test_distributed.py
 
+# The documentation site, from scratch each time: the API pages, and the gallery with every
+# example executed. Warnings are errors, so a broken docstring, cross-reference or example
+# fails the build. docs-fast (what CI runs) runs each example with --smoke.
+SPHINX := $(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+DOCS_CLEAN := rm -rf docs/_build docs/auto_examples docs/generated docs/sg_execution_times.rst
+
+docs: $(VENV)/.installed  ## build the site into docs/_build/html (examples run in full)
+	$(DOCS_CLEAN)
+	$(SPHINX)
+	@echo "[docs] open docs/_build/html/index.html"
+
+docs-fast: $(VENV)/.installed  ## the same site, each example run with --smoke
+	$(DOCS_CLEAN)
+	SESSIONREC_DOCS_FAST=1 $(SPHINX)
+	@echo "[docs] open docs/_build/html/index.html"
+
+# Headless Chromium photographs of the built site (needs chromium on the PATH).
+docs-screenshots: $(VENV)/.installed  ## screenshots of the index, an API and a gallery page
+	$(PY) docs/screenshots.py
+
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check sessionrec tests examples benchmarks
+	$(VENV)/bin/ruff check sessionrec tests examples benchmarks docs
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_evaluation.py
@@ -46,3 +66,4 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	$(DOCS_CLEAN)

@@ -1,8 +1,10 @@
-"""GRU4Rec trained data-parallel on two processes (torch.distributed), against one process.
+"""
+GRU4Rec trained data-parallel on two processes (torch.distributed), against one process
+=======================================================================================
 
 Run ``python examples/ddp_gru4rec.py [--ranks 2] [--epochs 3] [--smoke]``: it fits GRU4Rec
 on rsc15-100k (synthetic sessions when ../shared/data is absent) in this process, then
-launches the same fit on ``--ranks`` processes with
+launches the same fit on ``--ranks`` processes with::
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 \\
         examples/ddp_gru4rec.py --rank-job
@@ -72,7 +74,8 @@ def rank_job(args) -> None:
 
 
 def main() -> None:
-    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_smoke_flag(argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)

@@ -1,4 +1,7 @@
-"""GRU4Rec on rsc15-100k: the official parameter file, tuning, live recommendations, saving.
+"""
+GRU4Rec on rsc15-100k: the official parameter file, tuning, live recommendations, saving
+========================================================================================
+
 
 1. Fit GRU4Rec with the official rsc15 settings and compare it with POP and S-POP under
    the next-item protocol (all training items ranked, conservative ties).
@@ -23,7 +26,8 @@ import joblib
 import pandas as pd
 from sklearn.model_selection import GridSearchCV
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# examples/_data.py: sys.argv[0] is the script also where sphinx-gallery runs it.
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
 
 from _data import SMOKE_EPOCHS, add_smoke_flag, rsc15_or_synthetic  # noqa: E402
 
@@ -42,7 +46,8 @@ RSC15 = dict(loss="cross-entropy", constrained_embedding=True, layers=(100,), ba
 
 
 def main() -> None:
-    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_smoke_flag(argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     epochs = SMOKE_EPOCHS if args.smoke else args.epochs

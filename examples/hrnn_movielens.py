@@ -1,4 +1,7 @@
-"""Personalised session-based recommendation on MovieLens: the HRNN paper's comparison.
+"""
+Personalised session-based recommendation on MovieLens: the HRNN paper's comparison
+===================================================================================
+
 
 1. ml-latest-small prepared as in the HRNN paper: 30-minute sessions, items with >= 5
    events, sessions with >= 3 events, users with >= 5 sessions, repeated until stable.
@@ -23,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.pipeline import make_pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# examples/_data.py: sys.argv[0] is the script also where sphinx-gallery runs it.
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
 
 from _data import (  # noqa: E402
     SMOKE_EPOCHS,
@@ -68,7 +72,8 @@ def models(seed: int, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_smoke_flag(argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()

@@ -1,4 +1,7 @@
-"""A paper's full data preparation on MovieLens, as scikit-learn transformers.
+"""
+A paper's full data preparation on MovieLens, as scikit-learn transformers
+==========================================================================
+
 
 1. Read the raw ratings of ml-latest-small and cut each user's stream into sessions at
    30-minute idle gaps (``SessionSplitter``), as the HRNN paper does.
@@ -23,7 +26,8 @@ from pathlib import Path
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# examples/_data.py: sys.argv[0] is the script also where sphinx-gallery runs it.
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
 
 from _data import (  # noqa: E402
     SMOKE_EPOCHS,
@@ -50,7 +54,8 @@ from sessionrec.preprocessing import ItemSupportFilter  # noqa: E402
 
 
 def main() -> None:
-    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_smoke_flag(argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     ratings = read_movielens_ratings(require_movielens() / "ratings.csv")

@@ -1,4 +1,7 @@
-"""p-RNN on MovieLens with text and genre features: the architecture x training table.
+"""
+p-RNN on MovieLens with text and genre features: the architecture x training table
+==================================================================================
+
 
 1. Read ml-latest-small ratings, cut 30-minute sessions, filter as the HRNN paper (items
    >= 5 events, sessions >= 3, users >= 5 sessions, until stable); each user's last
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# examples/_data.py: sys.argv[0] is the script also where sphinx-gallery runs it.
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
 
 from _data import (  # noqa: E402
     SMOKE_EPOCHS,
@@ -57,7 +61,8 @@ def load(root: Path, smoke: bool):
 
 
 def main() -> None:
-    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_smoke_flag(argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=100)

@@ -1,4 +1,7 @@
-"""Fit every recommender of sessionrec on real data and print an accuracy and speed table.
+"""
+Fit every recommender of sessionrec on real data and print an accuracy and speed table
+======================================================================================
+
 
 * Session models on rsc15-100k (train_full -> test, the GRU4Rec layout).
 * The models of users (HRNN, Personal POP) and p-RNN, with TF-IDF text and genre
@@ -22,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# examples/_data.py: sys.argv[0] is the script also where sphinx-gallery runs it.
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
 
 from _data import (  # noqa: E402
     SMOKE_EPOCHS,
@@ -70,7 +74,8 @@ def build(cls, smoke: bool):
 
 
 def main() -> None:
-    parser = add_smoke_flag(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_smoke_flag(argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args()
     sessions_name, train, test = rsc15_or_synthetic(smoke=args.smoke)
     users_name, user_train, user_test, features = movielens_or_synthetic(smoke=args.smoke)

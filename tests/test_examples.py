@@ -20,7 +20,8 @@ NEEDS_MOVIELENS = {"hrnn_movielens.py", "movielens_pipeline.py", "prnn_movielens
 
 
 def run_example(path, shared_data=SHARED_DATA, timeout=600) -> str:
-    env = {**os.environ, "SESSIONREC_SHARED_DATA": str(shared_data)}
+    # MPLBACKEND: the plotting examples draw off screen, as on a machine without display.
+    env = {**os.environ, "SESSIONREC_SHARED_DATA": str(shared_data), "MPLBACKEND": "Agg"}
     done = subprocess.run([sys.executable, str(path), "--smoke"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{path.name} failed:\n{done.stdout[-3000:]}\n" \
@@ -39,8 +40,9 @@ def table_rows(output: str) -> dict[str, list[float]]:
 
 
 def test_every_example_is_tested():
-    assert {p.name for p in EXAMPLES} == ({"quickstart.py", "gru4rec_rsc15.py", "ddp_gru4rec.py"}
-                                          | NEEDS_MOVIELENS)
+    assert {p.name for p in EXAMPLES} == ({"quickstart.py", "gru4rec_rsc15.py", "ddp_gru4rec.py",
+                                           "plot_training_curves.py", "plot_metrics_at_k.py",
+                                           "plot_model_comparison.py"} | NEEDS_MOVIELENS)
 
 
 @pytest.mark.slow

@@ -64,14 +64,14 @@ def make_sessions(n_sessions=2000, n_items=500, *, n_users=None, mean_length=5.0
     with ``train_test_split(events, splitter=TimeSplit(3))``; all 500 items ranked,
     conservative ties; mean of the three):
 
-    ==============================  =========  ======
-    model (defaults)                Recall@20  MRR@20
-    ==============================  =========  ======
-    S-POP                           0.299      0.128
-    Item-KNN                        0.811      0.400
-    Markov                          0.789      0.561
-    GRU4Rec (``random_state=seed``)  0.862      0.613
-    ==============================  =========  ======
+    ================================  =========  ======
+    model (defaults)                  Recall@20  MRR@20
+    ================================  =========  ======
+    S-POP                             0.299      0.128
+    Item-KNN                          0.811      0.400
+    Markov                            0.789      0.561
+    GRU4Rec (``random_state=seed``)   0.862      0.613
+    ================================  =========  ======
 
     S-POP < Item-KNN < GRU4Rec, as planted: the last item narrows the next one to its
     successors, and only the sequence tells which (``tests/test_pipelines.py`` checks the

@@ -63,8 +63,8 @@ class BPRMFRecommender(EpochTrainingMixin, SessionRecommender):
 
     Attributes
     ----------
-    item_factors_ : torch.Tensor of shape (n_items_, n_factors)
-    item_bias_ : torch.Tensor of shape (n_items_,)
+    item_factors_ : torch.Tensor of shape (n_items, n_factors)
+    item_bias_ : torch.Tensor of shape (n_items,)
     {epoch_attributes}
         For BPR-MF the loss is the mean BPR loss per (session, item, negative) triple,
         one triple per training event.

@@ -44,8 +44,8 @@ class GRU4RecRecommender(SampledTrainingMixin, SessionRecommender):
     reset to zero when a new session takes it, and detached every step (no
     back-propagation through time). At each step the target items of all slots are each
     other's negatives, and ``n_sample`` extra negatives shared by the batch are drawn with
-    probability proportional to support^``sample_alpha``. Only the scores of the targets
-    and samples are computed, a ``B x (B + n_sample)`` matrix. Updates use Adagrad with
+    probability proportional to support to the power ``sample_alpha``. Only the scores of
+    the targets and samples are computed, a ``B x (B + n_sample)`` matrix. Updates use Adagrad with
     momentum; the item tables get sparse row updates (rows repeated in a batch merged).
 
     Prediction and evaluation run the same network session-parallel over the given

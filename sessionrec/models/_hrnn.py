@@ -130,7 +130,7 @@ class HRNNRecommender(SampledTrainingMixin, SessionRecommender):
         Training users.
     user_states_ : torch.Tensor of shape (n_users, user_size)
         Each training user's state after their last training session.
-    user_items_ : scipy.sparse.csr_matrix of shape (n_users, n_items_) or None
+    user_items_ : scipy.sparse.csr_matrix of shape (n_users, n_items) or None
         With ``repeat_aware``, each training user's event counts per item (the history
         the repeat bonus reads in prediction); None otherwise.
 

@@ -66,7 +66,7 @@ class ItemKNNRecommender(_ItemMatrixRecommender):
 
     Attributes
     ----------
-    item_matrix_ : scipy.sparse.csr_matrix of shape (n_items_, n_items_)
+    item_matrix_ : scipy.sparse.csr_matrix of shape (n_items, n_items)
         The kept similarities, at most ``n_neighbors`` per row.
     item_index_ : ItemIndex
     n_items_ : int
@@ -188,7 +188,7 @@ class SKNNRecommender(SessionRecommender):
 
     Attributes
     ----------
-    session_items_ : scipy.sparse.csr_matrix of shape (n_train_sessions, n_items_)
+    session_items_ : scipy.sparse.csr_matrix of shape (n_train_sessions, n_items)
         Binary session x item matrix of the training sessions.
     session_end_ : ndarray
         Time of each training session's last event.

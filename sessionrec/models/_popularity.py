@@ -50,7 +50,7 @@ class PopularityRecommender(SessionRecommender):
         Number of training items.
     device_ : torch.device
         The resolved device.
-    popularity_ : torch.Tensor of shape (n_items_,)
+    popularity_ : torch.Tensor of shape (n_items,)
         Support of each item (float32), the score.
 
     See Also
@@ -133,7 +133,7 @@ class SessionPopularityRecommender(SessionRecommender):
         Number of training items.
     device_ : torch.device
         The resolved device.
-    tie_break_ : torch.Tensor of shape (n_items_,)
+    tie_break_ : torch.Tensor of shape (n_items,)
         ``support / (max support + 1)`` (float64), each item's score outside the session.
 
     See Also
@@ -247,9 +247,9 @@ class PersonalPopularityRecommender(SessionRecommender):
         The resolved device.
     user_labels_ : pandas.Index
         The training users.
-    user_items_ : scipy.sparse.csr_matrix of shape (n_users, n_items_)
+    user_items_ : scipy.sparse.csr_matrix of shape (n_users, n_items)
         Training event counts of each user on each item.
-    tie_break_ : torch.Tensor of shape (n_items_,)
+    tie_break_ : torch.Tensor of shape (n_items,)
         ``support / (max support + 1)`` (float64).
 
     See Also

@@ -111,7 +111,7 @@ class ParallelRNNRecommender(SampledTrainingMixin, SessionRecommender):
     merges the subnets' hidden states to score every item. Each subnet is GRU4Rec's GRU:
     session-parallel mini-batches with hidden-state resets, no back-propagation through
     time, sampled scores (in-batch negatives plus ``n_sample`` drawn by
-    support^``sample_alpha``), the same losses, Adagrad with momentum, and sparse row
+    support to the power ``sample_alpha``), the same losses, Adagrad with momentum, and sparse row
     updates of the ID input and output tables and of the input weights of sparse
     features.
 
@@ -198,7 +198,7 @@ default="residual"
         Adagrad learning rate.
     momentum : float in [0, 1), default=0.0
     n_sample : int, default=128
-        Extra negatives per mini-batch, drawn by support^``sample_alpha``; 0 gives
+        Extra negatives per mini-batch, drawn by support to the power ``sample_alpha``; 0 gives
         in-batch negatives only, the paper's setting. Not the paper's default, because
         of what it costs with noisy features: with in-batch negatives a rare item is a
         negative almost never, so its output row is only ever pulled towards the

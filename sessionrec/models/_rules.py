@@ -37,7 +37,7 @@ class MarkovRecommender(_ItemMatrixRecommender):
 
     Attributes
     ----------
-    item_matrix_ : scipy.sparse.csr_matrix of shape (n_items_, n_items_)
+    item_matrix_ : scipy.sparse.csr_matrix of shape (n_items, n_items)
         Transition counts, row = from, column = to.
 
     References
@@ -100,7 +100,7 @@ class SequentialRulesRecommender(_ItemMatrixRecommender):
 
     Attributes
     ----------
-    item_matrix_ : scipy.sparse.csr_matrix of shape (n_items_, n_items_)
+    item_matrix_ : scipy.sparse.csr_matrix of shape (n_items, n_items)
         Rule weights, row = antecedent, column = consequent.
 
     References

@@ -2,7 +2,7 @@
 
 Sessionising (:class:`SessionSplitter`), row filters (the papers' data preparation) and
 item-feature encoders for feature-aware models. Filters drop rows; every transformer
-returns a new frame and never modifies its input. See ``docs/user_guide.md``.
+returns a new frame and never modifies its input. See ``docs/tuning.md``.
 """
 
 from ._features import DenseItemFeatures, ItemFeatures, TfidfItemFeatures
