@@ -1,17 +1,17 @@
 """
-Comparing models on returning users: a bar chart
+Comparing models of users' sessions: a bar chart
 ================================================
 
 The HRNN paper's setting on MovieLens: sessions cut at 30-minute gaps, items, sessions
 and users filtered until stable, each user's last session held out. Models that know the
 user (HRNN, Personal POP) against session-only ones (GRU4Rec, Item-KNN, V-SKNN) and
-popularity. (Personal POP recommends the items a user already had: a MovieLens user
-rates a movie once, so here it is never right.) Each is evaluated once under the
-next-item protocol (all items ranked, conservative ties);
-:func:`sessionrec.plotting.plot_model_comparison` draws the bars.
+popularity. Each is evaluated once under the next-item protocol (all items ranked,
+conservative ties); :func:`sessionrec.plotting.plot_model_comparison` draws the bars.
+Personal POP recommends the items a user already had; a MovieLens user rates a movie
+once, so on MovieLens it is never right.
 
-Data: ml-latest-small from ``../shared/data`` when present, else synthetic sessions of
-returning users.
+Data: ml-latest-small from ``../shared/data`` when present, else synthetic users with
+planted category preferences (``make_sessions(user_strength=0.5)``).
 """
 
 # sphinx_gallery_start_ignore

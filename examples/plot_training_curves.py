@@ -54,8 +54,8 @@ for learning_rate in (0.02, 0.05, 0.2):
 # %%
 # The curves
 # ----------
-# One panel per recorded metric. The loss falls faster with a larger step; the validation
-# score says which step generalises, and where to stop.
+# One panel per recorded metric. The training loss says how each step size fits the
+# training sessions; the validation score says which one generalises, and where to stop.
 
 axes = plot_training_curves(models)
 axes[0].figure.suptitle(f"GRU4Rec on {name.split(',')[0]}")

@@ -67,8 +67,11 @@ def _history(model, label) -> list[dict]:
         raise TypeError(f"models[{label!r}] is neither a fitted model with history_ nor a "
                         f"list of epoch records; got {type(model).__name__}. Only models "
                         "trained in epochs (GRU4Rec, HRNN, p-RNN, BPR-MF) have history_.")
-    if not history or not all(isinstance(record, Mapping) for record in history):
+    if not history:
         raise ValueError(f"models[{label!r}] has no epoch records (history_ is empty).")
+    if not all(isinstance(record, Mapping) for record in history):
+        raise TypeError(f"models[{label!r}] is a list of {type(history[0]).__name__}, not of "
+                        "epoch records; give several models as a dict of label -> model.")
     return list(history)
 
 
@@ -118,7 +121,9 @@ def plot_training_curves(models, *, metrics=None, axes=None):
     One panel per metric, one line per model, one point per epoch. When a model was
     fitted with ``early_stopping=True`` and ``refit=True``, ``history_`` holds two runs:
     the selection run (solid line) and the refit on all sessions (dashed line, epochs
-    counted from 1 again); the selection run's best epoch is marked.
+    counted from 1 again); the selection run's highest validation score is starred. (That
+    is the epoch kept by GRU4Rec, HRNN and BPR-MF; p-RNN trained by subnets keeps the best
+    epoch of each subnet, ``subnet_epochs_``.)
 
     Parameters
     ----------

@@ -92,6 +92,9 @@ def test_training_curves_bad_input():
         plot_training_curves({"pop": PopularityRecommender()})
     with pytest.raises(ValueError, match="no epoch records"):
         plot_training_curves({"m": []})
+    model = GRU4RecRecommender()
+    with pytest.raises(TypeError, match="as a dict of label -> model"):
+        plot_training_curves([model, model])
     with pytest.raises(ValueError, match="empty"):
         plot_training_curves({})
     _, ax = plt.subplots()
