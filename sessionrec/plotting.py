@@ -146,6 +146,9 @@ def plot_training_curves(models, *, metrics=None, axes=None):
     ------
     ValueError
         When a named metric was recorded by none of the models, or a model has no records.
+    TypeError
+        When a model has no ``history_`` (it is not trained in epochs), or a list holds
+        something other than epoch records (several models go in a dict).
 
     Examples
     --------
